@@ -1,0 +1,76 @@
+"""Training throughput on this machine: tokens/s and achieved FLOP/s of the real training step,
+next to the bf16 matmul peak measured in the same run. Prints one JSON object.
+
+    python benchmarks/train_throughput.py [--configs demo,d512] [--steps 6]
+
+FLOPs counted are the model's useful work (model/flops.py: 6·matmul weights + attention + logits of
+the masked positions over their modality slice); recomputation or wasted work is not credited.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import torch
+
+from trimdm.recipes import demo
+from trimdm.train.trainer import Trainer
+
+
+def matmul_peak(dtype=torch.bfloat16, n=2048, seconds=2.0) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+CONFIGS = {
+    "demo": [],
+    "d512": ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
+             "train.batch_size=8"],
+}
+
+
+def measure(name: str, extra: list[str], steps: int, warmup: int = 2) -> dict:
+    cfg = demo().override(CONFIGS[name] + extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, tmp, log=lambda *a: None)
+        for _ in range(warmup):
+            tr.train_step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tr.train_step()
+        dt = (time.perf_counter() - t0) / steps
+    tps = cfg.derived.tokens_per_step / dt
+    return {"config": name, "overrides": CONFIGS[name] + extra, "params": tr.params,
+            "tokens_per_step": cfg.derived.tokens_per_step, "seconds_per_step": dt, "tokens_per_s": tps,
+            "flops_per_token": tr.flops_per_token, "achieved_gflops": tps * tr.flops_per_token / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="demo,d512")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    peak = matmul_peak()
+    results = []
+    for name in args.configs.split(","):
+        r = measure(name, args.overrides, args.steps)
+        r["fraction_of_bf16_peak"] = r["achieved_gflops"] * 1e9 / peak
+        results.append(r)
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+                      "threads": torch.get_num_threads(), "bf16_matmul_peak_gflops": peak / 1e9,
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

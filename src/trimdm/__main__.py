@@ -1,0 +1,3 @@
+from trimdm.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,342 @@
+"""One typed config tree for a trimdm run: nested dataclasses, JSON round-trip, `derive()`, `validate()`.
+
+Owns: every configurable number and its type, the `key=value` override parser (type-checked, unknown
+keys answered with close matches), and the derived numbers (steps, warmup steps, tokens per step).
+Does not own: vocabulary sizes (they come from the tokenizers through `JointVocab`, which is saved
+with every checkpoint) or experiment choices (those are recipes in `trimdm.recipes`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODALITIES = ("text", "image", "audio")
+
+
+@dataclass
+class PerModality:
+    """A value per modality. On the command line `x=v` sets all three, `x.image=v` one of them."""
+
+    text: str = "linear"
+    image: str = "linear"
+    audio: str = "linear"
+
+    def __getitem__(self, modality: str) -> str:
+        return getattr(self, modality)
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden: int = 0  # 0: SwiGLU width 8/3·d_model rounded up to a multiple of 64
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "kjv"  # text corpus; later issues add tinyworld
+    root: str = "data"  # where prepared data sets live (relative to the working directory)
+    seq_len: int = 256  # physical sequence length L of every training row
+    text_vocab: int = 4096  # BPE vocabulary size (ids [0, text_vocab) of the joint vocabulary)
+    max_docs: int = 0  # 0: the whole corpus; >0: the first N documents (tiny runs)
+
+
+@dataclass
+class DiffusionConfig:
+    # Training noise schedule per modality: "linear", "cosine", "polynomial:2", "loglinear:eps=1e-3".
+    schedule: PerModality = field(default_factory=PerModality)
+    antimask: str = "none"  # none | complement | crossmodal (SPEC §4)
+    t_min: float = 1e-3  # τ clamp; with complement pairs both β and 1−β stay ≥ t_min
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_tokens: int = 0  # linear warmup in tokens (capped at 25% of steps)
+    lr_schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1  # final lr of the cosine decay, as a fraction of lr
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 1_000_000  # token horizon D (optimizer steps = tokens // (batch_size·seq_len))
+    batch_size: int = 16  # sequences per optimizer step
+    micro_batch_size: int = 0  # 0: no gradient accumulation
+    seed: int = 0
+    dtype: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    log_every: int = 10  # steps between metrics.jsonl lines
+    ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
+    eval_every: int = 0  # steps between held-out NELBO evaluations; 0: never during training
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 64
+    schedule: str = "cosine"  # inference unmasking schedule (a schedule name as in `diffusion`)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    confidence_noise: float = 1.0  # scale of the annealed Gumbel noise added to confidences
+    gen_len: int = 64  # text tokens generated after a prompt
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    tau_points: int = 8  # Gauss–Legendre nodes over τ ∈ [0, 1]
+    seed: int = 1234  # seed of the evaluation masks (fixed so runs are comparable)
+    batch_size: int = 16
+    max_rows: int = 256  # held-out rows evaluated (0: all)
+
+
+@dataclass
+class Derived:
+    """Filled by `derive()`; written to config.json for the record, never set by hand."""
+
+    tokens_per_step: int = 0
+    steps: int = 0
+    warmup_steps: int = 0
+    micro_batch_size: int = 0
+    accum_steps: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    recipe: str = ""
+    derived: Derived = field(default_factory=Derived)
+
+    # -- derived numbers ---------------------------------------------------------------------------
+    def derive(self) -> "Config":
+        """Validate and fill `derived`. Every number that follows from others is computed here only."""
+        self.validate()
+        t, d = self.train, self.derived
+        d.tokens_per_step = t.batch_size * self.data.seq_len
+        d.steps = t.tokens // d.tokens_per_step
+        if d.steps < 1:
+            raise ValueError(
+                f"train.tokens={t.tokens} is shorter than one optimizer step "
+                f"(train.batch_size·data.seq_len = {d.tokens_per_step} tokens)"
+            )
+        d.warmup_steps = min(math.ceil(self.optim.warmup_tokens / d.tokens_per_step), d.steps // 4)
+        d.micro_batch_size = t.micro_batch_size or t.batch_size
+        d.accum_steps = t.batch_size // d.micro_batch_size
+        return self
+
+    def validate(self) -> None:
+        m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion
+        _positive(self, "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len",
+                  "data.text_vocab", "train.tokens", "train.batch_size", "optim.lr",
+                  "sample.steps", "eval.tau_points", "eval.batch_size")
+        if m.d_model % m.n_heads:
+            raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+        if (m.d_model // m.n_heads) % 2:
+            raise ValueError(f"head dimension {m.d_model // m.n_heads} must be even for RoPE")
+        if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):
+            raise ValueError(
+                f"train.micro_batch_size={t.micro_batch_size} must divide train.batch_size={t.batch_size}"
+            )
+        if t.dtype not in ("bf16", "fp32"):
+            raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
+        if dif.antimask not in ("none", "complement", "crossmodal"):
+            raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
+        if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:
+            raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
+        if not 0 < dif.t_min < 0.5:
+            raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
+        if o.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.lr_schedule={o.lr_schedule!r}: expected cosine | constant")
+        if not all(0 <= b < 1 for b in o.betas):
+            raise ValueError(f"optim.betas={o.betas} must lie in [0, 1)")
+        if o.warmup_tokens < 0 or o.grad_clip < 0 or o.weight_decay < 0:
+            raise ValueError("optim.warmup_tokens, optim.grad_clip and optim.weight_decay must be >= 0")
+        from trimdm.diffusion.schedules import parse_schedule  # local: schedules import nothing here
+
+        for mod in MODALITIES:
+            parse_schedule(dif.schedule[mod])
+        parse_schedule(self.sample.schedule)
+
+    # -- JSON --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Config":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read config JSON ({e})") from None
+        return cls.from_dict(data)
+
+    # -- overrides ---------------------------------------------------------------------------------
+    def override(self, assignments: list[str]) -> "Config":
+        """Apply `key=value` strings, type-checked against the dataclass fields."""
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            key, raw = item.split("=", 1)
+            set_key(self, key.strip(), raw.strip())
+        return self
+
+
+def _positive(cfg: Config, *keys: str) -> None:
+    for key in keys:
+        value = get_key(cfg, key)
+        if value <= 0:
+            raise ValueError(f"{key}={value} must be positive")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or '<root>'} must be an object, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(_unknown_message(f"{prefix}{key}", [f"{prefix}{n}" for n in names]))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check and convert a JSON or command-line value to the field's type (no silent changes)."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(v, a, key) for a, v in zip(args, value))
+    if origin in (typing.Union, types.UnionType):
+        raise ValueError(f"{key}: union types are not supported in configs")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+            if number.is_integer():
+                return int(number)
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    raise ValueError(f"{key}: unsupported field type {tp}")
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += all_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_message(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=4, cutoff=0.5)
+    if not close:  # also match on the last component (e.g. "seqlen" -> data.seq_len)
+        tail = key.rsplit(".", 1)[-1]
+        close = [c for c in candidates if difflib.SequenceMatcher(None, tail, c.rsplit(".", 1)[-1]).ratio() > 0.7]
+    hint = f"; did you mean {', '.join(close[:4])}?" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def _walk(cfg: Config, key: str) -> tuple[Any, str]:
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ValueError(_unknown_message(key, all_keys()))
+        node = getattr(node, part)
+    last = parts[-1]
+    if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
+        raise ValueError(_unknown_message(key, all_keys()))
+    return node, last
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    node, last = _walk(cfg, key)
+    return getattr(node, last)
+
+
+def set_key(cfg: Config, key: str, raw: Any) -> None:
+    if key.startswith("derived."):
+        raise ValueError(f"{key} is derived from other keys and cannot be set")
+    node, last = _walk(cfg, key)
+    tp = _hints(type(node))[last]
+    if dataclasses.is_dataclass(tp):
+        if tp is PerModality:  # x=v sets every modality at once
+            value = _coerce(raw, str, key)
+            setattr(node, last, PerModality(value, value, value))
+            return
+        raise ValueError(f"{key} is a config section; set one of its keys ({key}.<name>=...)")
+    setattr(node, last, _coerce(raw, tp, key))

@@ -1,0 +1,67 @@
+"""The training objective: the exact continuous-time NELBO estimator of SPEC §4.
+
+    loss = Σ_rows Σ_{masked i} w_i · CE_i  /  Σ_rows #(maskable, non-pad tokens)
+
+with w_i the ELBO weight set by masking.py. Per modality m the same ratio restricted to positions of
+modality m estimates the NELBO per token of m (nats; reported in bits). Owns the reduction and the
+call into the model's `head` per modality slice. Does not own the masks (masking.py) or the network.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trimdm.diffusion.masking import NoisyBatch
+from trimdm.tokenizers.vocab import MODALITIES, JointVocab
+
+
+@dataclass
+class LossStats:
+    """Sums (not means) so that micro-batches and ranks combine exactly; all float64, detached."""
+
+    wce_M: torch.Tensor  # Σ w·CE over masked positions, per modality (nats)
+    tokens_M: torch.Tensor  # maskable non-pad tokens, per modality
+    masked_M: torch.Tensor  # masked tokens, per modality
+
+    def __add__(self, other: "LossStats") -> "LossStats":
+        return LossStats(self.wce_M + other.wce_M, self.tokens_M + other.tokens_M,
+                         self.masked_M + other.masked_M)
+
+    def nelbo_bits(self) -> dict[str, float]:
+        """NELBO per token of each modality present, in bits."""
+        return {m: float(self.wce_M[i] / self.tokens_M[i]) / math.log(2)
+                for i, m in enumerate(MODALITIES) if self.tokens_M[i] > 0}
+
+    def loss_nats(self) -> float:
+        return float(self.wce_M.sum() / self.tokens_M.sum().clamp(min=1))
+
+
+def masked_cross_entropy(model, vocab: JointVocab, h_BLD: torch.Tensor, nb: NoisyBatch):
+    """Yield (modality index, CE_N float32, weight_N float64) for masked positions of each modality."""
+    for i, m in enumerate(MODALITIES):
+        sel = nb.masked_BL & (nb.modality_BL == i)
+        if not vocab.has(m) or not bool(sel.any()):
+            continue
+        lo, hi = vocab.content_range(m)
+        logits = model.head(h_BLD[sel], lo, hi, vocab.eos(m))
+        target = vocab.to_local(m, nb.clean_BL[sel])
+        yield i, F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, reduction="none"), nb.weight_BL[sel]
+
+
+def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float | None = None):
+    """Returns (differentiable loss, LossStats). `denominator` overrides Σ maskable tokens of this
+    batch, so that gradient accumulation over micro-batches divides by the full batch's count."""
+    h = model(nb.noisy_BL, nb.pad_BL)
+    tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
+    masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
+    wce = torch.zeros(3, dtype=torch.float64)
+    total = 0.0
+    for i, ce, w in masked_cross_entropy(model, vocab, h, nb):
+        weighted = (ce * w.to(ce.dtype)).sum()
+        total = total + weighted
+        wce[i] = weighted.detach().double()
+    denom = float(tokens.sum()) if denominator is None else denominator
+    return total / max(denom, 1.0), LossStats(wce, tokens, masked)

@@ -1,0 +1,31 @@
+"""`trimdm eval`: evaluate a run into RUN/eval.json (held-out NELBO per modality, with baselines)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trimdm.config import set_key
+from trimdm.data.prepare import prepare_text
+from trimdm.eval.likelihood import heldout_nelbo
+from trimdm.train.trainer import load_run
+
+
+def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
+    t0 = time.time()
+    loaded = load_run(run)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not key.startswith("eval."):
+            raise ValueError(f"eval takes eval.* overrides only, got {key!r}")
+        set_key(loaded.cfg, key, value)
+    cfg = loaded.cfg
+    data = prepare_text(cfg.data)
+    val = data.rows("val", loaded.vocab, cfg.data.seq_len)
+    result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device)
+    result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
+    result["checkpoint"] = str(loaded.checkpoint)
+    result["seconds"] = round(time.time() - t0, 2)
+    run_dir = Path(loaded.checkpoint).parent.parent
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

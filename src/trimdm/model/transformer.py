@@ -1,0 +1,159 @@
+"""The network: a bidirectional pre-norm transformer over the joint vocabulary (SPEC §5).
+
+Owns: token embedding, blocks (RMSNorm, multi-head attention with RoPE and QK-norm through
+`scaled_dot_product_attention` with a key-padding mask, SwiGLU MLP), final norm, unembedding.
+Does not own: the vocabulary layout, masking, loss, dtype policy or parallelism (those are applied
+from outside). It imports only torch.
+
+There is no time input: an absorbing-mask model can read the noise level off the input (MDLM, LLaDA).
+`forward` returns pre-norm hidden states at every position; `head` applies the final norm and the
+unembedding only to the positions and the contiguous id range the caller asks for, so the loss pays
+for logits of masked positions over one modality's slice, not the whole vocabulary at every position.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerArgs:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    mlp_hidden: int = 0  # 0: 8/3·d_model rounded up to a multiple of 64
+    max_seq_len: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    residual_scale: float = 1.0  # multiplies every residual branch (CompleteP uses 1/depth multiplier)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles_LH = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles_LH.cos().float(), angles_LH.sin().float()
+
+
+def apply_rope(x_BHLD: torch.Tensor, cos_LH: torch.Tensor, sin_LH: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) by position-dependent angles (RoFormer, Su et al. 2021)."""
+    x1, x2 = x_BHLD[..., 0::2], x_BHLD[..., 1::2]
+    cos, sin = cos_LH.to(x_BHLD.dtype), sin_LH.to(x_BHLD.dtype)
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm whose gain follows the input's dtype, so bf16 activations take the fused kernel."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: TransformerArgs):
+        super().__init__()
+        self.n_heads, self.head_dim = a.n_heads, a.head_dim
+        self.qkv = nn.Linear(a.d_model, 3 * a.d_model, bias=False)
+        self.out = nn.Linear(a.d_model, a.d_model, bias=False)
+        self.q_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
+        self.k_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
+
+    def forward(self, x_BLD, cos_LH, sin_LH, attn_mask_B11L):
+        B, L, D = x_BLD.shape
+        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)
+        q = apply_rope(self.q_norm(q).transpose(1, 2), cos_LH, sin_LH)
+        k = apply_rope(self.k_norm(k).transpose(1, 2), cos_LH, sin_LH)
+        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=attn_mask_B11L)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, a: TransformerArgs):
+        super().__init__()
+        self.hidden = a.hidden
+        self.w_in = nn.Linear(a.d_model, 2 * a.hidden, bias=False)  # gate and up, fused
+        self.w_out = nn.Linear(a.hidden, a.d_model, bias=False)
+
+    def forward(self, x_BLD):
+        gate, up = self.w_in(x_BLD).split(self.hidden, dim=-1)
+        return self.w_out(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, a: TransformerArgs):
+        super().__init__()
+        self.attn_norm = RMSNorm(a.d_model, eps=a.norm_eps)
+        self.attn = Attention(a)
+        self.mlp_norm = RMSNorm(a.d_model, eps=a.norm_eps)
+        self.mlp = SwiGLU(a)
+        self.residual_scale = a.residual_scale
+
+    def forward(self, x_BLD, cos_LH, sin_LH, attn_mask_B11L):
+        x_BLD = x_BLD + self.residual_scale * self.attn(self.attn_norm(x_BLD), cos_LH, sin_LH, attn_mask_B11L)
+        return x_BLD + self.residual_scale * self.mlp(self.mlp_norm(x_BLD))
+
+
+class Transformer(nn.Module):
+    def __init__(self, a: TransformerArgs):
+        super().__init__()
+        if a.d_model % a.n_heads or a.head_dim % 2:
+            raise ValueError(f"d_model={a.d_model} must split into {a.n_heads} heads of even size")
+        self.args = a
+        self.embed = nn.Embedding(a.vocab_size, a.d_model)
+        self.blocks = nn.ModuleList(Block(a) for _ in range(a.n_layers))
+        self.norm = RMSNorm(a.d_model, eps=a.norm_eps)
+        self.unembed = nn.Linear(a.d_model, a.vocab_size, bias=False)
+        cos, sin = rope_tables(a.max_seq_len, a.head_dim, a.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, init_std); output projections of residual branches scaled by 1/√(2·n_layers)."""
+        std = self.args.init_std
+        out_std = std / math.sqrt(2 * self.args.n_layers)
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                nn.init.ones_(p)  # norm gains
+            elif name.endswith(("attn.out.weight", "mlp.w_out.weight")):
+                nn.init.normal_(p, 0.0, out_std, generator=generator)
+            else:
+                nn.init.normal_(p, 0.0, std, generator=generator)
+
+    def forward(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states before the final norm, (B, L, D). Padded positions take no part as keys."""
+        L = ids_BL.shape[1]
+        if L > self.args.max_seq_len:
+            raise ValueError(f"sequence of length {L} exceeds max_seq_len={self.args.max_seq_len}")
+        # SDPA's boolean mask: True where a key takes part. None (fast path) when nothing is padded.
+        attn_mask = None if pad_BL is None or not bool(pad_BL.any()) else ~pad_BL[:, None, None, :]
+        cos, sin = self.rope_cos[:L], self.rope_sin[:L]
+        x = self.embed(ids_BL)
+        for block in self.blocks:
+            x = block(x, cos, sin, attn_mask)
+        return x
+
+    def head(self, h_ND: torch.Tensor, lo: int, hi: int, extra_id: int | None = None) -> torch.Tensor:
+        """Logits of the final norm of h over ids [lo, hi) (then `extra_id`, e.g. the modality's EOS)."""
+        w = self.unembed.weight[lo:hi]
+        if extra_id is not None:
+            w = torch.cat([w, self.unembed.weight[extra_id:extra_id + 1]])
+        return F.linear(self.norm(h_ND), w)

@@ -1,0 +1,103 @@
+"""Confidence-based parallel decoding (MaskGIT, Chang et al. 2022; LLaDA, Nie et al. 2025), SPEC §8.
+
+Owns: the reverse process at inference. Starting from a canvas whose target positions hold `MASK_m`,
+each of T steps predicts every masked position over its modality's sub-vocabulary (content + EOS),
+samples with temperature / top-k / top-p, scores confidence as the model's log-probability of the
+sampled token plus Gumbel noise annealed linearly to zero, and reveals the most confident positions so
+that the number still masked after step k is ⌊N·β(1 − k/T)⌋ for the inference schedule β (the same
+schedule objects as training). `remasking="random"` reveals a uniformly random subset instead (the
+unbiased ancestral baseline). Revealed tokens never change. Classifier-free guidance combines a
+conditional and an unconditional canvas: logits = u + w·(c − u).
+Does not own prompts or canvases (tasks.py) or the network.
+"""
+from __future__ import annotations
+
+import torch
+
+from trimdm.diffusion.schedules import Schedule
+from trimdm.sequence.layout import RowTables
+from trimdm.tokenizers.vocab import MODALITIES, JointVocab
+
+
+def filter_logits(logits_NV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k and top_k < logits_NV.shape[-1]:
+        kth = logits_NV.topk(top_k, dim=-1).values[..., -1:]
+        logits_NV = logits_NV.masked_fill(logits_NV < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits_NV.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits_NV = logits_NV.masked_fill(drop, float("-inf"))
+    return logits_NV
+
+
+def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> torch.Tensor:
+    """(steps + 1, B): positions still masked after each step k = 0..T (k = 0: all of them)."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    frac = schedule.beta(1 - k / steps).clamp(0, 1)
+    counts = torch.floor(frac[:, None] * n_masked_B[None, :].double()).long()
+    counts[0] = n_masked_B
+    return torch.minimum(counts, n_masked_B[None, :])
+
+
+@torch.no_grad()
+def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, schedule: Schedule,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, confidence_noise: float = 1.0,
+           remasking: str = "confidence", guidance: float = 0.0, uncond_BL: torch.Tensor | None = None,
+           generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
+    enables guidance with weight `guidance` (0: the conditional pass alone)."""
+    if remasking not in ("confidence", "random"):
+        raise ValueError(f"remasking={remasking!r}: expected confidence | random")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    tables = RowTables.from_vocab(vocab)
+    device = canvas_BL.device
+    x = canvas_BL.clone()
+    mask_ids = tables.mask_id_M.to(device)
+    is_mask = (x[..., None] == mask_ids).any(-1)
+    pad = tables.pad(x)
+    counts = masked_counts(is_mask.sum(1).cpu(), schedule, steps).to(device)
+    use_cfg = uncond_BL is not None and guidance != 0.0
+    u = uncond_BL.clone() if use_cfg else None
+    for k in range(1, steps + 1):
+        is_mask = (x[..., None] == mask_ids).any(-1)
+        if not bool(is_mask.any()):
+            break
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            h = model(x, pad)
+            hu = model(u, tables.pad(u)) if use_cfg else None
+        modality = tables.modality(x)
+        proposal = x.clone()
+        confidence = torch.full(x.shape, float("-inf"), device=device)
+        for i, m in enumerate(MODALITIES):
+            sel = is_mask & (modality == i)
+            if not bool(sel.any()):
+                continue
+            lo, hi = vocab.content_range(m)
+            logits = model.head(h[sel], lo, hi, vocab.eos(m)).float()
+            if use_cfg:
+                uncond = model.head(hu[sel], lo, hi, vocab.eos(m)).float()
+                logits = uncond + guidance * (logits - uncond)
+            logp = logits.log_softmax(-1)
+            scaled = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
+            if temperature > 0:
+                choice = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
+            else:
+                choice = scaled.argmax(-1)
+            proposal[sel] = vocab.to_joint(m, choice)
+            if remasking == "confidence":
+                gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
+                                               .clamp_min(1e-20)))
+                anneal = confidence_noise * (1 - k / steps)
+                confidence[sel] = logp.gather(-1, choice[:, None]).squeeze(-1) + anneal * gumbel
+            else:
+                confidence[sel] = torch.rand(choice.shape, generator=generator, device=device)
+        n_reveal = counts[k - 1] - counts[k]  # (B,)
+        rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
+        reveal = is_mask & (rank < n_reveal[:, None])
+        x = torch.where(reveal, proposal, x)
+        if use_cfg:
+            u = torch.where(reveal, proposal, u)
+    return x

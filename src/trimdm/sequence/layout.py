@@ -1,0 +1,108 @@
+"""Layout of one training row (SPEC §3): packed text rows, padded paired rows, per-position tables.
+
+Owns: where TASK/BOS/EOS/PAD go, how documents are packed, how paired rows are padded, and which
+positions are maskable, padded, and of which modality. Does not own: ids of specials (JointVocab) or
+how masks are drawn (diffusion/masking.py).
+
+- Packed text: `TASK_text BOS_text doc1 EOS_text BOS_text doc2 EOS_text ...` cut every L−1 stream
+  tokens; every row starts with TASK_text; a document may continue into the next row; no padding.
+- Paired: `TASK_m BOS_text text EOS_text BOS_m media EOS_m PAD_text ...` right-padded to L.
+Every per-position property is a function of the clean id alone, so a batch is just `ids_BL` and the
+tables below recover modality, maskability and padding (`RowTables`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trimdm.tokenizers.vocab import JointVocab
+
+
+class PackedText:
+    """Rows of length L over a corpus of documents, without materialising the packed stream.
+
+    tokens: 1-D array of text ids (all documents concatenated); offsets: document starts, with a
+    final entry len(tokens). The virtual stream is BOS doc EOS BOS doc EOS ...; row i holds TASK_text
+    followed by stream[i·(L−1) : (i+1)·(L−1)]; the last partial row is dropped.
+    """
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, vocab: JointVocab, seq_len: int):
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(tokens):
+            raise ValueError("document offsets must start at 0 and end at len(tokens)")
+        if seq_len < 2:
+            raise ValueError(f"seq_len={seq_len} leaves no room after TASK_text")
+        self.tokens, self.vocab, self.seq_len = tokens, vocab, seq_len
+        self.doc_start = offsets[:-1]
+        doc_len = np.diff(offsets)
+        # start of each document's BOS in the virtual stream; each doc adds 2 specials
+        self.vstart = np.concatenate([[0], np.cumsum(doc_len + 2)])
+        self.doc_len = doc_len
+        self.n_rows = int(self.vstart[-1] // (seq_len - 1))
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """ids of rows `index` -> (len(index), L) int64."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.n_rows):
+            raise IndexError(f"row index outside [0, {self.n_rows})")
+        span = self.seq_len - 1
+        pos_BS = index[:, None] * span + np.arange(span)[None, :]  # virtual stream positions
+        doc_BS = np.searchsorted(self.vstart, pos_BS, side="right") - 1
+        rel_BS = pos_BS - self.vstart[doc_BS]  # 0: BOS, 1..len: token, len+1: EOS
+        tok_idx = np.clip(self.doc_start[doc_BS] + rel_BS - 1, 0, len(self.tokens) - 1)
+        out = self.tokens[tok_idx].astype(np.int64)
+        out = np.where(rel_BS == 0, self.vocab.BOS_text, out)
+        out = np.where(rel_BS == self.doc_len[doc_BS] + 1, self.vocab.EOS_text, out)
+        task = np.full((len(index), 1), self.vocab.TASK_text, dtype=np.int64)
+        return np.concatenate([task, out], axis=1)
+
+
+def paired_row(vocab: JointVocab, modality: str, text_ids: np.ndarray, media_ids: np.ndarray,
+               seq_len: int) -> np.ndarray:
+    """`TASK_m BOS_text text EOS_text BOS_m media EOS_m PAD_text...` of length seq_len.
+
+    text_ids are BPE ids; media_ids are joint ids of `modality` (see JointVocab.image_ids/audio_ids).
+    A row whose content exceeds seq_len is an error: media are never silently truncated."""
+    if modality not in ("image", "audio"):
+        raise ValueError(f"paired rows are image or audio, got {modality!r}")
+    n = 6 + len(text_ids) + len(media_ids)
+    if n > seq_len:
+        raise ValueError(
+            f"paired {modality} row needs {n} positions ({len(text_ids)} text + {len(media_ids)} "
+            f"{modality} tokens + 6 specials) but data.seq_len={seq_len}"
+        )
+    v = vocab
+    row = np.full(seq_len, v.PAD_text, dtype=np.int64)
+    row[:n] = np.concatenate([
+        [v.task(f"{modality}_text"), v.BOS_text], text_ids, [v.EOS_text],
+        [v.bos(modality)], media_ids, [v.eos(modality)],
+    ])
+    return row
+
+
+@dataclass
+class RowTables:
+    """Lookup tables from clean ids to per-position properties (built once per vocab)."""
+
+    modality_V: torch.Tensor  # long: TEXT/IMAGE/AUDIO
+    maskable_V: torch.Tensor  # bool
+    mask_id_M: torch.Tensor  # MASK id per modality index
+    pad_id: int
+
+    @classmethod
+    def from_vocab(cls, vocab: JointVocab) -> "RowTables":
+        return cls(vocab.modality_table(), vocab.maskable_table(), vocab.mask_ids(), vocab.PAD_text)
+
+    def modality(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        return self.modality_V[ids_BL]
+
+    def maskable(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        return self.maskable_V[ids_BL]
+
+    def pad(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        return ids_BL == self.pad_id

@@ -1,0 +1,68 @@
+"""metrics.jsonl (one JSON object per logged step) and the console progress bar.
+
+Results are data: every number a study or report needs is in metrics.jsonl, never only in the log.
+On resume the file is cut back to the checkpoint's step, so a resumed run's file equals an
+uninterrupted run's (apart from timings).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, path: Path, resume_step: int):
+        self.path = Path(path)
+        kept = []
+        if resume_step > 0 and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a crash: drop it and everything after
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """One status line: step, tokens/s, loss, ETA. Redrawn in place on a terminal, printed every
+    `every` steps otherwise (logs of batch jobs stay readable)."""
+
+    def __init__(self, total_steps: int, start_step: int, every: int, stream=sys.stderr):
+        self.total, self.start, self.every, self.stream = total_steps, start_step, max(1, every), stream
+        self.tty = stream.isatty()
+        self.t0 = time.time()
+
+    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+        done = step + 1
+        if not self.tty and done % self.every and done != self.total:
+            return
+        elapsed = time.time() - self.t0
+        rate = (done - self.start) / max(elapsed, 1e-9)
+        eta = (self.total - done) / max(rate, 1e-9)
+        width = 24
+        filled = int(width * done / self.total)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total} "
+                f"loss {loss:.4f} {tokens_per_s:,.0f} tok/s ETA {_fmt(eta)}")
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        if self.tty and done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
