@@ -122,6 +122,8 @@ def test_bad_arguments_raise_value_error():
         synthesize_corpus(["fine", ""], seed=0)
     with pytest.raises(ValueError, match="sequence"):
         synthesize_corpus("one string", seed=0)
+    with pytest.raises(ValueError, match="no audio"):  # raised in the worker, kept a ValueError
+        synthesize_corpus(["..."], seed=0)
 
 
 # --- resampling ------------------------------------------------------------------------------

@@ -70,11 +70,11 @@ def paired_row(vocab: JointVocab, modality: str, text_ids: np.ndarray, media_ids
     A row whose content exceeds seq_len is an error: media are never silently truncated."""
     if modality not in ("image", "audio"):
         raise ValueError(f"paired rows are image or audio, got {modality!r}")
-    n = 6 + len(text_ids) + len(media_ids)
+    n = 5 + len(text_ids) + len(media_ids)
     if n > seq_len:
         raise ValueError(
             f"paired {modality} row needs {n} positions ({len(text_ids)} text + {len(media_ids)} "
-            f"{modality} tokens + 6 specials) but data.seq_len={seq_len}"
+            f"{modality} tokens + 5 specials) but data.seq_len={seq_len}"
         )
     v = vocab
     row = np.full(seq_len, v.PAD_text, dtype=np.int64)

@@ -1,0 +1,135 @@
+"""Smoke tier: the tiny recipe trains, is deterministic, resumes bit-identically after SIGKILL,
+stops cleanly on SIGTERM, and its artifacts (checkpoint, generate, eval) work end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trimdm.recipes import tiny
+from trimdm.train.checkpoint import load_checkpoint
+from trimdm.train.metrics import read_metrics
+from trimdm.train.trainer import train
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl")}
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "trimdm", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_root):
+    run = tmp_path_factory.mktemp("ref")
+    cfg = tiny().override([f"data.root={data_root}", "train.ckpt_every=15"])
+    train(cfg, run, log=lambda *a: None)
+    return run
+
+
+def test_loss_falls(reference):
+    values = [v for _, v in sorted(losses(reference).items())]
+    assert len(values) == 30
+    first, last = sum(values[:5]) / 5, sum(values[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+
+
+def test_same_seed_is_bit_identical(reference, tmp_path, data_root):
+    cfg = tiny().override([f"data.root={data_root}", "train.ckpt_every=15"])
+    train(cfg, tmp_path, log=lambda *a: None)
+    assert losses(tmp_path) == losses(reference)
+    other = tiny().override([f"data.root={data_root}", "train.seed=1"])
+    train(other, tmp_path / "seed1", log=lambda *a: None)
+    assert losses(tmp_path / "seed1") != losses(reference)
+
+
+def _wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def test_sigkill_after_checkpoint_then_resume_is_bit_identical(reference, tmp_path, data_root):
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "tiny", "--out", str(run), f"data.root={data_root}", "train.ckpt_every=15"]
+    proc = cli(*args)
+    latest = run / "checkpoints" / "latest"
+    _wait_for(lambda: latest.exists() and "step_00000015" in latest.read_text(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(run)["step"] == 15
+    resumed = cli(*args)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resumed from" in out
+    ref, got = losses(reference), losses(run)
+    assert [got[s] for s in range(16, 31)] == [ref[s] for s in range(16, 31)]
+    a = load_file(reference / "checkpoints" / "step_00000030" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "step_00000030" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data_root):
+    run = tmp_path / "run"
+    proc = cli("train", "--recipe", "tiny", "--out", str(run), f"data.root={data_root}", "train.tokens=1e6")
+    _wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2,
+              proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM: saved" in out
+    ckpt = load_checkpoint(run)
+    assert 2 <= ckpt["step"] < 1_000_000 // (8 * 64)
+    assert max(losses(run)) == ckpt["step"]  # metrics.jsonl ends at the saved step
+
+
+def test_generate_and_eval_from_the_run(reference):
+    out = subprocess.run([sys.executable, "-m", "trimdm", "generate", "--run", str(reference), "--task", "text",
+                          "--prompt", "And God said", "--n", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("--- sample") == 2 and "And God said" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "trimdm", "eval", "--run", str(reference)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((reference / "eval.json").read_text())
+    text = result["nelbo"]["text"]
+    assert 0 < text["bits_per_token"] < 20 and text["perplexity_bound"] > 1
+
+
+def test_truncated_checkpoint_is_named(reference, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference / "checkpoints" / "step_00000030", ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"model.safetensors: checkpoint file is truncated"):
+        load_checkpoint(ckpt)
+    out = subprocess.run([sys.executable, "-m", "trimdm", "generate", "--run", str(ckpt), "--prompt", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "model.safetensors" in out.stderr and "truncated" in out.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "--recipe", "tiny", "--out", "X", "train.batchsize=4"], "did you mean train.batch_size"),
+    (["train", "--recipe", "tiny", "--out", "X", "train.batch_size=0"], "train.batch_size=0 must be positive"),
+    (["train", "--recipe", "nope", "--out", "X"], "unknown recipe"),
+    (["generate", "--run", "/nonexistent/run"], "no such run"),
+])
+def test_cli_bad_input(args, msg, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "trimdm", *args], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and msg in out.stderr, out.stderr

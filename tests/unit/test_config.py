@@ -1,0 +1,52 @@
+import pytest
+
+from trimdm.config import Config, PerModality
+from trimdm.recipes import demo, tiny
+
+
+def test_json_roundtrip(tmp_path):
+    cfg = demo().override(["diffusion.schedule.image=cosine", "optim.betas=0.9,0.99"]).derive()
+    cfg.to_json(tmp_path / "c.json")
+    back = Config.from_json(tmp_path / "c.json")
+    assert back == cfg
+    assert back.diffusion.schedule.image == "cosine" and back.optim.betas == (0.9, 0.99)
+
+
+def test_overrides_are_type_checked():
+    cfg = tiny().override(["train.tokens=2e6", "model.d_model=128", "diffusion.schedule=polynomial:2",
+                           "diffusion.antimask=complement", "train.seed=5", "data.seq_len=32",
+                           "model.n_layers=3", "model.n_heads=4", "train.batch_size=8"])
+    assert cfg.train.tokens == 2_000_000 and isinstance(cfg.train.tokens, int)
+    assert cfg.diffusion.schedule == PerModality("polynomial:2", "polynomial:2", "polynomial:2")
+    with pytest.raises(ValueError, match="train.batch_size: expected an integer"):
+        tiny().override(["train.batch_size=eight"])
+    with pytest.raises(ValueError, match="train.tokens: expected an integer"):
+        tiny().override(["train.tokens=1.5"])
+
+
+def test_unknown_key_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown config key 'train.batchsize'.*train.batch_size"):
+        tiny().override(["train.batchsize=4"])
+    with pytest.raises(ValueError, match="derived"):
+        tiny().override(["derived.steps=4"])
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("train.batch_size=0", "train.batch_size=0 must be positive"),
+    ("train.batch_size=-3", "must be positive"),
+    ("model.n_heads=3", "not divisible"),
+    ("diffusion.antimask=half", "diffusion.antimask"),
+    ("diffusion.schedule.text=quadratic", "unknown schedule"),
+    ("train.tokens=10", "shorter than one optimizer step"),
+    ("train.micro_batch_size=3", "must divide"),
+])
+def test_bad_values_are_clear_errors(override, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny().override([override]).derive()
+
+
+def test_derive_fills_steps_and_caps_warmup():
+    cfg = tiny().override(["optim.warmup_tokens=1e9"]).derive()
+    assert cfg.derived.tokens_per_step == cfg.train.batch_size * cfg.data.seq_len
+    assert cfg.derived.steps == cfg.train.tokens // cfg.derived.tokens_per_step
+    assert cfg.derived.warmup_steps == cfg.derived.steps // 4
