@@ -26,7 +26,7 @@ def demo() -> Config:
         model=ModelConfig(d_model=256, n_layers=4, n_heads=4),
         data=DataConfig(seq_len=256, text_vocab=4096),
         optim=OptimConfig(lr=2e-3, warmup_tokens=200_000, weight_decay=0.1),
-        train=TrainConfig(tokens=6_000_000, batch_size=32, log_every=20, eval_every=0),
+        train=TrainConfig(tokens=3_000_000, batch_size=32, log_every=20, eval_every=0),
         sample=SampleConfig(steps=64, gen_len=64),
         eval=EvalConfig(tau_points=8, max_rows=256, batch_size=32),
     )
