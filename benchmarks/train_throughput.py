@@ -17,19 +17,8 @@ import time
 import torch
 
 from trimdm.recipes import demo
+from trimdm.train.metrics import matmul_peak_flops
 from trimdm.train.trainer import Trainer
-
-
-def matmul_peak(dtype=torch.bfloat16, n=2048, seconds=2.0) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 CONFIGS = {
@@ -45,14 +34,14 @@ def measure(name: str, extra: list[str], steps: int, warmup: int = 2) -> dict:
         tr = Trainer(cfg, tmp, log=lambda *a: None)
         for _ in range(warmup):
             tr.train_step()
-        t0 = time.perf_counter()
+        flops, t0 = 0.0, time.perf_counter()
         for _ in range(steps):
-            tr.train_step()
+            flops += tr.step_flops(tr.train_step()["stats"])
         dt = (time.perf_counter() - t0) / steps
     tps = cfg.derived.tokens_per_step / dt
     return {"config": name, "overrides": CONFIGS[name] + extra, "params": tr.params,
             "tokens_per_step": cfg.derived.tokens_per_step, "seconds_per_step": dt, "tokens_per_s": tps,
-            "flops_per_token": tr.flops_per_token, "achieved_gflops": tps * tr.flops_per_token / 1e9}
+            "flops_per_token": flops / steps / cfg.derived.tokens_per_step, "achieved_gflops": flops / steps / dt / 1e9}
 
 
 def main() -> None:
@@ -61,7 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    peak = matmul_peak()
+    peak = matmul_peak_flops(torch.device("cpu"), torch.bfloat16, seconds=2.0)
     results = []
     for name in args.configs.split(","):
         r = measure(name, args.overrides, args.steps)

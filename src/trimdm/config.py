@@ -41,6 +41,11 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    # standard | completep (Dey et al. 2025): hidden lr, ε and init std scale with 1/width multiplier
+    # (d_model/base_width; init std with its square root), residual branches with 1/depth multiplier.
+    parameterization: str = "standard"
+    base_width: int = 256
+    base_depth: int = 4
 
 
 @dataclass
@@ -61,12 +66,55 @@ class DiffusionConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimBase:
+    """AdamW settings tuned once at a base point (B_base sequences per step, D_base tokens), SPEC §6."""
+
+    batch: int = 16  # B_base
+    tokens: int = 1_000_000  # D_base
     lr: float = 3e-3
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # torch AdamW: decay per step is lr·weight_decay
     warmup_tokens: int = 0  # linear warmup in tokens (capped at 25% of steps)
+
+
+@dataclass
+class GroupMult:
+    lr: float = 1.0
+    wd: float = 1.0
+    eps: float = 1.0
+
+
+def _no_decay() -> GroupMult:
+    return GroupMult(wd=0.0)
+
+
+@dataclass
+class GroupTable:
+    """Per-module multipliers of lr, weight decay and ε (SPEC §6). Norm gains never decay."""
+
+    embed_text: GroupMult = field(default_factory=GroupMult)
+    embed_image: GroupMult = field(default_factory=GroupMult)
+    embed_audio: GroupMult = field(default_factory=GroupMult)
+    embed_special: GroupMult = field(default_factory=GroupMult)
+    unembed_text: GroupMult = field(default_factory=GroupMult)
+    unembed_image: GroupMult = field(default_factory=GroupMult)
+    unembed_audio: GroupMult = field(default_factory=GroupMult)
+    unembed_special: GroupMult = field(default_factory=GroupMult)
+    attn_qkv: GroupMult = field(default_factory=GroupMult)
+    attn_out: GroupMult = field(default_factory=GroupMult)
+    mlp_in: GroupMult = field(default_factory=GroupMult)
+    mlp_out: GroupMult = field(default_factory=GroupMult)
+    norms: GroupMult = field(default_factory=_no_decay)
+
+
+@dataclass
+class OptimConfig:
+    base: OptimBase = field(default_factory=OptimBase)
+    gamma: float = 0.44  # horizon exponent of the logical batch B_log = B_base·(D/D_base)^γ
+    reparam: str = "sde"  # sde | none | accumulate (SPEC §6)
+    groups: GroupTable = field(default_factory=GroupTable)
+    depth_ratio: float = 1.0  # block l of n gets lr × depth_ratio^(l/(n−1))
     lr_schedule: str = "cosine"  # cosine | constant
     min_lr_ratio: float = 0.1  # final lr of the cosine decay, as a fraction of lr
     grad_clip: float = 1.0  # 0 disables clipping
@@ -76,11 +124,14 @@ class OptimConfig:
 class TrainConfig:
     tokens: int = 1_000_000  # token horizon D (optimizer steps = tokens // (batch_size·seq_len))
     batch_size: int = 16  # sequences per optimizer step
-    micro_batch_size: int = 0  # 0: no gradient accumulation
+    micro_batch_size: int = 0  # sequences per forward/backward per rank; 0: the whole per-rank batch
     seed: int = 0
     dtype: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    parallel: str = "ddp"  # ddp | fsdp, used when launched by torchrun with more than one process
+    noise_scale_every: int = 10  # steps between gradient-noise-scale measurements; 0: never
+    peak_tflops: float = 0.0  # hardware peak for MFU; 0: measure a matmul peak at start
     log_every: int = 10  # steps between metrics.jsonl lines
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
     eval_every: int = 0  # steps between held-out NELBO evaluations; 0: never during training
@@ -111,11 +162,20 @@ class EvalConfig:
 class Derived:
     """Filled by `derive()`; written to config.json for the record, never set by hand."""
 
+    batch: int = 0  # sequences per optimizer step (train.batch_size, × accumulation under `accumulate`)
     tokens_per_step: int = 0
     steps: int = 0
     warmup_steps: int = 0
     micro_batch_size: int = 0
-    accum_steps: int = 1
+    accum_steps: int = 1  # micro-batches per optimizer step
+    kappa: float = 1.0
+    logical_batch: float = 0.0
+    lr: float = 0.0
+    betas: tuple[float, float] = (0.0, 0.0)
+    eps: float = 0.0
+    weight_decay: float = 0.0
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
 
 
 @dataclass
@@ -133,24 +193,31 @@ class Config:
     # -- derived numbers ---------------------------------------------------------------------------
     def derive(self) -> "Config":
         """Validate and fill `derived`. Every number that follows from others is computed here only."""
+        from trimdm.optim.reparam import BaseHParams, sde_hparams
+
         self.validate()
-        t, d = self.train, self.derived
-        d.tokens_per_step = t.batch_size * self.data.seq_len
-        d.steps = t.tokens // d.tokens_per_step
-        if d.steps < 1:
+        t, d, b, m = self.train, self.derived, self.optim.base, self.model
+        if t.tokens < t.batch_size * self.data.seq_len:
             raise ValueError(
                 f"train.tokens={t.tokens} is shorter than one optimizer step "
-                f"(train.batch_size·data.seq_len = {d.tokens_per_step} tokens)"
-            )
-        d.warmup_steps = min(math.ceil(self.optim.warmup_tokens / d.tokens_per_step), d.steps // 4)
+                f"(train.batch_size·data.seq_len = {t.batch_size * self.data.seq_len} tokens)")
+        base = BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
+                           weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
+        hp = sde_hparams(base, t.batch_size, t.tokens, self.data.seq_len, self.optim.gamma, self.optim.reparam)
+        d.batch, d.tokens_per_step, d.steps, d.warmup_steps = hp.batch, hp.tokens_per_step, hp.steps, hp.warmup_steps
+        d.kappa, d.logical_batch, d.lr, d.betas = hp.kappa, hp.logical_batch, hp.lr, tuple(hp.betas)
+        d.eps, d.weight_decay = hp.eps, hp.weight_decay
         d.micro_batch_size = t.micro_batch_size or t.batch_size
-        d.accum_steps = t.batch_size // d.micro_batch_size
+        d.accum_steps = d.batch // d.micro_batch_size
+        completep = m.parameterization == "completep"
+        d.width_mult = m.d_model / m.base_width if completep else 1.0
+        d.depth_mult = m.n_layers / m.base_depth if completep else 1.0
         return self
 
     def validate(self) -> None:
         m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion
         _positive(self, "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len",
-                  "data.text_vocab", "train.tokens", "train.batch_size", "optim.lr",
+                  "data.text_vocab", "train.tokens", "train.batch_size", "optim.base.lr",
                   "sample.steps", "eval.tau_points", "eval.batch_size")
         if m.d_model % m.n_heads:
             raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
@@ -160,6 +227,8 @@ class Config:
             raise ValueError(
                 f"train.micro_batch_size={t.micro_batch_size} must divide train.batch_size={t.batch_size}"
             )
+        if t.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel={t.parallel!r}: expected ddp | fsdp")
         if t.dtype not in ("bf16", "fp32"):
             raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
         if dif.antimask not in ("none", "complement", "crossmodal"):
@@ -170,10 +239,21 @@ class Config:
             raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
         if o.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.lr_schedule={o.lr_schedule!r}: expected cosine | constant")
-        if not all(0 <= b < 1 for b in o.betas):
-            raise ValueError(f"optim.betas={o.betas} must lie in [0, 1)")
-        if o.warmup_tokens < 0 or o.grad_clip < 0 or o.weight_decay < 0:
-            raise ValueError("optim.warmup_tokens, optim.grad_clip and optim.weight_decay must be >= 0")
+        if o.reparam not in ("sde", "none", "accumulate"):
+            raise ValueError(f"optim.reparam={o.reparam!r}: expected sde | none | accumulate")
+        if o.gamma < 0:
+            raise ValueError(f"optim.gamma={o.gamma} must be >= 0")
+        if o.grad_clip < 0 or o.depth_ratio <= 0:
+            raise ValueError("optim.grad_clip must be >= 0 and optim.depth_ratio > 0")
+        if o.groups.norms.wd != 0:
+            raise ValueError("optim.groups.norms.wd must be 0: norm gains get no weight decay (SPEC §6)")
+        for name in (f.name for f in dataclasses.fields(GroupTable)):
+            g = getattr(o.groups, name)
+            if g.lr < 0 or g.wd < 0 or g.eps <= 0:
+                raise ValueError(f"optim.groups.{name}: lr and wd multipliers must be >= 0, eps > 0")
+        if m.parameterization not in ("standard", "completep"):
+            raise ValueError(f"model.parameterization={m.parameterization!r}: expected standard | completep")
+        _positive(self, "model.base_width", "model.base_depth")
         from trimdm.diffusion.schedules import parse_schedule  # local: schedules import nothing here
 
         for mod in MODALITIES:

@@ -37,10 +37,10 @@ class TableModel:
         digits = torch.where(content == VOCAB.MASK_text, N_TEXT, content)
         return (digits * (N_TEXT + 1) ** torch.arange(N_POS)).sum(-1)
 
-    def __call__(self, noisy_BL, pad_BL=None):
+    def __call__(self, noisy_BL, pad_BL=None, heads=None):
         h = torch.zeros(*noisy_BL.shape, OUT, dtype=torch.float64)
         h[:, 2:] = self.table[self.key(noisy_BL)]
-        return h
+        return h if heads is None else [self.head(h[sel], lo, hi, extra) for sel, lo, hi, extra in heads]
 
     def head(self, h_ND, lo, hi, extra_id=None):
         assert (lo, hi, extra_id) == (0, N_TEXT, VOCAB.EOS_text)

@@ -5,11 +5,11 @@ from trimdm.recipes import demo, tiny
 
 
 def test_json_roundtrip(tmp_path):
-    cfg = demo().override(["diffusion.schedule.image=cosine", "optim.betas=0.9,0.99"]).derive()
+    cfg = demo().override(["diffusion.schedule.image=cosine", "optim.base.betas=0.9,0.99"]).derive()
     cfg.to_json(tmp_path / "c.json")
     back = Config.from_json(tmp_path / "c.json")
     assert back == cfg
-    assert back.diffusion.schedule.image == "cosine" and back.optim.betas == (0.9, 0.99)
+    assert back.diffusion.schedule.image == "cosine" and back.optim.base.betas == (0.9, 0.99)
 
 
 def test_overrides_are_type_checked():
@@ -46,7 +46,7 @@ def test_bad_values_are_clear_errors(override, msg):
 
 
 def test_derive_fills_steps_and_caps_warmup():
-    cfg = tiny().override(["optim.warmup_tokens=1e9"]).derive()
+    cfg = tiny().override(["optim.base.warmup_tokens=1e9"]).derive()
     assert cfg.derived.tokens_per_step == cfg.train.batch_size * cfg.data.seq_len
     assert cfg.derived.steps == cfg.train.tokens // cfg.derived.tokens_per_step
     assert cfg.derived.warmup_steps == cfg.derived.steps // 4

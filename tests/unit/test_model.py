@@ -3,7 +3,8 @@ import torch
 from trimdm.model.flops import param_counts
 from trimdm.model.transformer import Transformer, TransformerArgs
 
-ARGS = TransformerArgs(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)
+ARGS = TransformerArgs(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
+                       vocab_segments=(30, 12, 0, 8))
 
 
 def model():
@@ -16,7 +17,7 @@ def test_param_counts_match_the_module():
     m = model()
     counts = param_counts(ARGS)
     assert counts["total"] == sum(p.numel() for p in m.parameters())
-    assert counts["embedding"] == m.embed.weight.numel() + m.unembed.weight.numel()
+    assert counts["embedding"] == sum(p.numel() for p in [*m.embed, *m.unembed])
 
 
 def test_padding_keys_do_not_change_other_positions():
@@ -43,7 +44,20 @@ def test_attention_is_bidirectional():
 def test_head_slice_equals_full_logits_slice():
     m = model()
     h = torch.randn(5, 32)
-    full = m.head(h, 0, 50)
+    full = torch.nn.functional.linear(m.norm(h), torch.cat(list(m.unembed)))
     part = m.head(h, 10, 20, extra_id=42)
     torch.testing.assert_close(part[:, :10], full[:, 10:20])
     torch.testing.assert_close(part[:, 10], full[:, 42])
+
+
+def test_heads_in_forward_equal_head_on_hidden_and_respect_segments():
+    m = model()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(3))
+    sel = torch.zeros(2, 6, dtype=torch.bool)
+    sel[0, 1] = sel[1, 4] = True
+    (logits,) = m(ids, heads=[(sel, 30, 42, 45)])
+    torch.testing.assert_close(logits, m.head(m(ids)[sel], 30, 42, 45))
+    import pytest
+
+    with pytest.raises(ValueError, match="crosses a vocabulary segment"):
+        m.head(torch.randn(1, 32), 25, 35)

@@ -39,29 +39,28 @@ class LossStats:
         return float(self.wce_M.sum() / self.tokens_M.sum().clamp(min=1))
 
 
-def masked_cross_entropy(model, vocab: JointVocab, h_BLD: torch.Tensor, nb: NoisyBatch):
-    """Yield (modality index, CE_N float32, weight_N float64) for masked positions of each modality."""
-    for i, m in enumerate(MODALITIES):
-        sel = nb.masked_BL & (nb.modality_BL == i)
-        if not vocab.has(m) or not bool(sel.any()):
-            continue
-        lo, hi = vocab.content_range(m)
-        logits = model.head(h_BLD[sel], lo, hi, vocab.eos(m))
-        target = vocab.to_local(m, nb.clean_BL[sel])
-        yield i, F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, reduction="none"), nb.weight_BL[sel]
-
-
 def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float | None = None):
     """Returns (differentiable loss, LossStats). `denominator` overrides Σ maskable tokens of this
-    batch, so that gradient accumulation over micro-batches divides by the full batch's count."""
-    h = model(nb.noisy_BL, nb.pad_BL)
+    batch, so that micro-batches and ranks divide by the count of the whole global batch."""
+    present, heads = [], []
+    for i, m in enumerate(MODALITIES):
+        sel = nb.masked_BL & (nb.modality_BL == i)
+        if vocab.has(m) and bool(sel.any()):
+            lo, hi = vocab.content_range(m)
+            present.append((i, m, sel))
+            heads.append((sel, lo, hi, vocab.eos(m)))
+    logits = model(nb.noisy_BL, nb.pad_BL, heads=heads)
     tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
     masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
     wce = torch.zeros(3, dtype=torch.float64)
     total = 0.0
-    for i, ce, w in masked_cross_entropy(model, vocab, h, nb):
-        weighted = (ce * w.to(ce.dtype)).sum()
+    for (i, m, sel), lg in zip(present, logits):
+        target = vocab.to_local(m, nb.clean_BL[sel])
+        ce = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)), target, reduction="none")
+        weighted = (ce * nb.weight_BL[sel].to(ce.dtype)).sum()
         total = total + weighted
         wce[i] = weighted.detach().double()
     denom = float(tokens.sum()) if denominator is None else denominator
+    if not torch.is_tensor(total):  # nothing masked: a zero that still carries gradient structure
+        total = sum(p.sum() for p in model.parameters()) * 0.0
     return total / max(denom, 1.0), LossStats(wce, tokens, masked)

@@ -6,9 +6,11 @@ Does not own: the vocabulary layout, masking, loss, dtype policy or parallelism 
 from outside). It imports only torch.
 
 There is no time input: an absorbing-mask model can read the noise level off the input (MDLM, LLaDA).
-`forward` returns pre-norm hidden states at every position; `head` applies the final norm and the
-unembedding only to the positions and the contiguous id range the caller asks for, so the loss pays
-for logits of masked positions over one modality's slice, not the whole vocabulary at every position.
+`forward` returns pre-norm hidden states at every position, or, given `heads`, the logits of the
+selected positions over the contiguous id range (plus one extra id, e.g. the modality's EOS) that each
+head names: the loss pays for logits of masked positions over one modality's slice, not the whole
+vocabulary at every position. Heads are computed inside `forward` so that wrappers applied from
+outside (FSDP) see one call. Embedding and unembedding are stored per vocabulary segment.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class TransformerArgs:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     residual_scale: float = 1.0  # multiplies every residual branch (CompleteP uses 1/depth multiplier)
+    hidden_init_scale: float = 1.0  # multiplies the init std of hidden matrices (CompleteP: 1/√width mult)
+    # Sizes of contiguous id ranges with their own embedding and unembedding parameters (so that an
+    # optimizer can treat each modality's tables separately); () means one range of vocab_size.
+    vocab_segments: tuple[int, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -117,10 +123,14 @@ class Transformer(nn.Module):
         if a.d_model % a.n_heads or a.head_dim % 2:
             raise ValueError(f"d_model={a.d_model} must split into {a.n_heads} heads of even size")
         self.args = a
-        self.embed = nn.Embedding(a.vocab_size, a.d_model)
+        segments = a.vocab_segments or (a.vocab_size,)
+        if sum(segments) != a.vocab_size or min(segments) < 0:
+            raise ValueError(f"vocab_segments {segments} must be non-negative and sum to {a.vocab_size}")
+        self.segment_starts = [sum(segments[:i]) for i in range(len(segments) + 1)]
+        self.embed = nn.ParameterList(nn.Parameter(torch.empty(n, a.d_model)) for n in segments)
         self.blocks = nn.ModuleList(Block(a) for _ in range(a.n_layers))
         self.norm = RMSNorm(a.d_model, eps=a.norm_eps)
-        self.unembed = nn.Linear(a.d_model, a.vocab_size, bias=False)
+        self.unembed = nn.ParameterList(nn.Parameter(torch.empty(n, a.d_model)) for n in segments)
         cos, sin = rope_tables(a.max_seq_len, a.head_dim, a.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -129,31 +139,53 @@ class Transformer(nn.Module):
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std); output projections of residual branches scaled by 1/√(2·n_layers)."""
         std = self.args.init_std
-        out_std = std / math.sqrt(2 * self.args.n_layers)
+        hidden_std = std * self.args.hidden_init_scale
+        out_std = hidden_std / math.sqrt(2 * self.args.n_layers)
         for name, p in self.named_parameters():
             if p.ndim == 1:
                 nn.init.ones_(p)  # norm gains
             elif name.endswith(("attn.out.weight", "mlp.w_out.weight")):
                 nn.init.normal_(p, 0.0, out_std, generator=generator)
+            elif name.startswith("blocks."):
+                nn.init.normal_(p, 0.0, hidden_std, generator=generator)
             else:
                 nn.init.normal_(p, 0.0, std, generator=generator)
 
-    def forward(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states before the final norm, (B, L, D). Padded positions take no part as keys."""
+    def forward(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None,
+                heads: list[tuple[torch.Tensor, int, int, int | None]] | None = None):
+        """Hidden states before the final norm, (B, L, D); padded positions take no part as keys.
+
+        With `heads` = [(select_BL, lo, hi, extra_id), ...] returns instead one logits tensor per head,
+        (select_BL.sum(), hi − lo + (extra_id is not None)), for the selected positions."""
+        h = self.trunk(ids_BL, pad_BL)
+        if heads is None:
+            return h
+        return [self.head(h[select], lo, hi, extra) for select, lo, hi, extra in heads]
+
+    def _rows(self, tables: nn.ParameterList, lo: int, hi: int) -> torch.Tensor:
+        """Rows [lo, hi) of a segmented table; the range must lie inside one segment."""
+        starts = self.segment_starts
+        for s in range(len(tables)):
+            if starts[s] <= lo and hi <= starts[s + 1] and (hi > lo or starts[s] == lo):
+                return tables[s][lo - starts[s]:hi - starts[s]]
+        raise ValueError(f"id range [{lo}, {hi}) crosses a vocabulary segment boundary {starts}")
+
+    def trunk(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
         L = ids_BL.shape[1]
         if L > self.args.max_seq_len:
             raise ValueError(f"sequence of length {L} exceeds max_seq_len={self.args.max_seq_len}")
         # SDPA's boolean mask: True where a key takes part. None (fast path) when nothing is padded.
         attn_mask = None if pad_BL is None or not bool(pad_BL.any()) else ~pad_BL[:, None, None, :]
         cos, sin = self.rope_cos[:L], self.rope_sin[:L]
-        x = self.embed(ids_BL)
+        table = self.embed[0] if len(self.embed) == 1 else torch.cat(list(self.embed))
+        x = F.embedding(ids_BL, table)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask)
         return x
 
     def head(self, h_ND: torch.Tensor, lo: int, hi: int, extra_id: int | None = None) -> torch.Tensor:
         """Logits of the final norm of h over ids [lo, hi) (then `extra_id`, e.g. the modality's EOS)."""
-        w = self.unembed.weight[lo:hi]
+        w = self._rows(self.unembed, lo, hi)
         if extra_id is not None:
-            w = torch.cat([w, self.unembed.weight[extra_id:extra_id + 1]])
+            w = torch.cat([w, self._rows(self.unembed, extra_id, extra_id + 1)])
         return F.linear(self.norm(h_ND), w)

@@ -1,11 +1,13 @@
 """Experiments as functions returning a Config. Variation lives here, never as branches in core code.
 
-- tiny(): a few-second run for tests; prepares its own small data set on first use.
+- tiny(): a few-second run for tests; prepares its own small data set on first use. Its MFU uses a
+  nominal 1 TFLOP/s peak (no time spent measuring one); every other recipe measures the peak.
 - demo(): the main job of `make demo` on this machine's CPU (minutes).
 """
 from __future__ import annotations
 
-from trimdm.config import Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, SampleConfig, TrainConfig
+from trimdm.config import (Config, DataConfig, EvalConfig, ModelConfig, OptimBase, OptimConfig, SampleConfig,
+                           TrainConfig)
 
 
 def tiny() -> Config:
@@ -13,8 +15,8 @@ def tiny() -> Config:
         recipe="tiny",
         model=ModelConfig(d_model=64, n_layers=2, n_heads=2),
         data=DataConfig(seq_len=64, text_vocab=512, max_docs=60),
-        optim=OptimConfig(lr=3e-3, warmup_tokens=2 * 8 * 64),
-        train=TrainConfig(tokens=30 * 8 * 64, batch_size=8, log_every=1, threads=1),
+        optim=OptimConfig(base=OptimBase(batch=8, tokens=30 * 8 * 64, lr=3e-3, warmup_tokens=2 * 8 * 64)),
+        train=TrainConfig(tokens=30 * 8 * 64, batch_size=8, log_every=1, threads=1, peak_tflops=1.0),
         sample=SampleConfig(steps=16, gen_len=24),
         eval=EvalConfig(tau_points=4, max_rows=32, batch_size=16),
     )
@@ -25,7 +27,7 @@ def demo() -> Config:
         recipe="demo",
         model=ModelConfig(d_model=256, n_layers=4, n_heads=4),
         data=DataConfig(seq_len=256, text_vocab=4096),
-        optim=OptimConfig(lr=2e-3, warmup_tokens=200_000, weight_decay=0.1),
+        optim=OptimConfig(base=OptimBase(batch=32, tokens=3_000_000, lr=2e-3, warmup_tokens=200_000)),
         train=TrainConfig(tokens=3_000_000, batch_size=32, log_every=20, eval_every=0),
         sample=SampleConfig(steps=64, gen_len=64),
         eval=EvalConfig(tau_points=8, max_rows=256, batch_size=32),

@@ -57,10 +57,10 @@ def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
+    state: dict = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
+        pid, name = key.rsplit(".", 1)  # pid: an index, or a parameter name (full FSDP state dicts)
+        state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

@@ -1,14 +1,17 @@
 """The training loop: the one place where data, masking, model, loss and optimizer meet (SPEC §7).
 
 Owns: building a run from a config, the step (micro-batches, bf16 autocast with fp32 master weights,
-gradient clipping, lr schedule in tokens), logging, checkpoint/resume, SIGTERM handling.
+gradient clipping, lr schedule in tokens), the gradient noise scale measurement, logging, checkpoint
+and resume, SIGTERM handling, and running under torchrun (DDP or FSDP2 applied from outside).
 Does not own any formula: those live in diffusion/, optim/ and model/.
 
 Determinism: three independent random streams, each seeded from (train.seed, stream name): `init`
 (weights), `data` (row order; the loader's position is part of the checkpoint) and `mask` (τ and
 mask draws). Per optimizer step, τ and the uniforms that decide masks are drawn for the whole global
-batch at once and sliced per micro-batch, so the step does not depend on how the batch is split.
-Same seed, same losses bit for bit on CPU; a resumed run continues bit-identically.
+batch at once and sliced per rank and micro-batch, so a step does not depend on how the batch is
+split: one process, micro-batches, DDP and FSDP2 compute the same step. Every micro-batch loss is
+divided by the global batch's count of maskable tokens (all-reduced), so the summed gradient is the
+gradient of the SPEC §4 estimator over the whole batch.
 """
 from __future__ import annotations
 
@@ -28,14 +31,19 @@ from trimdm.data.prepare import TextData, prepare_text
 from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import clean_rows_per_batch, draw_noise, mask_batch, tau_bounds
 from trimdm.diffusion.schedules import Schedule, parse_schedule
+from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
+from trimdm.distributed.parallelize import full_state, load_full_state, parallelize
 from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.model.flops import param_counts, train_flops_per_token
 from trimdm.model.transformer import Transformer, TransformerArgs
 from trimdm.optim.lr import lr_factor
+from trimdm.optim.noise_scale import NoiseScaleTracker, sq_norm
+from trimdm.optim.param_groups import build_optimizer, group_table
+from trimdm.optim.reparam import describe, sde_hparams
 from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab
 from trimdm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trimdm.train.metrics import MetricsLog, Progress
+from trimdm.train.metrics import MetricsLog, Progress, matmul_peak_flops
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -48,21 +56,21 @@ def training_schedules(cfg: Config) -> list[Schedule]:
 
 
 def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
-    m = cfg.model
+    m, d = cfg.model, cfg.derived
     return TransformerArgs(vocab_size=vocab.size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
                            mlp_hidden=m.mlp_hidden, max_seq_len=cfg.data.seq_len, rope_theta=m.rope_theta,
-                           norm_eps=m.norm_eps, init_std=m.init_std)
+                           norm_eps=m.norm_eps, init_std=m.init_std, residual_scale=1.0 / d.depth_mult,
+                           hidden_init_scale=1.0 / math.sqrt(d.width_mult), vocab_segments=vocab.segments())
 
 
-def build_model(cfg: Config, vocab: JointVocab, seed: int | None = None) -> Transformer:
+def build_model(cfg: Config, vocab: JointVocab) -> Transformer:
     model = Transformer(model_args(cfg, vocab))
-    gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed if seed is None else seed, "init"))
-    model.init_weights(gen)
+    model.init_weights(torch.Generator().manual_seed(stream_seed(cfg.train.seed, "init")))
     return model
 
 
-def autocast(cfg: Config, device: torch.device):
-    if cfg.train.dtype == "bf16":
+def autocast(dtype: str, device: torch.device):
+    if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -73,63 +81,63 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.AdamW:
-    """AdamW; norm gains (1-D parameters) get no weight decay."""
-    o = cfg.optim
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay, "name": "matrices"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "norms"}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
-
-
-@dataclass
-class StepNoise:
-    """τ and mask uniforms for one optimizer step's global batch of clean rows."""
-
-    tau_B: torch.Tensor
-    u_BL: torch.Tensor
-
-    def slice(self, start: int, n: int) -> "StepNoise":
-        return StepNoise(self.tau_B[start:start + n], self.u_BL[start:start + n])
+def _grad_sq_norm(params) -> float:
+    return sq_norm(p.grad for p in params if p.grad is not None)
 
 
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, log=print):
         self.cfg = cfg.derive()
         self.out = Path(out_dir)
-        self.log = log
-        t = cfg.train
+        t, d = cfg.train, cfg.derived
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
-        self.data: TextData = prepare_text(cfg.data, log=log)
+        self.env: DistEnv = init_distributed(pick_device(t.device))
+        self.device = rank_device(pick_device(t.device), self.env)
+        self.log = log if self.env.is_main else (lambda *a, **k: None)
+        if d.batch % (self.env.world * d.micro_batch_size) and self.env.active:
+            raise ValueError(f"batch of {d.batch} sequences does not split into {self.env.world} ranks × "
+                             f"micro-batches of {d.micro_batch_size}")
+        self.rank_rows = d.batch // self.env.world  # physical rows per rank per optimizer step
+        self.micro = min(d.micro_batch_size, self.rank_rows)
+        self.accum = self.rank_rows // self.micro
+        antimask = cfg.diffusion.antimask
+        self.clean_global = clean_rows_per_batch(antimask, d.batch)
+        self.clean_rank = clean_rows_per_batch(antimask, self.rank_rows)
+        self.clean_micro = clean_rows_per_batch(antimask, self.micro)
+
+        self.data: TextData = prepare_text(cfg.data, log=self.log) if self.env.is_main else None
+        if self.env.active:  # rank 0 prepares; the others open the finished stage
+            torch.distributed.barrier()
+            self.data = self.data or prepare_text(cfg.data, log=self.log)
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
         self.model = build_model(cfg, self.vocab).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.clean_rows = clean_rows_per_batch(cfg.diffusion.antimask, t.batch_size)
-        self.micro_rows = clean_rows_per_batch(cfg.diffusion.antimask, cfg.derived.micro_batch_size)
+        self.net = parallelize(self.model, t.parallel, self.env, self.device)
+        self.optimizer = build_optimizer(self.net, cfg)
         self.train_rows = self.data.rows("train", self.vocab, cfg.data.seq_len)
         self.val_rows = self.data.rows("val", self.vocab, cfg.data.seq_len)
-        self.loader = RowLoader(self.train_rows, self.clean_rows, stream_seed(t.seed, "data"))
+        self.loader = RowLoader(self.train_rows, self.clean_rank, stream_seed(t.seed, "data"), self.env.rank,
+                                self.env.world)
         self.mask_gen = torch.Generator().manual_seed(stream_seed(t.seed, "mask"))
-        self.tau_lo, self.tau_hi = tau_bounds(self.schedules, cfg.diffusion.antimask, cfg.diffusion.t_min)
+        self.tau_lo, self.tau_hi = tau_bounds(self.schedules, antimask, cfg.diffusion.t_min)
+        self.noise_scale = NoiseScaleTracker()
         self.step, self.tokens = 0, 0
-        args = self.model.args
-        self.params = param_counts(args)
-        mean_width = self.vocab.n_text + 1  # text-only for now: the text slice plus EOS
-        self.flops_per_token = train_flops_per_token(args, cfg.data.seq_len, mean_width, 0.5)
+        self.params = param_counts(self.model.args)
+        self.peak = t.peak_tflops * 1e12 if t.peak_tflops else None
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self) -> Path:
-        path = save_checkpoint(
-            self.out, self.step, self.model.state_dict(), self.optimizer.state_dict(),
+    def save(self) -> Path | None:
+        model_state, optim_state = full_state(self.net, self.optimizer, self.cfg.train.parallel, self.env)
+        if not self.env.is_main:
+            return None
+        return save_checkpoint(
+            self.out, self.step, model_state, optim_state,
             rng={"mask": self.mask_gen.get_state()},
-            trainer_state={"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict()},
+            trainer_state={"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
+                           "noise_scale": self.noise_scale.state_dict(), "world": self.env.world},
             config=self.cfg.to_dict(), vocab=self.vocab.to_dict(), keep=self.cfg.train.keep_checkpoints)
-        return path
 
     def resume(self) -> bool:
         path = latest_checkpoint(self.out)
@@ -141,97 +149,163 @@ class Trainer:
         if diff:
             raise ValueError(f"{self.out} holds a run with a different config ({'; '.join(diff[:6])}); "
                              "resume with the same settings or choose another --out")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        world = ckpt["trainer"].get("world", 1)
+        if world != self.env.world:
+            raise ValueError(f"{path} was written by {world} processes; resume it with the same world size "
+                             f"(now {self.env.world}); any world size can load it for sampling and evaluation")
+        load_full_state(self.net, self.optimizer, ckpt["model"], ckpt["optimizer"], self.cfg.train.parallel,
+                        self.env)
         self.mask_gen.set_state(ckpt["rng"]["mask"])
         self.loader.load_state_dict(ckpt["trainer"]["loader"])
+        self.noise_scale.load_state_dict(ckpt["trainer"]["noise_scale"])
         self.step, self.tokens = ckpt["trainer"]["step"], ckpt["trainer"]["tokens"]
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
     # -- one optimizer step ------------------------------------------------------------------------
-    def train_step(self) -> tuple[LossStats, float]:
-        cfg, d = self.cfg, self.cfg.derived
-        noise = StepNoise(*draw_noise(self.clean_rows, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi))
-        clean_all = self.loader.next()  # this step's clean rows, split into micro-batches below
+    def train_step(self) -> dict:
+        cfg, d, env = self.cfg, self.cfg.derived, self.env
+        tau, u = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
+        clean = self.loader.next()  # this rank's clean rows, split into micro-batches below
+        offset = env.rank * self.clean_rank
         batches = []
-        for k in range(d.accum_steps):
-            nz = noise.slice(k * self.micro_rows, self.micro_rows)
-            batches.append(mask_batch(clean_all[k * self.micro_rows:(k + 1) * self.micro_rows], self.tables,
-                                      self.schedules, cfg.diffusion.antimask, nz.tau_B, nz.u_BL))
-        denominator = float(sum(int(nb.maskable_BL.sum()) for nb in batches))
-        lr = cfg.optim.lr * lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule,
-                                      cfg.optim.min_lr_ratio)
+        for k in range(self.accum):
+            a, b = k * self.clean_micro, (k + 1) * self.clean_micro
+            batches.append(mask_batch(clean[a:b], self.tables, self.schedules, cfg.diffusion.antimask,
+                                      tau[offset + a:offset + b], u[offset + a:offset + b]))
+        counts = torch.tensor([float(nb.maskable_BL.sum()) for nb in batches], dtype=torch.float64)
+        denominator = float(all_reduce_sum(counts.sum(), env))
+        factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["base_lr"] * factor
         self.optimizer.zero_grad(set_to_none=True)
-        stats = None
-        for nb in batches:
-            nb = nb.to(self.device)
-            with autocast(cfg, self.device):
-                loss, s = diffusion_loss(self.model, self.vocab, nb, denominator)
-            loss.backward()
+
+        measure = bool(cfg.train.noise_scale_every) and self.step % cfg.train.noise_scale_every == 0
+        ddp = env.active and cfg.train.parallel == "ddp"
+        measure_micro = measure and not env.active and self.accum > 1
+        measure_ranks = measure and ddp
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        stats, micro_sq, prev = None, [], None
+        for k, nb in enumerate(batches):
+            sync = ddp and not measure_ranks and k == self.accum - 1
+            ctx = self.net.no_sync() if ddp and not sync else contextlib.nullcontext()
+            with ctx, autocast(cfg.train.dtype, self.device):
+                loss, s = diffusion_loss(self.net, self.vocab, nb.to(self.device), denominator)
+                loss = loss * env.world  # DDP and FSDP average gradients over ranks; we want the sum
+            with ctx:
+                loss.backward()
             stats = s if stats is None else stats + s
+            if measure_micro:  # gradient of this micro-batch alone, rescaled to its own mean
+                flat = torch.cat([p.grad.detach().flatten() for p in params if p.grad is not None]).double()
+                g = flat if prev is None else flat - prev
+                micro_sq.append(float(g.square().sum()) * (denominator / float(counts[k])) ** 2)
+                prev = flat
+        noise = None
+        if measure_ranks:  # per-rank gradient (no_sync above) versus the all-reduced one
+            local_sq = _grad_sq_norm(params) * (denominator / (env.world * float(counts.sum()))) ** 2
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(env.world)
+            small = float(all_reduce_sum(torch.tensor(local_sq, dtype=torch.float64), env)) / env.world
+            noise = self.noise_scale.update(small, self.rank_rows, _grad_sq_norm(params), d.batch)
+        elif measure_micro:
+            noise = self.noise_scale.update(sum(micro_sq) / len(micro_sq), self.micro,
+                                            float(prev.square().sum()), self.rank_rows)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         self.optimizer.step()
         self.step += 1
         self.tokens += d.tokens_per_step
-        return stats, grad_norm
+        if env.active:
+            stats = LossStats(*(all_reduce_sum(x, env) for x in (stats.wce_M, stats.tokens_M, stats.masked_M)))
+        return {"stats": stats, "grad_norm": grad_norm, "lr_factor": factor, "noise_scale": noise}
+
+    def step_flops(self, stats: LossStats) -> float:
+        """Useful FLOPs of a step: the trunk on every token, the logits of masked positions only."""
+        body = train_flops_per_token(self.model.args, self.cfg.data.seq_len, 0, 0) * self.cfg.derived.tokens_per_step
+        widths = torch.tensor([hi - lo + 1 for lo, hi in map(self.vocab.content_range, MODALITIES)], dtype=torch.float64)
+        return body + 6.0 * self.model.args.d_model * float((stats.masked_M * widths).sum())
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, d, t = self.cfg, self.cfg.derived, self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.resume()
-        cfg.to_json(self.out / "config.json")
-        self.vocab.save(self.out / "vocab.json")
-        self.data.tokenizer.save(self.out / "tokenizer")  # the run carries what decoding needs
+        if self.env.is_main:
+            cfg.to_json(self.out / "config.json")
+            self.vocab.save(self.out / "vocab.json")
+            self.data.tokenizer.save(self.out / "tokenizer")  # the run carries what decoding needs
+        hp = sde_hparams(_base(cfg), t.batch_size, t.tokens, cfg.data.seq_len, cfg.optim.gamma, cfg.optim.reparam)
         self.log(f"model: {self.params['non_embedding']:,} non-embedding + {self.params['embedding']:,} "
-                 f"embedding parameters; {d.steps} steps of {t.batch_size}×{cfg.data.seq_len} tokens "
-                 f"(micro-batch {d.micro_batch_size}); dtype {t.dtype}; device {self.device}")
-        metrics = MetricsLog(self.out / "metrics.jsonl", self.step)
+                 f"embedding parameters; {d.steps} steps of {d.batch}×{cfg.data.seq_len} tokens "
+                 f"({self.env.world} process(es) × {self.accum} micro-batch(es) of {self.micro}); "
+                 f"dtype {t.dtype}; device {self.device}")
+        self.log(describe(hp))
+        self.log(group_table(self.optimizer))
+        if self.peak is None:
+            self.peak = matmul_peak_flops(self.device, torch.bfloat16 if t.dtype == "bf16" else torch.float32)
+        metrics = MetricsLog(self.out / "metrics.jsonl", self.step) if self.env.is_main else None
         progress = Progress(d.steps, self.step, t.log_every)
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
         status = "finished"
         try:
-            window_t, window_tokens = time.time(), 0
+            window_t, window_tokens, window_flops = time.time(), 0, 0.0
             while self.step < d.steps:
-                stats, grad_norm = self.train_step()
+                out = self.train_step()
+                stats = out["stats"]
                 window_tokens += d.tokens_per_step
+                window_flops += self.step_flops(stats)
                 last = self.step == d.steps
                 if self.step % t.log_every == 0 or last:
-                    elapsed = time.time() - window_t
-                    tps = window_tokens / max(elapsed, 1e-9)
+                    elapsed = max(time.time() - window_t, 1e-9)
                     record = {"step": self.step, "tokens": self.tokens, "loss": stats.loss_nats(),
                               **{f"nelbo_{m}": v for m, v in stats.nelbo_bits().items()},
-                              "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                              "tokens_per_s": tps, "gflops_per_s": tps * self.flops_per_token / 1e9}
+                              "lr": self.cfg.derived.lr * out["lr_factor"], "grad_norm": out["grad_norm"],
+                              "tokens_per_s": window_tokens / elapsed,
+                              "mfu": window_flops / elapsed / self.peak / self.env.world}
+                    if self.noise_scale.value is not None:
+                        record["grad_noise_scale"] = self.noise_scale.value
                     if t.eval_every and (self.step % t.eval_every == 0 or last):
                         record.update({f"val_nelbo_{m}": v["bits_per_token"] for m, v in
                                        self.evaluate()["nelbo"].items()})
-                    metrics.write(record)
-                    progress.update(self.step - 1, record["loss"], tps)
-                    window_t, window_tokens = time.time(), 0
+                    if metrics:
+                        metrics.write(record)
+                    if self.env.is_main:
+                        progress.update(self.step - 1, record["loss"], record["tokens_per_s"])
+                    window_t, window_tokens, window_flops = time.time(), 0, 0.0
+                stopping = bool(self.env.active and all_reduce_sum(
+                    torch.tensor(float(stop["signal"] is not None)), self.env) > 0) or stop["signal"] is not None
                 if (t.ckpt_every and self.step % t.ckpt_every == 0) or last:
                     self.save()
-                if stop["signal"] is not None and not last:
+                if stopping and not last:
                     path = self.save()
                     status = "interrupted"
                     self.log(f"SIGTERM: saved {path} at step {self.step}; rerun the same command to resume")
                     break
         finally:
             signal.signal(signal.SIGTERM, previous)
-            metrics.close()
+            if metrics:
+                metrics.close()
         return {"status": status, "step": self.step, "tokens": self.tokens}
 
     def evaluate(self) -> dict:
         self.model.eval()
         try:
-            return heldout_nelbo(self.model, self.vocab, self.val_rows, self.cfg, self.device)
+            return heldout_nelbo(self.net, self.vocab, self.val_rows, self.cfg, self.device)
         finally:
             self.model.train()
+
+
+def _base(cfg: Config):
+    from trimdm.optim.reparam import BaseHParams
+
+    b = cfg.optim.base
+    return BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
+                       weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,0 +1,83 @@
+"""Per-module AdamW parameter groups (SPEC §6).
+
+Owns: which group every parameter belongs to, and each AdamW param group's lr, weight decay and ε:
+
+    lr  = derived lr  × group lr multiplier  × depth_ratio^(l/(n−1))  [× 1/m_N for hidden, CompleteP]
+    eps = derived eps × group eps multiplier                          [× 1/m_N for hidden, CompleteP]
+    wd  = derived wd  × group wd multiplier                           (norm gains: always 0)
+
+Groups: embed_/unembed_ per vocabulary segment (text, image, audio, special), attn_qkv, attn_out,
+mlp_in, mlp_out, norms. Hidden groups are the four block matrices. The depth factor applies to every
+parameter of block l (n blocks; l = 0 … n−1). One AdamW param group per (group, block), tagged with
+`group`, `block` and `base_lr` (the lr before the schedule's factor). Does not own the derived values
+(config.derive / reparam.py) or the schedule (lr.py).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from trimdm.config import Config
+
+HIDDEN = ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
+SEGMENTS = ("text", "image", "audio", "special")
+_BLOCK = {r"attn\.qkv\.weight$": "attn_qkv", r"attn\.out\.weight$": "attn_out",
+          r"mlp\.w_in\.weight$": "mlp_in", r"mlp\.w_out\.weight$": "mlp_out", r"norm\.weight$": "norms"}
+
+
+def classify(name: str) -> tuple[str, int | None]:
+    """Parameter name -> (group, block index or None)."""
+    m = re.fullmatch(r"(embed|unembed)\.(\d+)", name)
+    if m:
+        return f"{m.group(1)}_{SEGMENTS[int(m.group(2))]}", None
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    if m:
+        for pattern, group in _BLOCK.items():
+            if re.search(pattern, m.group(2)):
+                return group, int(m.group(1))
+    if name == "norm.weight":
+        return "norms", None
+    raise ValueError(f"parameter {name!r} belongs to no optimizer group; extend optim/param_groups.py")
+
+
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    d, o = cfg.derived, cfg.optim
+    n = cfg.model.n_layers
+    buckets: dict[tuple[str, int | None], list] = {}
+    for name, p in model.named_parameters():
+        name = name.replace("_orig_mod.", "").replace("module.", "")
+        if p.numel() == 0:
+            continue
+        buckets.setdefault(classify(name), []).append(p)
+    groups = []
+    for (group, block), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        mult = getattr(o.groups, group)
+        depth = o.depth_ratio ** (block / (n - 1)) if block is not None and n > 1 else 1.0
+        hidden = 1.0 / d.width_mult if group in HIDDEN else 1.0
+        groups.append({
+            "params": params, "group": group, "block": block,
+            "base_lr": d.lr * mult.lr * depth * hidden, "lr": d.lr * mult.lr * depth * hidden,
+            "eps": d.eps * mult.eps * hidden,
+            "weight_decay": 0.0 if group == "norms" else d.weight_decay * mult.wd,
+        })
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.derived.lr, betas=cfg.derived.betas,
+                             eps=cfg.derived.eps, foreach=True)
+
+
+def group_table(optimizer: torch.optim.Optimizer) -> str:
+    """One line per module group: parameters, lr range over blocks, ε, weight decay."""
+    rows: dict[str, list[dict]] = {}
+    for g in optimizer.param_groups:
+        rows.setdefault(g["group"], []).append(g)
+    lines = [f"{'group':<16}{'params':>12}{'lr':>22}{'eps':>11}{'wd':>9}"]
+    for name, gs in rows.items():
+        count = sum(p.numel() for g in gs for p in g["params"])
+        lrs = [g["base_lr"] for g in gs]
+        lr = f"{min(lrs):.3g}" if max(lrs) == min(lrs) else f"{lrs[0]:.3g} … {lrs[-1]:.3g}"
+        lines.append(f"{name:<16}{count:>12,}{lr:>22}{gs[0]['eps']:>11.3g}{gs[0]['weight_decay']:>9.3g}")
+    return "\n".join(lines)
