@@ -35,11 +35,14 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from trimdm.distributed.env import finish, is_main_process
     from trimdm.train.trainer import train
 
     cfg = build_config(args.recipe, args.overrides)
     result = train(cfg, args.out)
-    print(json.dumps(result))
+    if is_main_process():
+        print(json.dumps(result))
+    finish()  # torchrun workers exit here; a single process returns
 
 
 def cmd_eval(args) -> None:
@@ -100,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo)
 
-    args = parser.parse_args(argv)
+    # key=value overrides may come before, between or after options: collect the ones argparse leaves
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", [])) + extra
     t0 = time.time()
     try:
         args.fn(args)

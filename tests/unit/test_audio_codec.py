@@ -112,6 +112,12 @@ def test_silence_sits_at_the_log_floor(codec):
 # --- quantisers and persistence ----------------------------------------------------------------
 
 
+def test_untrained_rvq_refuses_to_encode():
+    codec = AudioCodec(tiny(quantizer="rvq", rvq_codebook_size=16))
+    with pytest.raises(ValueError, match="not initialised"):
+        codec.encode(chirpy(0.5, seed=0))
+
+
 @pytest.mark.parametrize("quantizer", ["rfsq", "rvq"])
 def test_both_quantizers_train_encode_and_decode(quantizer):
     cfg = tiny(quantizer=quantizer, rvq_codebook_size=64)

@@ -4,7 +4,7 @@ from trimdm.model.flops import param_counts
 from trimdm.model.transformer import Transformer, TransformerArgs
 
 ARGS = TransformerArgs(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
-                       vocab_segments=(30, 12, 0, 8))
+                       vocab_segments=(("text", 30), ("image", 12), ("audio", 0), ("special", 8)))
 
 
 def model():
@@ -17,7 +17,7 @@ def test_param_counts_match_the_module():
     m = model()
     counts = param_counts(ARGS)
     assert counts["total"] == sum(p.numel() for p in m.parameters())
-    assert counts["embedding"] == sum(p.numel() for p in [*m.embed, *m.unembed])
+    assert counts["embedding"] == sum(p.numel() for p in [*m.embed.values(), *m.unembed.values()])
 
 
 def test_padding_keys_do_not_change_other_positions():
@@ -44,7 +44,7 @@ def test_attention_is_bidirectional():
 def test_head_slice_equals_full_logits_slice():
     m = model()
     h = torch.randn(5, 32)
-    full = torch.nn.functional.linear(m.norm(h), torch.cat(list(m.unembed)))
+    full = torch.nn.functional.linear(m.norm(h), torch.cat(list(m.unembed.values())))
     part = m.head(h, 10, 20, extra_id=42)
     torch.testing.assert_close(part[:, :10], full[:, 10:20])
     torch.testing.assert_close(part[:, 10], full[:, 42])

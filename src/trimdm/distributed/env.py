@@ -60,9 +60,13 @@ def broadcast_object(obj, env: DistEnv):
     return box[0]
 
 
-def finish(env: DistEnv, code: int = 0) -> None:
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def finish(code: int = 0) -> None:
     """End a torchrun worker cleanly (see module docstring). Returns only for single processes."""
-    if not env.active:
+    if not dist.is_initialized():
         return
     dist.barrier()
     dist.destroy_process_group()

@@ -41,7 +41,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str, en
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-    return model.state_dict(), optimizer.state_dict()
+    return unwrap(model).state_dict(), optimizer.state_dict()
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,
@@ -54,5 +54,10 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
         set_model_state_dict(model, model_state, options=opts)
         set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
         return
-    model.load_state_dict(model_state)
+    unwrap(model).load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP wrapper (FSDP2 modifies the model in place: nothing to unwrap)."""
+    return getattr(model, "module", model)

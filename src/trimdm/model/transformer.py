@@ -35,9 +35,10 @@ class TransformerArgs:
     init_std: float = 0.02
     residual_scale: float = 1.0  # multiplies every residual branch (CompleteP uses 1/depth multiplier)
     hidden_init_scale: float = 1.0  # multiplies the init std of hidden matrices (CompleteP: 1/√width mult)
-    # Sizes of contiguous id ranges with their own embedding and unembedding parameters (so that an
-    # optimizer can treat each modality's tables separately); () means one range of vocab_size.
-    vocab_segments: tuple[int, ...] = ()
+    # (name, size) of contiguous id ranges, in id order, with their own embedding and unembedding
+    # parameters (so an optimizer can treat each modality's tables separately). Empty ranges get no
+    # parameters. () means one range "tokens" of vocab_size.
+    vocab_segments: tuple[tuple[str, int], ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -123,14 +124,16 @@ class Transformer(nn.Module):
         if a.d_model % a.n_heads or a.head_dim % 2:
             raise ValueError(f"d_model={a.d_model} must split into {a.n_heads} heads of even size")
         self.args = a
-        segments = a.vocab_segments or (a.vocab_size,)
-        if sum(segments) != a.vocab_size or min(segments) < 0:
+        segments = a.vocab_segments or (("tokens", a.vocab_size),)
+        sizes = [n for _, n in segments]
+        if sum(sizes) != a.vocab_size or min(sizes) < 0:
             raise ValueError(f"vocab_segments {segments} must be non-negative and sum to {a.vocab_size}")
-        self.segment_starts = [sum(segments[:i]) for i in range(len(segments) + 1)]
-        self.embed = nn.ParameterList(nn.Parameter(torch.empty(n, a.d_model)) for n in segments)
+        # (name, start, end) of each non-empty segment, in id order
+        self.segments = [(name, sum(sizes[:i]), sum(sizes[:i + 1])) for i, (name, n) in enumerate(segments) if n]
+        self.embed = nn.ParameterDict({name: nn.Parameter(torch.empty(e - s, a.d_model)) for name, s, e in self.segments})
         self.blocks = nn.ModuleList(Block(a) for _ in range(a.n_layers))
         self.norm = RMSNorm(a.d_model, eps=a.norm_eps)
-        self.unembed = nn.ParameterList(nn.Parameter(torch.empty(n, a.d_model)) for n in segments)
+        self.unembed = nn.ParameterDict({name: nn.Parameter(torch.empty(e - s, a.d_model)) for name, s, e in self.segments})
         cos, sin = rope_tables(a.max_seq_len, a.head_dim, a.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -162,13 +165,12 @@ class Transformer(nn.Module):
             return h
         return [self.head(h[select], lo, hi, extra) for select, lo, hi, extra in heads]
 
-    def _rows(self, tables: nn.ParameterList, lo: int, hi: int) -> torch.Tensor:
+    def _rows(self, tables: nn.ParameterDict, lo: int, hi: int) -> torch.Tensor:
         """Rows [lo, hi) of a segmented table; the range must lie inside one segment."""
-        starts = self.segment_starts
-        for s in range(len(tables)):
-            if starts[s] <= lo and hi <= starts[s + 1] and (hi > lo or starts[s] == lo):
-                return tables[s][lo - starts[s]:hi - starts[s]]
-        raise ValueError(f"id range [{lo}, {hi}) crosses a vocabulary segment boundary {starts}")
+        for name, start, end in self.segments:
+            if start <= lo and hi <= end:
+                return tables[name][lo - start:hi - start]
+        raise ValueError(f"id range [{lo}, {hi}) crosses a vocabulary segment boundary {self.segments}")
 
     def trunk(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
         L = ids_BL.shape[1]
@@ -177,7 +179,8 @@ class Transformer(nn.Module):
         # SDPA's boolean mask: True where a key takes part. None (fast path) when nothing is padded.
         attn_mask = None if pad_BL is None or not bool(pad_BL.any()) else ~pad_BL[:, None, None, :]
         cos, sin = self.rope_cos[:L], self.rope_sin[:L]
-        table = self.embed[0] if len(self.embed) == 1 else torch.cat(list(self.embed))
+        tables = [self.embed[name] for name, _, _ in self.segments]
+        table = tables[0] if len(tables) == 1 else torch.cat(tables)
         x = F.embedding(ids_BL, table)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask)

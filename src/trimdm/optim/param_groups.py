@@ -28,9 +28,9 @@ _BLOCK = {r"attn\.qkv\.weight$": "attn_qkv", r"attn\.out\.weight$": "attn_out",
 
 def classify(name: str) -> tuple[str, int | None]:
     """Parameter name -> (group, block index or None)."""
-    m = re.fullmatch(r"(embed|unembed)\.(\d+)", name)
-    if m:
-        return f"{m.group(1)}_{SEGMENTS[int(m.group(2))]}", None
+    m = re.fullmatch(r"(embed|unembed)\.(\w+)", name)
+    if m and m.group(2) in SEGMENTS:
+        return f"{m.group(1)}_{m.group(2)}", None
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
     if m:
         for pattern, group in _BLOCK.items():

@@ -257,6 +257,12 @@ class _CodecNet(nn.Module):
 
     def quantize(self, z_BFD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (quantised latent (B, F, D), codes (B, F, K), auxiliary loss scalar)."""
+        if not self.training and self.cfg.quantizer == "rvq" and not all(
+                bool(layer._codebook.initted) for layer in self.quantizer.layers):
+            # the library k-means-initialises empty codebooks on *any* forward, eval included: an
+            # untrained rvq codec would silently fit its codebooks to the first thing it encodes
+            raise ValueError("rvq codebooks are not initialised: train the codec (k-means init on the "
+                             "first training batch) or load a trained one")
         out = self.quantizer(z_BFD)
         aux = out[2].sum() if self.cfg.quantizer == "rvq" else z_BFD.new_zeros(())
         return out[0], out[1], aux
@@ -486,6 +492,14 @@ def train_audio_codec(
             mean, std = _mel_stats(net.front, [waves_train[i] for i in stats_idx], cfg.hop)
         net.mel_mean.copy_(mean)
         net.mel_std.copy_(std)
+        first_BT = _crops(waves_train, batch_size, crop, rng)
+        if cfg.quantizer == "rvq":
+            # k-means-initialise the codebooks on the first batch, so that "untrained" below means a
+            # random encoder with data-fitted codebooks (the library does this on the first forward)
+            net.train()
+            with torch.no_grad():
+                net(net.front.log_mel(first_BT))
+            net.eval()
         val_init = mel_l1_decoded(codec, waves_val) if waves_val else math.nan
         opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
         warmup = max(1, steps // 20)
@@ -499,7 +513,7 @@ def train_audio_codec(
         net.train()
         losses = []
         for step in range(steps):
-            x_BT = _crops(waves_train, batch_size, crop, rng)
+            x_BT = first_BT if step == 0 else _crops(waves_train, batch_size, crop, rng)
             with torch.no_grad():
                 target_BMT = net.front.log_mel(x_BT)
             pred_BMT, _, aux = net(target_BMT)

@@ -200,23 +200,26 @@ class ImageAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch = cfg.channels
-        enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
+        # Every resampling conv is followed by norm + SiLU, so the net is non-linear even with
+        # res_blocks=0 (a decoder of bare convs is nearly linear and blurs edges).
+        enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1), _norm(ch[0]), nn.SiLU()]
         for i, c in enumerate(ch):
             enc += [_ResBlock(c) for _ in range(cfg.res_blocks)]
             if i + 1 < len(ch):
-                enc.append(nn.Conv2d(c, ch[i + 1], 4, stride=2, padding=1))
-        enc += [_norm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.code_dim, 1)]
+                enc += [nn.Conv2d(c, ch[i + 1], 4, stride=2, padding=1), _norm(ch[i + 1]), nn.SiLU()]
+        enc.append(nn.Conv2d(ch[-1], cfg.code_dim, 1))
         self.encoder = nn.Sequential(*enc)
 
         self.quantizer = _build_quantizer(cfg)
 
-        dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[-1], 3, padding=1)]
+        dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[-1], 3, padding=1), _norm(ch[-1]), nn.SiLU()]
         for i in reversed(range(len(ch))):
             dec += [_ResBlock(ch[i]) for _ in range(cfg.res_blocks)]
             if i > 0:
                 # Nearest upsample + conv rather than a transposed conv: no checkerboard on flat colours.
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i - 1], 3, padding=1)]
-        dec += [_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], 3, 3, padding=1)]
+                up = nn.Conv2d(ch[i], ch[i - 1], 3, padding=1)
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"), up, _norm(ch[i - 1]), nn.SiLU()]
+        dec.append(nn.Conv2d(ch[0], 3, 3, padding=1))
         self.decoder = nn.Sequential(*dec)
 
     def quantize(self, z_BDhw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -64,9 +64,10 @@ class JointVocab:
     def size(self) -> int:
         return self.off_audio + self.n_audio + len(self.specials)
 
-    def segments(self) -> tuple[int, int, int, int]:
-        """Sizes of the text, image, audio and specials ranges (each has its own embedding tables)."""
-        return (self.n_text, self.n_image, self.n_audio, len(self.specials))
+    def segments(self) -> tuple[tuple[str, int], ...]:
+        """(name, size) of the text, image, audio and specials ranges, each with its own tables."""
+        return (("text", self.n_text), ("image", self.n_image), ("audio", self.n_audio),
+                ("special", len(self.specials)))
 
     def content_range(self, modality: str) -> tuple[int, int]:
         """[lo, hi) of a modality's content ids (empty range when the modality is absent)."""

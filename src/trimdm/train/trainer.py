@@ -95,11 +95,11 @@ class Trainer:
         self.env: DistEnv = init_distributed(pick_device(t.device))
         self.device = rank_device(pick_device(t.device), self.env)
         self.log = log if self.env.is_main else (lambda *a, **k: None)
-        if d.batch % (self.env.world * d.micro_batch_size) and self.env.active:
-            raise ValueError(f"batch of {d.batch} sequences does not split into {self.env.world} ranks × "
-                             f"micro-batches of {d.micro_batch_size}")
         self.rank_rows = d.batch // self.env.world  # physical rows per rank per optimizer step
-        self.micro = min(d.micro_batch_size, self.rank_rows)
+        self.micro = t.micro_batch_size or self.rank_rows
+        if d.batch % self.env.world or self.rank_rows % self.micro:
+            raise ValueError(f"a batch of {d.batch} sequences does not split into {self.env.world} rank(s) × "
+                             f"micro-batches of train.micro_batch_size={self.micro}")
         self.accum = self.rank_rows // self.micro
         antimask = cfg.diffusion.antimask
         self.clean_global = clean_rows_per_batch(antimask, d.batch)
@@ -188,11 +188,10 @@ class Trainer:
         stats, micro_sq, prev = None, [], None
         for k, nb in enumerate(batches):
             sync = ddp and not measure_ranks and k == self.accum - 1
-            ctx = self.net.no_sync() if ddp and not sync else contextlib.nullcontext()
-            with ctx, autocast(cfg.train.dtype, self.device):
-                loss, s = diffusion_loss(self.net, self.vocab, nb.to(self.device), denominator)
-                loss = loss * env.world  # DDP and FSDP average gradients over ranks; we want the sum
-            with ctx:
+            with self.net.no_sync() if ddp and not sync else contextlib.nullcontext():
+                with autocast(cfg.train.dtype, self.device):
+                    loss, s = diffusion_loss(self.net, self.vocab, nb.to(self.device), denominator)
+                    loss = loss * env.world  # DDP and FSDP average gradients over ranks; we want the sum
                 loss.backward()
             stats = s if stats is None else stats + s
             if measure_micro:  # gradient of this micro-batch alone, rescaled to its own mean
