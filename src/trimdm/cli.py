@@ -62,6 +62,18 @@ def cmd_generate(args) -> None:
         print(f"--- sample {i}\n{t}")
 
 
+def cmd_study(args) -> None:
+    if args.study != "batch":
+        raise ValueError(f"unknown study {args.study!r}; this version has: batch")
+    from trimdm.study.batch import run_batch_study
+
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    run_batch_study(Path(args.out), args.recipe, ints(args.batches), args.arms.split(","), ints(args.seeds),
+                    args.overrides)
+    print((Path(args.out) / "batch_study.md").read_text())
+    print(f"table: {Path(args.out) / 'batch_study.json'}; plot: {Path(args.out) / 'batch_study.png'}")
+
+
 def cmd_demo(args) -> None:
     from trimdm.demo import run_demo
 
@@ -97,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("overrides", nargs="*", help="eval.* overrides")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("study", help="design-space studies (this version: batch)")
+    p.add_argument("study", help="which study: batch")
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipe", default="study_batch")
+    p.add_argument("--batches", default="8,16,32,64")
+    p.add_argument("--arms", default="sde,none")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
     p.add_argument("--out", default="runs/demo")

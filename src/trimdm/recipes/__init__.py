@@ -3,6 +3,7 @@
 - tiny(): a few-second run for tests; prepares its own small data set on first use. Its MFU uses a
   nominal 1 TFLOP/s peak (no time spent measuring one); every other recipe measures the peak.
 - demo(): the main job of `make demo` on this machine's CPU (minutes).
+- study_batch(): the small model of `trimdm study batch`.
 """
 from __future__ import annotations
 
@@ -34,7 +35,20 @@ def demo() -> Config:
     )
 
 
-RECIPES = {"tiny": tiny, "demo": demo}
+def study_batch() -> Config:
+    """Small and fast, for the batch-size study: tuned at B_base = 16 sequences and D_base = its horizon."""
+    tokens = 1_000_000
+    return Config(
+        recipe="study_batch",
+        model=ModelConfig(d_model=128, n_layers=2, n_heads=2),
+        data=DataConfig(seq_len=128, text_vocab=2048),
+        optim=OptimConfig(base=OptimBase(batch=16, tokens=tokens, lr=2e-3, warmup_tokens=50_000)),
+        train=TrainConfig(tokens=tokens, batch_size=16, log_every=5),
+        eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32),
+    )
+
+
+RECIPES = {"tiny": tiny, "demo": demo, "study_batch": study_batch}
 
 
 def get_recipe(name: str) -> Config:
