@@ -49,12 +49,22 @@ class ModelConfig:
 
 
 @dataclass
+class Mix:
+    """Token shares of the training tasks (normalised; tasks the data set lacks must be 0)."""
+
+    text: float = 1.0
+    image_text: float = 0.0
+    audio_text: float = 0.0
+
+
+@dataclass
 class DataConfig:
     dataset: str = "kjv"  # text corpus; later issues add tinyworld
     root: str = "data"  # where prepared data sets live (relative to the working directory)
     seq_len: int = 256  # physical sequence length L of every training row
     text_vocab: int = 4096  # BPE vocabulary size (ids [0, text_vocab) of the joint vocabulary)
     max_docs: int = 0  # 0: the whole corpus; >0: the first N documents (tiny runs)
+    mix: Mix = field(default_factory=Mix)
 
 
 @dataclass
@@ -227,6 +237,9 @@ class Config:
             raise ValueError(
                 f"train.micro_batch_size={t.micro_batch_size} must divide train.batch_size={t.batch_size}"
             )
+        shares = [dat.mix.text, dat.mix.image_text, dat.mix.audio_text]
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(f"data.mix shares {shares} must be >= 0 with a positive sum")
         if t.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel={t.parallel!r}: expected ddp | fsdp")
         if t.dtype not in ("bf16", "fp32"):

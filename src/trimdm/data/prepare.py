@@ -37,6 +37,16 @@ class TextData:
         shard = Shard(self.directory, split, self.manifest["shards"][split])
         return PackedText(shard.tokens, shard.offsets, vocab, seq_len)
 
+    def sources(self, split: str, vocab: JointVocab, seq_len: int) -> dict[str, PackedText]:
+        """Row sources per task of a split; text rows are packed, so every token is content."""
+        return {"text": self.rows(split, vocab, seq_len)}
+
+    def tokens_per_row(self, seq_len: int) -> dict[str, float]:
+        return {"text": float(seq_len)}
+
+    def save_tokenizers(self, run_dir: Path) -> None:
+        self.tokenizer.save(Path(run_dir) / "tokenizer")
+
     def unigram_bits(self) -> float:
         """Cross-entropy (bits/token) of held-out text tokens (with EOS) under the training unigram."""
         return self.manifest["unigram"]["val_cross_entropy_bits"]

@@ -48,15 +48,24 @@ def nelbo_sums(model, vocab: JointVocab, rows: torch.Tensor, tau_points: int, se
     return total
 
 
-def heldout_nelbo(model, vocab: JointVocab, source, cfg, device: torch.device) -> dict:
-    n = len(source) if not cfg.eval.max_rows else min(cfg.eval.max_rows, len(source))
-    rows = torch.from_numpy(source.rows(np.arange(n)))
-    stats = nelbo_sums(model, vocab, rows, cfg.eval.tau_points, cfg.eval.seed, cfg.eval.batch_size, device,
-                       cfg.train.dtype)
+def summarize(stats: LossStats) -> dict:
     out = {}
     for i, m in enumerate(MODALITIES):
         if stats.tokens_M[i] > 0:
             nats = float(stats.wce_M[i] / stats.tokens_M[i])
             out[m] = {"bits_per_token": nats / math.log(2), "perplexity_bound": math.exp(nats),
                       "tokens": int(round(float(stats.tokens_M[i])))}
-    return {"nelbo": out, "rows": n, "tau_points": cfg.eval.tau_points, "seed": cfg.eval.seed}
+    return out
+
+
+def heldout_nelbo(model, vocab: JointVocab, sources: dict, cfg, device: torch.device) -> dict:
+    """NELBO per modality over the first `eval.max_rows` rows of every task of the held-out split."""
+    total, rows_used = None, {}
+    for task, source in sources.items():
+        n = len(source) if not cfg.eval.max_rows else min(cfg.eval.max_rows, len(source))
+        rows = torch.from_numpy(source.rows(np.arange(n)))
+        stats = nelbo_sums(model, vocab, rows, cfg.eval.tau_points, cfg.eval.seed, cfg.eval.batch_size, device,
+                           cfg.train.dtype)
+        total = stats if total is None else total + stats
+        rows_used[task] = n
+    return {"nelbo": summarize(total), "rows": rows_used, "tau_points": cfg.eval.tau_points, "seed": cfg.eval.seed}

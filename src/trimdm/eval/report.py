@@ -21,7 +21,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
         set_key(loaded.cfg, key, value)
     cfg = loaded.cfg
     data = prepare_text(cfg.data)
-    val = data.rows("val", loaded.vocab, cfg.data.seq_len)
+    val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
     result["checkpoint"] = str(loaded.checkpoint)

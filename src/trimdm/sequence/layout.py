@@ -106,3 +106,48 @@ class RowTables:
 
     def pad(self, ids_BL: torch.Tensor) -> torch.Tensor:
         return ids_BL == self.pad_id
+
+
+class PairedRows:
+    """Rows `TASK_m BOS_text text EOS_text BOS_m media EOS_m PAD...` over two aligned document shards.
+
+    text_tokens/text_offsets: BPE ids of the captions or transcripts; media_codes/media_offsets: local
+    codes (image: h·w per item; audio: frames·K per item, frame-major). Every row must fit seq_len:
+    `check_fits` reports how many do not, so prepare can fail with counts instead of truncating."""
+
+    def __init__(self, text_tokens, text_offsets, media_codes, media_offsets, modality: str, vocab: JointVocab,
+                 seq_len: int):
+        if len(text_offsets) != len(media_offsets):
+            raise ValueError(f"{len(text_offsets) - 1} texts but {len(media_offsets) - 1} {modality} items")
+        self.text, self.text_off = text_tokens, np.asarray(text_offsets)
+        self.media, self.media_off = media_codes, np.asarray(media_offsets)
+        self.modality, self.vocab, self.seq_len = modality, vocab, seq_len
+        self.lengths = 5 + np.diff(self.text_off) + np.diff(self.media_off)
+
+    def __len__(self) -> int:
+        return len(self.text_off) - 1
+
+    def check_fits(self, where: str) -> None:
+        too_long = int((self.lengths > self.seq_len).sum())
+        if too_long:
+            raise ValueError(
+                f"{where}: {too_long} of {len(self)} {self.modality}-text rows exceed data.seq_len="
+                f"{self.seq_len} (longest {int(self.lengths.max())} tokens); raise data.seq_len or prepare "
+                f"with a shorter maximum (media are never truncated)")
+
+    def media_ids(self, i: int) -> np.ndarray:
+        codes = np.asarray(self.media[self.media_off[i]:self.media_off[i + 1]])
+        if self.modality == "image":
+            return self.vocab.image_ids(codes)
+        return self.vocab.audio_ids(codes.reshape(-1, self.vocab.audio_levels))
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index), self.seq_len), dtype=np.int64)
+        for j, i in enumerate(np.asarray(index)):
+            text = np.asarray(self.text[self.text_off[i]:self.text_off[i + 1]])
+            out[j] = paired_row(self.vocab, self.modality, text, self.media_ids(i), self.seq_len)
+        return out
+
+    def mean_tokens(self) -> float:
+        """Mean non-padding tokens per row (used to turn token shares into row shares)."""
+        return float(self.lengths.mean())

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from trimdm.config import MODALITIES, Config
-from trimdm.data.loader import RowLoader
+from trimdm.data.loader import MixtureLoader, row_shares
 from trimdm.data.prepare import TextData, prepare_text
 from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import clean_rows_per_batch, draw_noise, mask_batch, tau_bounds
@@ -116,10 +116,15 @@ class Trainer:
         self.model = build_model(cfg, self.vocab).to(self.device)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
-        self.train_rows = self.data.rows("train", self.vocab, cfg.data.seq_len)
-        self.val_rows = self.data.rows("val", self.vocab, cfg.data.seq_len)
-        self.loader = RowLoader(self.train_rows, self.clean_rank, stream_seed(t.seed, "data"), self.env.rank,
-                                self.env.world)
+        self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len)
+        self.val_sources = self.data.sources("val", self.vocab, cfg.data.seq_len)
+        mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
+        missing = [task for task, share in mix.items() if share > 0 and task not in self.train_sources]
+        if missing:
+            raise ValueError(f"data.mix gives a share to {missing}, which data.dataset={cfg.data.dataset!r} lacks")
+        shares = row_shares(mix, self.data.tokens_per_row(cfg.data.seq_len))
+        self.loader = MixtureLoader(self.train_sources, shares, self.clean_global, stream_seed(t.seed, "data"),
+                                    self.env.rank, self.env.world)
         self.mask_gen = torch.Generator().manual_seed(stream_seed(t.seed, "mask"))
         self.tau_lo, self.tau_hi = tau_bounds(self.schedules, antimask, cfg.diffusion.t_min)
         self.noise_scale = NoiseScaleTracker()
@@ -236,7 +241,7 @@ class Trainer:
         if self.env.is_main:
             cfg.to_json(self.out / "config.json")
             self.vocab.save(self.out / "vocab.json")
-            self.data.tokenizer.save(self.out / "tokenizer")  # the run carries what decoding needs
+            self.data.save_tokenizers(self.out)  # the run carries what decoding needs
         hp = sde_hparams(_base(cfg), t.batch_size, t.tokens, cfg.data.seq_len, cfg.optim.gamma, cfg.optim.reparam)
         self.log(f"model: {self.params['non_embedding']:,} non-embedding + {self.params['embedding']:,} "
                  f"embedding parameters; {d.steps} steps of {d.batch}×{cfg.data.seq_len} tokens "
@@ -294,7 +299,7 @@ class Trainer:
     def evaluate(self) -> dict:
         self.model.eval()
         try:
-            return heldout_nelbo(self.net, self.vocab, self.val_rows, self.cfg, self.device)
+            return heldout_nelbo(self.net, self.vocab, self.val_sources, self.cfg, self.device)
         finally:
             self.model.train()
 
