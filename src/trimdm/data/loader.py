@@ -7,7 +7,8 @@ of every task stays within one row of its target (largest-remainder apportionmen
 a task, each epoch is a permutation drawn from `np.random.default_rng([seed, task, epoch])`; the
 global batch is put in a per-step random order (so ranks see mixed tasks), and rank r of W takes the
 r-th contiguous slice. The state is small (step, rows served per task, per-task epoch and cursor), so
-resuming mid-epoch reproduces the exact sequence. The incomplete tail of an epoch is dropped.
+resuming mid-epoch reproduces the exact sequence. Every row of an epoch is served once before the
+next epoch begins; a batch may straddle two epochs.
 Does not own the row layout (sequence/) or masking (diffusion/).
 """
 from __future__ import annotations
