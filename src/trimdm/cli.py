@@ -26,12 +26,16 @@ def build_config(recipe: str, overrides: list[str], base: Config | None = None) 
 
 
 def cmd_prepare(args) -> None:
-    from trimdm.data.prepare import prepare_text
+    from trimdm.data.prepare import prepare
 
-    cfg = build_config(args.recipe, args.overrides)
-    data = prepare_text(cfg.data)
-    print(json.dumps({"directory": str(data.directory), **{k: data.manifest[k] for k in ("shards", "unigram")}},
-                     indent=2))
+    extra = [f"data.dataset={args.dataset}"] if args.dataset else []
+    extra += [f"data.root={args.out}"] if args.out else []
+    extra += ["data.strict=true"] if args.strict else []
+    cfg = build_config(args.recipe, [*args.overrides, *extra])
+    data = prepare(cfg.data)
+    report = Path(data.directory) / "prepare_report.md"
+    print(report.read_text() if report.exists() else json.dumps(data.manifest.get("shards"), indent=2))
+    print(f"prepared: {data.directory}")
 
 
 def cmd_train(args) -> None:
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     recipes = ", ".join(sorted(RECIPES))
 
     p = sub.add_parser("prepare", help="build the data set a recipe needs")
-    p.add_argument("--recipe", default="demo", help=f"one of: {recipes}")
+    p.add_argument("--recipe", default="demo", help=f"one of: {recipes} (sizes of the data set)")
+    p.add_argument("--dataset", default=None, help="kjv | tinyworld (default: the recipe's)")
+    p.add_argument("--out", default=None, help="data root directory (default: the recipe's data.root)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input file")
     p.add_argument("overrides", nargs="*", help="config key=value overrides")
     p.set_defaults(fn=cmd_prepare)
 

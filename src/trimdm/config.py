@@ -58,13 +58,36 @@ class Mix:
 
 
 @dataclass
+class TinyworldConfig:
+    """Sizes and training budgets of the embedded data set (SPEC §10); each setting gets its own
+    prepared directory, so recipes of different sizes never overwrite each other."""
+
+    scenes: int = 10_000  # training scenes (val and test: eval_scenes each)
+    eval_scenes: int = 500
+    utterances: int = 5_000  # training utterances (val and test: eval_utterances each)
+    eval_utterances: int = 250
+    image_size: int = 32
+    two_object_fraction: float = 0.5
+    max_seconds: float = 4.0  # longer utterances are skipped and counted
+    seed: int = 0
+    image_steps: int = 1500  # image tokenizer training steps
+    image_batch: int = 64
+    audio_steps: int = 1500  # audio codec training steps
+    audio_batch: int = 16
+    images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
+    speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
+
+
+@dataclass
 class DataConfig:
-    dataset: str = "kjv"  # text corpus; later issues add tinyworld
+    dataset: str = "kjv"  # kjv (text only) | tinyworld (text, image-text, audio-text)
     root: str = "data"  # where prepared data sets live (relative to the working directory)
     seq_len: int = 256  # physical sequence length L of every training row
     text_vocab: int = 4096  # BPE vocabulary size (ids [0, text_vocab) of the joint vocabulary)
     max_docs: int = 0  # 0: the whole corpus; >0: the first N documents (tiny runs)
     mix: Mix = field(default_factory=Mix)
+    tinyworld: TinyworldConfig = field(default_factory=TinyworldConfig)
+    strict: bool = False  # stop prepare at the first bad input file instead of skipping and counting it
 
 
 @dataclass
@@ -240,6 +263,8 @@ class Config:
         shares = [dat.mix.text, dat.mix.image_text, dat.mix.audio_text]
         if min(shares) < 0 or sum(shares) <= 0:
             raise ValueError(f"data.mix shares {shares} must be >= 0 with a positive sum")
+        if dat.dataset not in ("kjv", "tinyworld"):
+            raise ValueError(f"data.dataset={dat.dataset!r}: expected kjv | tinyworld")
         if t.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel={t.parallel!r}: expected ddp | fsdp")
         if t.dtype not in ("bf16", "fp32"):

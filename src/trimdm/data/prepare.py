@@ -52,6 +52,15 @@ class TextData:
         return self.manifest["unigram"]["val_cross_entropy_bits"]
 
 
+def prepare(cfg: DataConfig, log=print):
+    """The prepared data set a run needs (built on first use, then read from its cache)."""
+    if cfg.dataset == "tinyworld":
+        from trimdm.data.tinyworld.dataset import prepare_tinyworld
+
+        return prepare_tinyworld(cfg, log=log, strict=cfg.strict)
+    return prepare_text(cfg, log=log)
+
+
 def text_stage_dir(cfg: DataConfig) -> Path:
     name = f"{cfg.dataset}-bpe{cfg.text_vocab}" + (f"-docs{cfg.max_docs}" if cfg.max_docs else "")
     return Path(cfg.root) / name

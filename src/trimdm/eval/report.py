@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from trimdm.config import set_key
-from trimdm.data.prepare import prepare_text
+from trimdm.data.prepare import prepare
 from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.train.trainer import load_run
 
@@ -20,7 +20,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
             raise ValueError(f"eval takes eval.* overrides only, got {key!r}")
         set_key(loaded.cfg, key, value)
     cfg = loaded.cfg
-    data = prepare_text(cfg.data)
+    data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}

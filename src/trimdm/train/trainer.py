@@ -27,7 +27,7 @@ import torch
 
 from trimdm.config import MODALITIES, Config
 from trimdm.data.loader import MixtureLoader, row_shares
-from trimdm.data.prepare import TextData, prepare_text
+from trimdm.data.prepare import prepare
 from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import clean_rows_per_batch, draw_noise, mask_batch, tau_bounds
 from trimdm.diffusion.schedules import Schedule, parse_schedule
@@ -106,10 +106,10 @@ class Trainer:
         self.clean_rank = clean_rows_per_batch(antimask, self.rank_rows)
         self.clean_micro = clean_rows_per_batch(antimask, self.micro)
 
-        self.data: TextData = prepare_text(cfg.data, log=self.log) if self.env.is_main else None
-        if self.env.active:  # rank 0 prepares; the others open the finished stage
+        self.data = prepare(cfg.data, log=self.log) if self.env.is_main else None
+        if self.env.active:  # rank 0 prepares; the others open the finished stages
             torch.distributed.barrier()
-            self.data = self.data or prepare_text(cfg.data, log=self.log)
+            self.data = self.data or prepare(cfg.data, log=self.log)
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
@@ -334,9 +334,10 @@ class LoadedRun:
     cfg: Config
     vocab: JointVocab
     model: Transformer
-    tokenizer: object
+    tokenizer: object  # text
     checkpoint: Path
     device: torch.device
+    media_tokenizers: dict  # "image" / "audio" -> tokenizer, where the run has them
 
     @property
     def autocast_dtype(self):
@@ -353,5 +354,15 @@ def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
     model = Transformer(model_args(cfg, vocab))
     model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
-    tokenizer = TextTokenizer.load(ckpt["path"].parent.parent / "tokenizer")
-    return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev)
+    run_dir = ckpt["path"].parent.parent
+    tokenizer = TextTokenizer.load(run_dir / "tokenizer")
+    media = {}
+    if vocab.has("image"):
+        from trimdm.tokenizers.image import ImageTokenizer
+
+        media["image"] = ImageTokenizer.load(run_dir / "tokenizers" / "image")
+    if vocab.has("audio"):
+        from trimdm.tokenizers.audio import AudioCodec
+
+        media["audio"] = AudioCodec.load(run_dir / "tokenizers" / "audio")
+    return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev, media)

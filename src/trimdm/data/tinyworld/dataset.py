@@ -1,0 +1,309 @@
+"""The embedded tri-modal data set `tinyworld`, prepared in three cached stages (SPEC §10).
+
+    raw/         images_{split}/ (PNG + captions.jsonl) and speech_{split}/ (WAV + transcripts.jsonl),
+                 written by scenes.py and speech.py from a seed; the text corpus is the KJV
+    tokenizers/  text/ (byte-level BPE on KJV + captions + transcripts), image/ (autoencoder + FSQ),
+                 audio/ (mel codec + residual FSQ), with their reconstruction reports
+    shards/      per split: text (KJV chapters), image_text (captions + image codes), audio_text
+                 (transcripts + audio codes, frame-major), the tokens per row of every task, the
+                 audio length rule (frames ≈ a + b·text tokens) and the text unigram baseline
+
+Each stage lives in its own directory with a manifest (shards.finish_stage); it is rebuilt when its
+manifest is missing or does not match its files, or when the stage it was built from changed (each
+manifest records its input's manifest hash). Stages are built under a temporary name and swapped in
+whole, so a failed or interrupted prepare never damages what was already prepared.
+
+Inputs read by the tokenizers and shards stages go through the folder readers, which skip and count
+corrupt or truncated files, empty captions and over-long utterances (or stop at the first under
+`strict`); `images_dir`/`speech_dir` point the train split at user-supplied folders of the same layout.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trimdm.data import kjv
+from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
+from trimdm.sequence.layout import PackedText, PairedRows
+from trimdm.tokenizers.vocab import JointVocab
+
+SPLITS = ("train", "val", "test")
+TASKS = ("text", "image_text", "audio_text")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _manifest_hash(directory: Path) -> str:
+    return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()[:12]
+
+
+def _ensure(directory: Path, build, upstream: str | None, log, strict: bool = False) -> dict:
+    manifest, reason = verify_stage(directory)
+    if manifest is not None and upstream is not None and manifest.get("upstream") != upstream:
+        manifest, reason = None, "its input stage changed"
+    if manifest is None:
+        if directory.exists():
+            log(f"prepare: rebuilding {directory} ({reason})")
+        t0 = time.time()
+        tmp = new_stage_dir(directory)
+        info = build(tmp)
+        finish_stage(tmp, directory, {**info, "upstream": upstream, "seconds": round(time.time() - t0, 1)})
+        manifest, reason = verify_stage(directory)
+        assert manifest is not None, reason
+        log(f"prepare: built {directory.name} in {manifest['seconds']}s")
+    return manifest
+
+
+def speech_texts(captions: list[str], docs: list[str], n: int, seed: int) -> list[str]:
+    """n texts to speak: alternately a caption and a short KJV sentence (5–15 words)."""
+    rng = np.random.default_rng(seed)
+    sentences = [s.strip() + "." for d in docs for s in d.replace(";", ".").replace(":", ".").split(".")
+                 if 5 <= len(s.split()) <= 15]
+    out = []
+    for i in range(n):
+        if i % 2 == 0 and captions:
+            out.append(captions[(i // 2) % len(captions)])
+        else:
+            out.append(sentences[int(rng.integers(len(sentences)))])
+    return out
+
+
+@dataclass
+class TinyworldData:
+    directory: Path
+    manifest: dict  # of the shards stage
+    tokenizers: dict  # modality -> tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.tokenizers["text"]
+
+    def vocab(self) -> JointVocab:
+        audio = self.tokenizers["audio"]
+        return JointVocab(n_text=self.tokenizers["text"].codebook_sizes[0],
+                          n_image=self.tokenizers["image"].codebook_sizes[0],
+                          audio_levels=len(audio.codebook_sizes), audio_codebook=audio.codebook_sizes[0])
+
+    def _shard(self, name: str) -> Shard:
+        return Shard(self.directory / "shards", name, self.manifest["shards"][name])
+
+    def sources(self, split: str, vocab: JointVocab, seq_len: int) -> dict:
+        text = self._shard(f"{split}.text")
+        out = {"text": PackedText(text.tokens, text.offsets, vocab, seq_len)}
+        for task, modality in (("image_text", "image"), ("audio_text", "audio")):
+            t, m = self._shard(f"{split}.{task}.text"), self._shard(f"{split}.{task}.{modality}")
+            rows = PairedRows(t.tokens, t.offsets, m.tokens, m.offsets, modality, vocab, seq_len)
+            rows.check_fits(f"{self.directory} ({split} {task})")
+            out[task] = rows
+        return out
+
+    def tokens_per_row(self, seq_len: int) -> dict[str, float]:
+        stats = self.manifest["tokens_per_row"]
+        return {"text": float(seq_len), "image_text": stats["image_text"], "audio_text": stats["audio_text"]}
+
+    def unigram_bits(self) -> float:
+        return self.manifest["unigram"]["val_cross_entropy_bits"]
+
+    def save_tokenizers(self, run_dir: Path) -> None:
+        self.tokenizers["text"].save(Path(run_dir) / "tokenizer")
+        for m in ("image", "audio"):
+            self.tokenizers[m].save(Path(run_dir) / "tokenizers" / m)
+
+
+def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
+    """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root)."""
+    from trimdm.tokenizers.audio import AudioCodec
+    from trimdm.tokenizers.image import ImageTokenizer
+    from trimdm.tokenizers.text import TextTokenizer
+
+    tw = cfg.tinyworld
+    spec = {"tinyworld": asdict(tw), "text_vocab": cfg.text_vocab}
+    root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    raw = _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
+    tok = _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
+                  _manifest_hash(root / "raw"), log)
+    tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),
+                  "image": ImageTokenizer.load(root / "tokenizers" / "image"),
+                  "audio": AudioCodec.load(root / "tokenizers" / "audio")}
+    shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
+                     _manifest_hash(root / "tokenizers"), log)
+    del raw, tok
+    write_report(root)
+    return TinyworldData(root, shards, tokenizers)
+
+
+# -- stage 1: raw -------------------------------------------------------------------------------------
+def _build_raw(tmp: Path, tw, log) -> dict:
+    from trimdm.data.tinyworld import scenes as sc
+    from trimdm.data.tinyworld import speech as sp
+
+    counts = {"train": (tw.scenes, tw.utterances), "val": (tw.eval_scenes, tw.eval_utterances),
+              "test": (tw.eval_scenes, tw.eval_utterances)}
+    docs = kjv.split(kjv.chapters())
+    info = {"images": {}, "speech": {}}
+    for i, (split, (n_scenes, n_utt)) in enumerate(counts.items()):
+        t0 = time.time()
+        scenes = sc.sample_scenes(n_scenes, split, tw.seed, two_object_fraction=tw.two_object_fraction)
+        sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size, seed=tw.seed + i)
+        captions = [json.loads(line)["caption"] for line in
+                    (tmp / f"images_{split}" / "captions.jsonl").read_text().splitlines()]
+        texts = speech_texts(captions, docs["train" if split == "train" else "val"], n_utt, tw.seed + 10 + i)
+        utts = sp.synthesize_corpus(texts, seed=tw.seed + 20 + i, max_seconds=tw.max_seconds)
+        sp.write_speech_folder(tmp / f"speech_{split}", utts)
+        info["images"][split] = len(scenes)
+        info["speech"][split] = {"utterances": len(utts), "requested": n_utt,
+                                 "seconds": round(sum(u.seconds for u in utts), 1)}
+        log(f"prepare: tinyworld {split}: {len(scenes)} scenes, {len(utts)} utterances "
+            f"({time.time() - t0:.1f}s)")
+    return {"stage": "raw", **info}
+
+
+def _read_split(raw: Path, split: str, tw, strict: bool):
+    from trimdm.data.tinyworld.scenes import read_image_folder
+    from trimdm.data.tinyworld.speech import read_speech_folder
+
+    images_dir = Path(tw.images_dir) if (tw.images_dir and split == "train") else raw / f"images_{split}"
+    speech_dir = Path(tw.speech_dir) if (tw.speech_dir and split == "train") else raw / f"speech_{split}"
+    items, img_report = read_image_folder(images_dir, strict=strict)
+    speech, sp_report = read_speech_folder(speech_dir, max_seconds=tw.max_seconds, strict=strict)
+    bad = [i for i, (img, _, _) in enumerate(items) if img.shape != (tw.image_size, tw.image_size, 3)]
+    if bad:
+        msg = f"{images_dir}: {len(bad)} images are not {tw.image_size}×{tw.image_size} RGB"
+        if strict:
+            raise ValueError(msg)
+        img_report["skipped_wrong_size"] = len(bad)
+        items = [it for i, it in enumerate(items) if i not in set(bad)]
+    images = np.stack([img for img, _, _ in items]) if items else np.zeros((0, tw.image_size, tw.image_size, 3), np.uint8)
+    report = {"images": {"dir": str(images_dir), **img_report},
+              "speech": {"dir": str(speech_dir), **sp_report.to_dict()}}
+    return images, [c for _, c, _ in items], [w for w, _ in speech], [t for _, t in speech], report
+
+
+# -- stage 2: tokenizers ------------------------------------------------------------------------------
+def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
+    import torch
+
+    from trimdm.tokenizers import audio as au
+    from trimdm.tokenizers import image as im
+    from trimdm.tokenizers.text import TextTokenizer
+
+    tw = cfg.tinyworld
+    images, captions, waves, transcripts, read_report = _read_split(raw, "train", tw, strict)
+    v_images, _, v_waves, _, _ = _read_split(raw, "val", tw, strict)
+    if len(images) == 0 or len(waves) == 0:
+        raise ValueError(f"{raw}: no usable training images or utterances (see the read report)")
+    docs = kjv.split(kjv.chapters())["train"]
+    text = TextTokenizer.train(docs + captions + transcripts, cfg.text_vocab)
+    text.save(tmp / "text")
+    threads = torch.get_num_threads()
+    t0 = time.time()
+    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size)
+    image, img_train = im.train_image_tokenizer(images, v_images[:256], img_cfg, tw.image_steps, tw.image_batch,
+                                                tw.seed, log=None)
+    image.save(tmp / "image")
+    img_metrics = im.reconstruction_metrics(image, v_images[:256])
+    img_seconds = time.time() - t0
+    t0 = time.time()
+    codec, au_train = au.train_audio_codec(waves, v_waves[:64], au.AudioCodecConfig(), tw.audio_steps,
+                                           tw.audio_batch, tw.seed, log=None)
+    codec.save(tmp / "audio")
+    au_metrics = au.reconstruction_metrics(codec, v_waves[:32])
+    au_seconds = time.time() - t0
+    log(f"prepare: image tokenizer PSNR {img_metrics.get('psnr', float('nan')):.2f} dB "
+        f"({img_seconds:.0f}s); audio codec mel L1 {au_metrics.get('mel_l1_wave', float('nan')):.3f}, "
+        f"STOI {au_metrics.get('stoi_codes', float('nan')):.3f} ({au_seconds:.0f}s)")
+    return {"stage": "tokenizers", "threads": threads, "read": read_report,
+            "text": {"vocab": text.codebook_sizes[0]},
+            "image": {"metrics": img_metrics, "train_seconds": round(img_seconds, 1), "steps": tw.image_steps},
+            "audio": {"metrics": au_metrics, "train_seconds": round(au_seconds, 1), "steps": tw.audio_steps,
+                      "frames_per_second": codec.frames_per_second, "tokens_per_second": codec.rate}}
+
+
+# -- stage 3: shards ----------------------------------------------------------------------------------
+def _build_shards(tmp: Path, raw: Path, tok: dict, cfg, log, strict: bool) -> dict:
+    tw = cfg.tinyworld
+    text_tok, image_tok, codec = tok["text"], tok["image"], tok["audio"]
+    n_text = text_tok.codebook_sizes[0]
+    docs = kjv.split(kjv.chapters())
+    docs["test"] = docs["val"]  # the KJV split has one held-out part; val and test share it
+    shards, reads, lengths = {}, {}, {"image_text": [], "audio_text": []}
+    pairs_text, pairs_frames = [], []
+    unigram = {}
+    for split in SPLITS:
+        images, captions, waves, transcripts, reads[split] = _read_split(raw, split, tw, strict)
+        kjv_ids = text_tok.encode_batch(docs[split])
+        shards[f"{split}.text"] = write_shard(tmp, f"{split}.text", kjv_ids, n_text)
+        cap_ids = text_tok.encode_batch(captions)
+        codes = [c for c in _batched(image_tok.encode, images, 256)]
+        shards[f"{split}.image_text.text"] = write_shard(tmp, f"{split}.image_text.text", cap_ids, n_text)
+        shards[f"{split}.image_text.image"] = write_shard(tmp, f"{split}.image_text.image", codes,
+                                                          image_tok.codebook_sizes[0])
+        tr_ids = text_tok.encode_batch(transcripts)
+        audio_codes = [codec.encode(w).reshape(-1) for w in waves]
+        shards[f"{split}.audio_text.text"] = write_shard(tmp, f"{split}.audio_text.text", tr_ids, n_text)
+        shards[f"{split}.audio_text.audio"] = write_shard(tmp, f"{split}.audio_text.audio", audio_codes,
+                                                          codec.codebook_sizes[0])
+        if split == "train":
+            lengths["image_text"] = [5 + len(t) + len(c) for t, c in zip(cap_ids, codes)]
+            lengths["audio_text"] = [5 + len(t) + len(c) for t, c in zip(tr_ids, audio_codes)]
+            pairs_text = [len(t) for t in tr_ids]
+            pairs_frames = [len(c) // len(codec.codebook_sizes) for c in audio_codes]
+        counts = np.bincount(np.concatenate(kjv_ids + cap_ids + tr_ids), minlength=n_text + 1).astype(np.float64)
+        counts[n_text] += len(kjv_ids) + len(cap_ids) + len(tr_ids)  # one EOS per document
+        unigram[split] = counts
+        log(f"prepare: shards {split}: {len(kjv_ids)} chapters, {len(codes)} image-text, "
+            f"{len(audio_codes)} audio-text pairs")
+    p = (unigram["train"] + 1) / (unigram["train"].sum() + len(unigram["train"]))
+    # audio length rule (SPEC §8): least squares frames ≈ a + b·(transcript tokens), plus the spread
+    b, a = np.polyfit(np.array(pairs_text, float), np.array(pairs_frames, float), 1)
+    resid = np.array(pairs_frames) - (a + b * np.array(pairs_text))
+    return {"stage": "shards", "shards": shards, "read": reads,
+            "tokens_per_row": {k: float(np.mean(v)) for k, v in lengths.items()},
+            "max_row_tokens": {k: int(np.max(v)) for k, v in lengths.items()},
+            "audio_length_rule": {"intercept": float(a), "slope": float(b), "residual_std": float(resid.std()),
+                                  "frames_per_second": codec.frames_per_second},
+            "unigram": {"val_cross_entropy_bits": float(-(unigram["val"] * np.log2(p)).sum() / unigram["val"].sum())}}
+
+
+def _batched(fn, items: np.ndarray, size: int):
+    for start in range(0, len(items), size):
+        yield from fn(items[start:start + size])
+
+
+def write_report(root: Path) -> dict:
+    """prepare_report.{json,md}: counts, sizes, token rates, tokenizer quality and everything skipped."""
+    manifests = {s: json.loads((root / s / MANIFEST).read_text()) for s in ("raw", "tokenizers", "shards")}
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    report = {"directory": str(root), "bytes": size,
+              "raw": {k: manifests["raw"][k] for k in ("images", "speech")},
+              "tokenizers": {k: manifests["tokenizers"][k] for k in ("text", "image", "audio")},
+              "read": manifests["shards"]["read"],
+              "tokens_per_row": manifests["shards"]["tokens_per_row"],
+              "max_row_tokens": manifests["shards"]["max_row_tokens"],
+              "audio_length_rule": manifests["shards"]["audio_length_rule"],
+              "shards": manifests["shards"]["shards"],
+              "seconds": {s: m["seconds"] for s, m in manifests.items()}}
+    (root / "prepare_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# tinyworld prepare report: {root}", "", f"Total size: {size / 1e6:.1f} MB", "",
+             "| split | images | utterances | skipped images | skipped utterances |", "|---|---|---|---|---|"]
+    for split, r in report["read"].items():
+        skipped_img = {k: v for k, v in r["images"].items() if k.startswith("skipped") and v}
+        skipped_sp = {k: v for k, v in r["speech"].items() if k.startswith("skipped") and v}
+        lines.append(f"| {split} | {r['images']['read']} | {r['speech']['read']} | {skipped_img or 0} | "
+                     f"{skipped_sp or 0} |")
+    img, au = report["tokenizers"]["image"], report["tokenizers"]["audio"]
+    lines += ["", f"Image tokenizer: {img['metrics']}", f"Audio codec: {au['metrics']} "
+              f"({au['frames_per_second']} frames/s, {au['tokens_per_second']} tokens/s)",
+              f"Tokens per row: {report['tokens_per_row']} (max {report['max_row_tokens']})",
+              f"Audio length rule: {report['audio_length_rule']}", f"Stage seconds: {report['seconds']}"]
+    (root / "prepare_report.md").write_text("\n".join(lines) + "\n")
+    return report
