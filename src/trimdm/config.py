@@ -72,8 +72,11 @@ class TinyworldConfig:
     seed: int = 0
     image_steps: int = 1500  # image tokenizer training steps
     image_batch: int = 64
+    image_channels: tuple[int, int, int] = (32, 64, 96)  # autoencoder widths per resolution (32 -> 8)
     audio_steps: int = 1500  # audio codec training steps
     audio_batch: int = 16
+    audio_channels: int = 256  # codec encoder/decoder width
+    audio_blocks: int = 4  # residual blocks in each of the codec's encoder and decoder
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 

@@ -73,11 +73,11 @@ def _ratio_and_weight(schedules: list[Schedule], tau_B, modality_BL, complement_
     return prob_BL, weight_BL
 
 
-def apply_masks(clean_BL, masked_BL, weight_BL, tables: RowTables, tau_B) -> NoisyBatch:
+def apply_masks(clean_BL, masked_BL, weight_BL, maskable_BL, tables: RowTables, tau_B) -> NoisyBatch:
     modality = tables.modality(clean_BL)
     noisy = torch.where(masked_BL, tables.mask_id_M[modality], clean_BL)
     return NoisyBatch(clean_BL, noisy, masked_BL, torch.where(masked_BL, weight_BL, 0.0), modality,
-                      tables.maskable(clean_BL), tables.pad(clean_BL), tau_B)
+                      maskable_BL, tables.pad(clean_BL), tau_B)
 
 
 def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float, hi: float):
@@ -89,22 +89,25 @@ def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float,
 
 
 def mask_batch(clean_BL: torch.Tensor, tables: RowTables, schedules: list[Schedule], antimask: str,
-               tau_B: torch.Tensor, u_BL: torch.Tensor) -> NoisyBatch:
+               tau_B: torch.Tensor, u_BL: torch.Tensor, only_modality: int | None = None) -> NoisyBatch:
     """Noise clean rows: position i is masked when maskable and u_i < its ratio at τ of its row.
     With antimask=complement the result holds 2× the rows (pairs adjacent: row 2j is masked with M,
-    row 2j+1 with its complement)."""
+    row 2j+1 with its complement). `only_modality` restricts masking (and the token count) to one
+    modality, the rest staying clean: the conditional NELBO of that modality given the others."""
     if antimask not in ANTIMASK:
         raise ValueError(f"antimask={antimask!r}: expected one of {ANTIMASK}")
     modality = tables.modality(clean_BL)
     maskable = tables.maskable(clean_BL)
+    if only_modality is not None:
+        maskable = maskable & (modality == only_modality)
     complement = (modality != TEXT) if antimask == "crossmodal" else torch.zeros_like(maskable)
     prob, weight = _ratio_and_weight(schedules, tau_B, modality, complement)
     masked = maskable & (u_BL < prob)
     if antimask != "complement":
-        return apply_masks(clean_BL, masked, weight, tables, tau_B)
+        return apply_masks(clean_BL, masked, weight, maskable, tables, tau_B)
     # complement pairs: second copy masks exactly the maskable tokens the first left visible
     masked_c = maskable & ~masked
     _, weight_c = _ratio_and_weight(schedules, tau_B, modality, torch.ones_like(maskable))
     pair = lambda a, b: torch.stack([a, b], dim=1).flatten(0, 1)  # noqa: E731  interleave rows
-    return apply_masks(pair(clean_BL, clean_BL), pair(masked, masked_c), pair(weight, weight_c), tables,
-                       pair(tau_B, tau_B))
+    return apply_masks(pair(clean_BL, clean_BL), pair(masked, masked_c), pair(weight, weight_c),
+                       pair(maskable, maskable), tables, pair(tau_B, tau_B))

@@ -28,7 +28,7 @@ def gauss_legendre_01(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def nelbo_sums(model, vocab: JointVocab, rows: torch.Tensor, tau_points: int, seed: int, batch_size: int,
-               device: torch.device, dtype: str = "bf16") -> LossStats:
+               device: torch.device, dtype: str = "bf16", only_modality: int | None = None) -> LossStats:
     """Quadrature of the NELBO over τ: Σ_nodes g_j · LossStats at τ_j (tokens counted once)."""
     tables = RowTables.from_vocab(vocab)
     linear = [Linear()] * 3
@@ -40,7 +40,7 @@ def nelbo_sums(model, vocab: JointVocab, rows: torch.Tensor, tau_points: int, se
         B, L = clean.shape
         for tau, g in zip(nodes, weights):
             u = torch.rand((B, L), generator=gen, dtype=torch.float64)
-            nb = mask_batch(clean, tables, linear, "none", tau.expand(B).clone(), u).to(device)
+            nb = mask_batch(clean, tables, linear, "none", tau.expand(B).clone(), u, only_modality).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
                 _, s = diffusion_loss(model, vocab, nb)
             s = LossStats(s.wce_M * float(g), s.tokens_M * float(g), s.masked_M * float(g))
@@ -58,14 +58,26 @@ def summarize(stats: LossStats) -> dict:
     return out
 
 
-def heldout_nelbo(model, vocab: JointVocab, sources: dict, cfg, device: torch.device) -> dict:
-    """NELBO per modality over the first `eval.max_rows` rows of every task of the held-out split."""
-    total, rows_used = None, {}
+def heldout_nelbo(model, vocab: JointVocab, sources: dict, cfg, device: torch.device,
+                  conditional: bool = False) -> dict:
+    """NELBO per modality over the first `eval.max_rows` rows of every task of the held-out split.
+
+    With `conditional`, also the conditional NELBOs of paired rows, one modality masked and the other
+    clean: image|text and text|image on image-text rows, audio|text and text|audio on audio-text rows."""
+    total, rows_used, cond = None, {}, {}
     for task, source in sources.items():
         n = len(source) if not cfg.eval.max_rows else min(cfg.eval.max_rows, len(source))
         rows = torch.from_numpy(source.rows(np.arange(n)))
-        stats = nelbo_sums(model, vocab, rows, cfg.eval.tau_points, cfg.eval.seed, cfg.eval.batch_size, device,
-                           cfg.train.dtype)
+        args = (model, vocab, rows, cfg.eval.tau_points, cfg.eval.seed, cfg.eval.batch_size, device, cfg.train.dtype)
+        stats = nelbo_sums(*args)
         total = stats if total is None else total + stats
         rows_used[task] = n
-    return {"nelbo": summarize(total), "rows": rows_used, "tau_points": cfg.eval.tau_points, "seed": cfg.eval.seed}
+        if conditional and task != "text":
+            media = task.split("_")[0]
+            for target, given in ((media, "text"), ("text", media)):
+                s = nelbo_sums(*args, only_modality=MODALITIES.index(target))
+                cond[f"{target}|{given}"] = summarize(s)[target]
+    out = {"nelbo": summarize(total), "rows": rows_used, "tau_points": cfg.eval.tau_points, "seed": cfg.eval.seed}
+    if conditional:
+        out["conditional_nelbo"] = cond
+    return out

@@ -22,7 +22,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
     cfg = loaded.cfg
     data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
-    result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device)
+    result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
     result["checkpoint"] = str(loaded.checkpoint)
     result["seconds"] = round(time.time() - t0, 2)

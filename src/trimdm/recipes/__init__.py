@@ -2,13 +2,14 @@
 
 - tiny(): a few-second run for tests; prepares its own small data set on first use. Its MFU uses a
   nominal 1 TFLOP/s peak (no time spent measuring one); every other recipe measures the peak.
+- tiny_tri(): tiny() on a miniature tinyworld, for tri-modal tests (seconds).
 - demo(): the main job of `make demo` on this machine's CPU (minutes).
 - study_batch(): the small model of `trimdm study batch`.
 """
 from __future__ import annotations
 
-from trimdm.config import (Config, DataConfig, EvalConfig, ModelConfig, OptimBase, OptimConfig, SampleConfig,
-                           TrainConfig)
+from trimdm.config import (Config, DataConfig, EvalConfig, Mix, ModelConfig, OptimBase, OptimConfig, SampleConfig,
+                           TinyworldConfig, TrainConfig)
 
 
 def tiny() -> Config:
@@ -21,6 +22,21 @@ def tiny() -> Config:
         sample=SampleConfig(steps=16, gen_len=24),
         eval=EvalConfig(tau_points=4, max_rows=32, batch_size=16),
     )
+
+
+def tiny_tri() -> Config:
+    """tiny() on a miniature tinyworld (text, image-text, audio-text): seconds to prepare and train."""
+    cfg = tiny()
+    cfg.recipe = "tiny_tri"
+    cfg.data = DataConfig(
+        dataset="tinyworld", seq_len=384, text_vocab=400, mix=Mix(text=0.4, image_text=0.3, audio_text=0.3),
+        tinyworld=TinyworldConfig(scenes=200, eval_scenes=24, utterances=48, eval_utterances=12, max_seconds=3.0,
+                                  image_steps=8, image_batch=16, image_channels=(8, 16, 16), audio_steps=6,
+                                  audio_batch=4, audio_channels=32, audio_blocks=1))
+    cfg.train.tokens = 20 * 8 * 384
+    cfg.optim.base.tokens = cfg.train.tokens
+    cfg.optim.base.warmup_tokens = 2 * 8 * 384
+    return cfg
 
 
 def demo() -> Config:
@@ -48,7 +64,7 @@ def study_batch() -> Config:
     )
 
 
-RECIPES = {"tiny": tiny, "demo": demo, "study_batch": study_batch}
+RECIPES = {"tiny": tiny, "tiny_tri": tiny_tri, "demo": demo, "study_batch": study_batch}
 
 
 def get_recipe(name: str) -> Config:

@@ -42,6 +42,7 @@ QUANTIZERS: tuple[str, ...] = ("fsq", "lfq", "vq")
 RECON_LOSSES: tuple[str, ...] = ("l1", "mse", "l1+mse")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+_TUPLE_FIELDS = ("channels", "res_blocks", "fsq_levels")  # JSON lists <-> tuples
 _CHUNK = 256  # images per forward pass in encode/decode/metrics; bounds memory, not numerics
 
 
@@ -55,7 +56,7 @@ class ImageTokenizerConfig:
 
     image_size: int = 32
     channels: tuple[int, ...] = (32, 64, 96)
-    res_blocks: int = 1  # residual blocks per resolution, in encoder and decoder alike
+    res_blocks: tuple[int, ...] = (0, 0, 0)  # residual blocks at each resolution (encoder and decoder)
     quantizer: str = "fsq"
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ: codebook = prod(levels)
     codebook_size: int = 1024  # LFQ (power of two) and VQ
@@ -82,8 +83,15 @@ class ImageTokenizerConfig:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor {self.downsample}"
             )
-        if not isinstance(self.res_blocks, int) or isinstance(self.res_blocks, bool) or self.res_blocks < 0:
-            raise ValueError(f"res_blocks must be a non-negative int, got {self.res_blocks!r}")
+        if (
+            not isinstance(self.res_blocks, tuple)
+            or len(self.res_blocks) != len(self.channels)
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in self.res_blocks)
+        ):
+            raise ValueError(
+                f"res_blocks must be a tuple of {len(self.channels)} non-negative ints (one per entry of "
+                f"channels), got {self.res_blocks!r}"
+            )
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if not isinstance(self.fsq_levels, tuple) or not self.fsq_levels:
@@ -131,7 +139,8 @@ class ImageTokenizerConfig:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["channels"], d["fsq_levels"] = list(self.channels), list(self.fsq_levels)
+        for key in _TUPLE_FIELDS:
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -143,7 +152,7 @@ class ImageTokenizerConfig:
         if unknown:
             raise ValueError(f"unknown image tokenizer config keys {sorted(unknown)}")
         d = dict(d)
-        for key in ("channels", "fsq_levels"):
+        for key in _TUPLE_FIELDS:
             if key in d:
                 if not isinstance(d[key], list):
                     raise ValueError(f"{key} must be a JSON list, got {d[key]!r}")
@@ -204,7 +213,7 @@ class ImageAutoencoder(nn.Module):
         # res_blocks=0 (a decoder of bare convs is nearly linear and blurs edges).
         enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1), _norm(ch[0]), nn.SiLU()]
         for i, c in enumerate(ch):
-            enc += [_ResBlock(c) for _ in range(cfg.res_blocks)]
+            enc += [_ResBlock(c) for _ in range(cfg.res_blocks[i])]
             if i + 1 < len(ch):
                 enc += [nn.Conv2d(c, ch[i + 1], 4, stride=2, padding=1), _norm(ch[i + 1]), nn.SiLU()]
         enc.append(nn.Conv2d(ch[-1], cfg.code_dim, 1))
@@ -214,7 +223,7 @@ class ImageAutoencoder(nn.Module):
 
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[-1], 3, padding=1), _norm(ch[-1]), nn.SiLU()]
         for i in reversed(range(len(ch))):
-            dec += [_ResBlock(ch[i]) for _ in range(cfg.res_blocks)]
+            dec += [_ResBlock(ch[i]) for _ in range(cfg.res_blocks[i])]
             if i > 0:
                 # Nearest upsample + conv rather than a transposed conv: no checkerboard on flat colours.
                 up = nn.Conv2d(ch[i], ch[i - 1], 3, padding=1)

@@ -206,15 +206,16 @@ def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
     text.save(tmp / "text")
     threads = torch.get_num_threads()
     t0 = time.time()
-    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size)
+    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
     image, img_train = im.train_image_tokenizer(images, v_images[:256], img_cfg, tw.image_steps, tw.image_batch,
                                                 tw.seed, log=None)
     image.save(tmp / "image")
     img_metrics = im.reconstruction_metrics(image, v_images[:256])
     img_seconds = time.time() - t0
     t0 = time.time()
-    codec, au_train = au.train_audio_codec(waves, v_waves[:64], au.AudioCodecConfig(), tw.audio_steps,
-                                           tw.audio_batch, tw.seed, log=None)
+    au_cfg = au.AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
+    codec, au_train = au.train_audio_codec(waves, v_waves[:64], au_cfg, tw.audio_steps, tw.audio_batch, tw.seed,
+                                           log=None)
     codec.save(tmp / "audio")
     au_metrics = au.reconstruction_metrics(codec, v_waves[:32])
     au_seconds = time.time() - t0
