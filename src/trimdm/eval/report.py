@@ -24,8 +24,12 @@ def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
+    run_dir = Path(loaded.checkpoint).parent.parent
+    if hasattr(data, "tokenizers"):  # a data set with media: show and measure its tokenizers
+        from trimdm.eval.reconstruct import write_reconstructions
+
+        result["reconstructions"] = write_reconstructions(run_dir, data)
     result["checkpoint"] = str(loaded.checkpoint)
     result["seconds"] = round(time.time() - t0, 2)
-    run_dir = Path(loaded.checkpoint).parent.parent
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
