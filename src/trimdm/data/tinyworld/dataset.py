@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,44 +192,83 @@ def _read_split(raw: Path, split: str, tw, strict: bool):
 
 
 # -- stage 2: tokenizers ------------------------------------------------------------------------------
-def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
-    import torch
-
-    from trimdm.tokenizers import audio as au
+def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
+    """Worker: train the image tokenizer on the train split (one thread: deterministic and fair)."""
     from trimdm.tokenizers import image as im
+
+    t0 = time.time()
+    images = _read_split(Path(raw), "train", tw, strict)[0]
+    val = _read_split(Path(raw), "val", tw, strict)[0][:256]
+    if len(images) == 0:
+        raise ValueError(f"{raw}: no usable training images (see the read report)")
+    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
+    image, _ = im.train_image_tokenizer(images, val, img_cfg, tw.image_steps, tw.image_batch, tw.seed, log=None)
+    image.save(Path(out))
+    return {"metrics": im.reconstruction_metrics(image, val), "train_seconds": round(time.time() - t0, 1),
+            "steps": tw.image_steps}
+
+
+def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
+    """Worker: train the audio codec on the train split (one thread)."""
+    from trimdm.tokenizers import audio as au
+
+    t0 = time.time()
+    waves = _read_split(Path(raw), "train", tw, strict)[2]
+    val = _read_split(Path(raw), "val", tw, strict)[2]
+    if len(waves) == 0:
+        raise ValueError(f"{raw}: no usable training utterances (see the read report)")
+    au_cfg = au.AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
+    codec, _ = au.train_audio_codec(waves, val[:64], au_cfg, tw.audio_steps, tw.audio_batch, tw.seed, log=None)
+    codec.save(Path(out))
+    return {"metrics": au.reconstruction_metrics(codec, val[:32]), "train_seconds": round(time.time() - t0, 1),
+            "steps": tw.audio_steps, "frames_per_second": codec.frames_per_second, "tokens_per_second": codec.rate}
+
+
+def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
+    """BPE here; the image tokenizer and the audio codec train at once in two single-thread processes."""
     from trimdm.tokenizers.text import TextTokenizer
 
     tw = cfg.tinyworld
-    images, captions, waves, transcripts, read_report = _read_split(raw, "train", tw, strict)
-    v_images, _, v_waves, _, _ = _read_split(raw, "val", tw, strict)
-    if len(images) == 0 or len(waves) == 0:
-        raise ValueError(f"{raw}: no usable training images or utterances (see the read report)")
+    _, captions, _, transcripts, read_report = _read_split(raw, "train", tw, strict)
+    jobs = {kind: _start_worker(kind, raw, tmp / kind, tw, strict) for kind in ("image", "audio")}
     docs = kjv.split(kjv.chapters())["train"]
     text = TextTokenizer.train(docs + captions + transcripts, cfg.text_vocab)
     text.save(tmp / "text")
-    threads = torch.get_num_threads()
-    t0 = time.time()
-    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
-    image, img_train = im.train_image_tokenizer(images, v_images[:256], img_cfg, tw.image_steps, tw.image_batch,
-                                                tw.seed, log=None)
-    image.save(tmp / "image")
-    img_metrics = im.reconstruction_metrics(image, v_images[:256])
-    img_seconds = time.time() - t0
-    t0 = time.time()
-    au_cfg = au.AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
-    codec, au_train = au.train_audio_codec(waves, v_waves[:64], au_cfg, tw.audio_steps, tw.audio_batch, tw.seed,
-                                           log=None)
-    codec.save(tmp / "audio")
-    au_metrics = au.reconstruction_metrics(codec, v_waves[:32])
-    au_seconds = time.time() - t0
-    log(f"prepare: image tokenizer PSNR {img_metrics.get('psnr', float('nan')):.2f} dB "
-        f"({img_seconds:.0f}s); audio codec mel L1 {au_metrics.get('mel_l1_wave', float('nan')):.3f}, "
-        f"STOI {au_metrics.get('stoi_codes', float('nan')):.3f} ({au_seconds:.0f}s)")
-    return {"stage": "tokenizers", "threads": threads, "read": read_report,
-            "text": {"vocab": text.codebook_sizes[0]},
-            "image": {"metrics": img_metrics, "train_seconds": round(img_seconds, 1), "steps": tw.image_steps},
-            "audio": {"metrics": au_metrics, "train_seconds": round(au_seconds, 1), "steps": tw.audio_steps,
-                      "frames_per_second": codec.frames_per_second, "tokens_per_second": codec.rate}}
+    image, audio = (_finish_worker(kind, jobs[kind], tmp / kind) for kind in ("image", "audio"))
+    log(f"prepare: image tokenizer PSNR {image['metrics']['psnr']:.2f} dB ({image['train_seconds']:.0f}s); "
+        f"audio codec mel L1 {audio['metrics']['mel_l1_wave']:.3f}, STOI {audio['metrics']['stoi_codes']:.3f} "
+        f"({audio['train_seconds']:.0f}s)")
+    return {"stage": "tokenizers", "read": read_report, "text": {"vocab": text.codebook_sizes[0]},
+            "image": image, "audio": audio}
+
+
+def _start_worker(kind: str, raw: Path, out: Path, tw, strict: bool) -> subprocess.Popen:
+    """A fresh single-thread process per tokenizer: both train at once, each deterministic."""
+    out.mkdir(parents=True)
+    args = json.dumps({"kind": kind, "raw": str(raw), "out": str(out), "tinyworld": asdict(tw), "strict": strict})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "trimdm.data.tinyworld.dataset", args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_worker(kind: str, proc: subprocess.Popen, out: Path) -> dict:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        last = [line for line in err.strip().splitlines() if line.strip()][-1:] or ["(no message)"]
+        raise ValueError(f"training the {kind} tokenizer failed: {last[0]}")
+    return json.loads((out / "train_report.json").read_text())
+
+
+def _worker_main(args: dict) -> None:
+    import torch
+
+    from trimdm.config import TinyworldConfig, _build
+
+    torch.set_num_threads(1)
+    tw = _build(TinyworldConfig, args["tinyworld"], "data.tinyworld.")
+    train = _train_image if args["kind"] == "image" else _train_audio
+    report = train(args["raw"], args["out"], tw, args["strict"])
+    (Path(args["out"]) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 # -- stage 3: shards ----------------------------------------------------------------------------------
@@ -308,3 +350,11 @@ def write_report(root: Path) -> dict:
               f"Audio length rule: {report['audio_length_rule']}", f"Stage seconds: {report['seconds']}"]
     (root / "prepare_report.md").write_text("\n".join(lines) + "\n")
     return report
+
+
+if __name__ == "__main__":  # tokenizer worker, started by _start_worker
+    try:
+        _worker_main(json.loads(sys.argv[1]))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
