@@ -229,17 +229,13 @@ class Config:
     # -- derived numbers ---------------------------------------------------------------------------
     def derive(self) -> "Config":
         """Validate and fill `derived`. Every number that follows from others is computed here only."""
-        from trimdm.optim.reparam import BaseHParams, sde_hparams
-
         self.validate()
-        t, d, b, m = self.train, self.derived, self.optim.base, self.model
+        t, d, m = self.train, self.derived, self.model
         if t.tokens < t.batch_size * self.data.seq_len:
             raise ValueError(
                 f"train.tokens={t.tokens} is shorter than one optimizer step "
                 f"(train.batch_size·data.seq_len = {t.batch_size * self.data.seq_len} tokens)")
-        base = BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
-                           weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
-        hp = sde_hparams(base, t.batch_size, t.tokens, self.data.seq_len, self.optim.gamma, self.optim.reparam)
+        hp = self.batch_hparams()
         d.batch, d.tokens_per_step, d.steps, d.warmup_steps = hp.batch, hp.tokens_per_step, hp.steps, hp.warmup_steps
         d.kappa, d.logical_batch, d.lr, d.betas = hp.kappa, hp.logical_batch, hp.lr, tuple(hp.betas)
         d.eps, d.weight_decay = hp.eps, hp.weight_decay
@@ -249,6 +245,15 @@ class Config:
         d.width_mult = m.d_model / m.base_width if completep else 1.0
         d.depth_mult = m.n_layers / m.base_depth if completep else 1.0
         return self
+
+    def batch_hparams(self):
+        """The SDE batch reparameterization of `optim.base` for this run (optim/reparam.py)."""
+        from trimdm.optim.reparam import BaseHParams, sde_hparams
+
+        b, t = self.optim.base, self.train
+        base = BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
+                           weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
+        return sde_hparams(base, t.batch_size, t.tokens, self.data.seq_len, self.optim.gamma, self.optim.reparam)
 
     def validate(self) -> None:
         m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion

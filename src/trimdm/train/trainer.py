@@ -39,7 +39,7 @@ from trimdm.model.transformer import Transformer, TransformerArgs
 from trimdm.optim.lr import lr_factor
 from trimdm.optim.noise_scale import NoiseScaleTracker, sq_norm
 from trimdm.optim.param_groups import build_optimizer, group_table
-from trimdm.optim.reparam import describe, sde_hparams
+from trimdm.optim.reparam import describe
 from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab
 from trimdm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -242,7 +242,7 @@ class Trainer:
             cfg.to_json(self.out / "config.json")
             self.vocab.save(self.out / "vocab.json")
             self.data.save_tokenizers(self.out)  # the run carries what decoding needs
-        hp = sde_hparams(_base(cfg), t.batch_size, t.tokens, cfg.data.seq_len, cfg.optim.gamma, cfg.optim.reparam)
+        hp = cfg.batch_hparams()
         self.log(f"model: {self.params['non_embedding']:,} non-embedding + {self.params['embedding']:,} "
                  f"embedding parameters; {d.steps} steps of {d.batch}×{cfg.data.seq_len} tokens "
                  f"({self.env.world} process(es) × {self.accum} micro-batch(es) of {self.micro}); "
@@ -302,14 +302,6 @@ class Trainer:
             return heldout_nelbo(self.net, self.vocab, self.val_sources, self.cfg, self.device)
         finally:
             self.model.train()
-
-
-def _base(cfg: Config):
-    from trimdm.optim.reparam import BaseHParams
-
-    b = cfg.optim.base
-    return BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
-                       weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
