@@ -1,7 +1,7 @@
 """Training throughput on this machine: tokens/s and achieved FLOP/s of the real training step,
 next to the bf16 matmul peak measured in the same run. Prints one JSON object.
 
-    python benchmarks/train_throughput.py [--configs demo,d512] [--steps 6]
+    python benchmarks/train_throughput.py [--configs demo,demo_text,d512] [--steps 6]
 
 FLOPs counted are the model's useful work (model/flops.py: 6·matmul weights + attention + logits of
 the masked positions over their modality slice); recomputation or wasted work is not credited.
@@ -16,20 +16,22 @@ import time
 
 import torch
 
-from trimdm.recipes import demo
+from trimdm.recipes import get_recipe
 from trimdm.train.metrics import matmul_peak_flops
 from trimdm.train.trainer import Trainer
 
 
-CONFIGS = {
-    "demo": [],
-    "d512": ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
-             "train.batch_size=8"],
+CONFIGS = {  # name -> (recipe, overrides)
+    "demo": ("demo", []),  # tri-modal tinyworld (prepares it on first use)
+    "demo_text": ("demo_text", []),
+    "d512": ("demo_text", ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
+                           "train.batch_size=8"]),
 }
 
 
 def measure(name: str, extra: list[str], steps: int, warmup: int = 2) -> dict:
-    cfg = demo().override(CONFIGS[name] + extra)
+    recipe, overrides = CONFIGS[name]
+    cfg = get_recipe(recipe).override(overrides + extra)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, log=lambda *a: None)
         for _ in range(warmup):
@@ -39,7 +41,7 @@ def measure(name: str, extra: list[str], steps: int, warmup: int = 2) -> dict:
             flops += tr.step_flops(tr.train_step()["stats"])
         dt = (time.perf_counter() - t0) / steps
     tps = cfg.derived.tokens_per_step / dt
-    return {"config": name, "overrides": CONFIGS[name] + extra, "params": tr.params,
+    return {"config": name, "recipe": recipe, "overrides": overrides + extra, "params": tr.params,
             "tokens_per_step": cfg.derived.tokens_per_step, "seconds_per_step": dt, "tokens_per_s": tps,
             "flops_per_token": flops / steps / cfg.derived.tokens_per_step, "achieved_gflops": flops / steps / dt / 1e9}
 

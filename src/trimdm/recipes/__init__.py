@@ -3,7 +3,8 @@
 - tiny(): a few-second run for tests; prepares its own small data set on first use. Its MFU uses a
   nominal 1 TFLOP/s peak (no time spent measuring one); every other recipe measures the peak.
 - tiny_tri(): tiny() on a miniature tinyworld, for tri-modal tests (seconds).
-- demo(): the main job of `make demo` on this machine's CPU (minutes).
+- demo(): the main job of `make demo` on this machine's CPU: tri-modal tinyworld (minutes).
+- demo_text(): the text-only (KJV) demo; also the base of the throughput benchmark.
 - study_batch(): the small model of `trimdm study batch`.
 """
 from __future__ import annotations
@@ -40,12 +41,30 @@ def tiny_tri() -> Config:
 
 
 def demo() -> Config:
+    """The main job: one model on KJV text, tinyworld image-text and audio-text, on a 2-core CPU."""
+    tokens = 2_000_000
     return Config(
         recipe="demo",
         model=ModelConfig(d_model=256, n_layers=4, n_heads=4),
+        data=DataConfig(dataset="tinyworld", seq_len=384, text_vocab=2048,
+                        mix=Mix(text=0.3, image_text=0.35, audio_text=0.35),
+                        tinyworld=TinyworldConfig(max_seconds=3.5)),
+        optim=OptimConfig(base=OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=100_000)),
+        train=TrainConfig(tokens=tokens, batch_size=32, log_every=10, eval_every=0),
+        sample=SampleConfig(steps=64, gen_len=64),
+        eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32),
+    )
+
+
+def demo_text() -> Config:
+    """The text-only main job of the first version: KJV, 5M parameters, a few minutes."""
+    tokens = 3_000_000
+    return Config(
+        recipe="demo_text",
+        model=ModelConfig(d_model=256, n_layers=4, n_heads=4),
         data=DataConfig(seq_len=256, text_vocab=4096),
-        optim=OptimConfig(base=OptimBase(batch=32, tokens=3_000_000, lr=2e-3, warmup_tokens=200_000)),
-        train=TrainConfig(tokens=3_000_000, batch_size=32, log_every=20, eval_every=0),
+        optim=OptimConfig(base=OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=200_000)),
+        train=TrainConfig(tokens=tokens, batch_size=32, log_every=20, eval_every=0),
         sample=SampleConfig(steps=64, gen_len=64),
         eval=EvalConfig(tau_points=8, max_rows=256, batch_size=32),
     )
@@ -64,7 +83,7 @@ def study_batch() -> Config:
     )
 
 
-RECIPES = {"tiny": tiny, "tiny_tri": tiny_tri, "demo": demo, "study_batch": study_batch}
+RECIPES = {"tiny": tiny, "tiny_tri": tiny_tri, "demo": demo, "demo_text": demo_text, "study_batch": study_batch}
 
 
 def get_recipe(name: str) -> Config:
