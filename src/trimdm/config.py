@@ -70,8 +70,8 @@ class TinyworldConfig:
     two_object_fraction: float = 0.5
     max_seconds: float = 4.0  # longer utterances are skipped and counted
     seed: int = 0
-    image_steps: int = 1500  # image tokenizer training steps
-    image_batch: int = 64
+    image_steps: int = 2000  # image tokenizer training steps
+    image_batch: int = 32
     image_channels: tuple[int, int, int] = (32, 64, 96)  # autoencoder widths per resolution (32 -> 8)
     audio_steps: int = 1500  # audio codec training steps
     audio_batch: int = 16

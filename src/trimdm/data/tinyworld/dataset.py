@@ -78,6 +78,18 @@ def speech_texts(captions: list[str], docs: list[str], n: int, seed: int) -> lis
     return out
 
 
+def image_config(tw):
+    from trimdm.tokenizers.image import ImageTokenizerConfig
+
+    return ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
+
+
+def audio_config(tw):
+    from trimdm.tokenizers.audio import AudioCodecConfig
+
+    return AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
+
+
 @dataclass
 class TinyworldData:
     directory: Path
@@ -127,7 +139,9 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     from trimdm.tokenizers.text import TextTokenizer
 
     tw = cfg.tinyworld
-    spec = {"tinyworld": asdict(tw), "text_vocab": cfg.text_vocab}
+    # the directory name hashes everything that shapes the data, tokenizer defaults included
+    spec = {"tinyworld": asdict(tw), "text_vocab": cfg.text_vocab, "image_tokenizer": asdict(image_config(tw)),
+            "audio_codec": asdict(audio_config(tw))}
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
@@ -201,8 +215,8 @@ def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
     val = _read_split(Path(raw), "val", tw, strict)[0][:256]
     if len(images) == 0:
         raise ValueError(f"{raw}: no usable training images (see the read report)")
-    img_cfg = im.ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
-    image, _ = im.train_image_tokenizer(images, val, img_cfg, tw.image_steps, tw.image_batch, tw.seed, log=None)
+    image, _ = im.train_image_tokenizer(images, val, image_config(tw), tw.image_steps, tw.image_batch, tw.seed,
+                                        log=None)
     image.save(Path(out))
     return {"metrics": im.reconstruction_metrics(image, val), "train_seconds": round(time.time() - t0, 1),
             "steps": tw.image_steps}
@@ -217,8 +231,8 @@ def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
     val = _read_split(Path(raw), "val", tw, strict)[2]
     if len(waves) == 0:
         raise ValueError(f"{raw}: no usable training utterances (see the read report)")
-    au_cfg = au.AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
-    codec, _ = au.train_audio_codec(waves, val[:64], au_cfg, tw.audio_steps, tw.audio_batch, tw.seed, log=None)
+    codec, _ = au.train_audio_codec(waves, val[:64], audio_config(tw), tw.audio_steps, tw.audio_batch, tw.seed,
+                                    log=None)
     codec.save(Path(out))
     return {"metrics": au.reconstruction_metrics(codec, val[:32]), "train_seconds": round(time.time() - t0, 1),
             "steps": tw.audio_steps, "frames_per_second": codec.frames_per_second, "tokens_per_second": codec.rate}
