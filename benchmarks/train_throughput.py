@@ -2,6 +2,10 @@
 next to the bf16 matmul peak measured in the same run. Prints one JSON object.
 
     python benchmarks/train_throughput.py [--configs demo,demo_text,d512] [--steps 6]
+    python benchmarks/train_throughput.py --nproc 2 --parallel ddp|fsdp [--configs d512]
+
+With --nproc N the script relaunches itself under torchrun; each rank then gets cores/N threads, and
+the peak is the single-process matmul peak measured first (so MFU compares the whole machine).
 
 FLOPs counted are the model's useful work (model/flops.py: 6·matmul weights + attention + logits of
 the masked positions over their modality slice); recomputation or wasted work is not credited.
@@ -10,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -50,17 +57,37 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="demo,d512")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--parallel", default="ddp", choices=["ddp", "fsdp"])
+    ap.add_argument("--peak-gflops", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    peak = matmul_peak_flops(torch.device("cpu"), torch.bfloat16, seconds=2.0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        peak = matmul_peak_flops(device, torch.bfloat16, seconds=2.0)
+        threads = max(1, (os.cpu_count() or 1) // args.nproc)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               __file__, "--configs", args.configs, "--steps", str(args.steps), "--parallel", args.parallel,
+               "--peak-gflops", str(peak / 1e9), *args.overrides, f"train.threads={threads}"]
+        sys.exit(subprocess.run(cmd).returncode)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    peak = args.peak_gflops * 1e9 or matmul_peak_flops(device, torch.bfloat16, seconds=2.0)
+    extra = [*args.overrides, f"train.parallel={args.parallel}"]
     results = []
     for name in args.configs.split(","):
-        r = measure(name, args.overrides, args.steps)
+        r = measure(name, extra, args.steps)
+        # step FLOPs count the global batch (loss statistics are all-reduced): the job's rate, not a rank's
         r["fraction_of_bf16_peak"] = r["achieved_gflops"] * 1e9 / peak
         results.append(r)
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-                      "threads": torch.get_num_threads(), "bf16_matmul_peak_gflops": peak / 1e9,
-                      "results": results}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "device": str(device),
+                          "nproc": world, "parallel": args.parallel if world > 1 else None,
+                          "threads_per_process": torch.get_num_threads(), "bf16_matmul_peak_gflops": peak / 1e9,
+                          "results": results}, indent=2))
+    if world > 1:
+        from trimdm.distributed.env import finish
+
+        finish()
 
 
 if __name__ == "__main__":

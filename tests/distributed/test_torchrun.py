@@ -53,6 +53,23 @@ def ddp(tmp_path_factory, data_root):
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (torchrun puts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def assert_matches(a: Path, b: Path):
     ma, mb = metrics(a), metrics(b)
     assert [r["step"] for r in ma] == [r["step"] for r in mb] == list(range(1, 11))
@@ -84,7 +101,11 @@ def test_ddp_killed_after_checkpoint_resumes_bit_identically(ddp, tmp_path, data
     while not (latest.exists() and "step_00000005" in latest.read_text()):
         assert proc.poll() is None and time.time() - t0 < 240, "run ended or stalled before its checkpoint"
         time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # the whole job dies at once, as on a lost node
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
     assert "step_00000005" in latest.read_text()
     res = run(tmp_path, data_root, "train.parallel=ddp")

@@ -42,7 +42,7 @@ def tiny_tri() -> Config:
 
 def demo() -> Config:
     """The main job: one model on KJV text, tinyworld image-text and audio-text, on a 2-core CPU."""
-    tokens = 2_000_000
+    tokens = 3_000_000
     return Config(
         recipe="demo",
         model=ModelConfig(d_model=256, n_layers=4, n_heads=4),

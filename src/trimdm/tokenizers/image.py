@@ -56,15 +56,15 @@ class ImageTokenizerConfig:
 
     image_size: int = 32
     channels: tuple[int, ...] = (32, 64, 96)
-    res_blocks: tuple[int, ...] = (0, 0, 0)  # residual blocks at each resolution (encoder and decoder)
+    res_blocks: tuple[int, ...] = (0, 1, 1)  # residual blocks at each resolution (encoder and decoder)
     quantizer: str = "fsq"
-    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ: codebook = prod(levels)
+    fsq_levels: tuple[int, ...] = (7, 5, 5, 5)  # FSQ: codebook = prod(levels) = 875
     codebook_size: int = 1024  # LFQ (power of two) and VQ
     vq_dim: int = 8  # VQ code vector size; low-dimensional codes are used more evenly
     lfq_entropy_weight: float = 0.1
     vq_commitment_weight: float = 0.25
-    recon_loss: str = "l1"
-    edge_loss_weight: float = 0.0  # weight of L1 between horizontal/vertical image differences
+    recon_loss: str = "mse"
+    edge_loss_weight: float = 0.5  # weight of L1 between horizontal/vertical image differences
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50

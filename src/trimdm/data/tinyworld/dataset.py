@@ -160,6 +160,17 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
 
 # -- stage 1: raw -------------------------------------------------------------------------------------
 def _build_raw(tmp: Path, tw, log) -> dict:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # resampling is many small ops: one thread is faster, and bit-reproducible
+    try:
+        return _build_raw_single_thread(tmp, tw, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_raw_single_thread(tmp: Path, tw, log) -> dict:
     from trimdm.data.tinyworld import scenes as sc
     from trimdm.data.tinyworld import speech as sp
 
@@ -173,8 +184,14 @@ def _build_raw(tmp: Path, tw, log) -> dict:
         sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size, seed=tw.seed + i)
         captions = [json.loads(line)["caption"] for line in
                     (tmp / f"images_{split}" / "captions.jsonl").read_text().splitlines()]
-        texts = speech_texts(captions, docs["train" if split == "train" else "val"], n_utt, tw.seed + 10 + i)
-        utts = sp.synthesize_corpus(texts, seed=tw.seed + 20 + i, max_seconds=tw.max_seconds)
+        # speak more texts than needed: utterances over max_seconds are dropped, `n_utt` are kept
+        texts = speech_texts(captions, docs["train" if split == "train" else "val"], 2 * n_utt, tw.seed + 10 + i)
+        utts, spoken = [], 0
+        while len(utts) < n_utt and spoken < len(texts):
+            batch = texts[spoken:spoken + max(64, int(1.2 * (n_utt - len(utts))))]
+            utts += sp.synthesize_corpus(batch, seed=tw.seed + 20 + i + 1000 * spoken, max_seconds=tw.max_seconds)
+            spoken += len(batch)
+        utts = utts[:n_utt]
         sp.write_speech_folder(tmp / f"speech_{split}", utts)
         info["images"][split] = len(scenes)
         info["speech"][split] = {"utterances": len(utts), "requested": n_utt,
