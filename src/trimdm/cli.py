@@ -81,7 +81,7 @@ def cmd_study(args) -> None:
 def cmd_demo(args) -> None:
     from trimdm.demo import run_demo
 
-    run_demo(Path(args.out), args.overrides)
+    run_demo(Path(args.out), args.overrides, args.recipe)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--recipe", default="demo", help="demo (tri-modal tinyworld) or demo_text (KJV only)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo)
 

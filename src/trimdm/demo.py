@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 from trimdm.eval.report import evaluate_run
-from trimdm.recipes import demo
+from trimdm.recipes import get_recipe
 from trimdm.sample.run import generate_from_run
 from trimdm.train.trainer import train
 
 
-def run_demo(out: Path, overrides: list[str]) -> None:
+def run_demo(out: Path, overrides: list[str], recipe: str = "demo") -> None:
     t0 = time.time()
-    cfg = demo().override(list(overrides)).derive()
-    print(f"== trimdm demo: preparing {cfg.data.dataset} and training recipe 'demo' into {out}")
+    cfg = get_recipe(recipe).override(list(overrides)).derive()
+    print(f"== trimdm demo: preparing {cfg.data.dataset} and training recipe '{recipe}' into {out}")
     train(cfg, out)
     print(f"== evaluating ({time.time() - t0:.0f}s so far)")
     result = evaluate_run(out)

@@ -116,18 +116,19 @@ def test_training_is_deterministic(images):
 
 def test_training_improves_psnr(images):
     train, val = images[:300], images[300:]
-    cfg = ImageTokenizerConfig(**TINY)
+    cfg = ImageTokenizerConfig(channels=(16, 32, 32), res_blocks=(0, 0, 0))
     torch.manual_seed(0)
     before = reconstruction_metrics(ImageTokenizer(cfg), val)
-    tok, report = train_image_tokenizer(train, val, cfg, steps=150, batch_size=16, seed=0, log=None)
+    _, report = train_image_tokenizer(train, val, cfg, steps=150, batch_size=16, seed=0, log=None)
     after = report["val"]
-    # Measured (torch 2.13 CPU, 1 thread): untrained PSNR_BEFORE dB, after 150 steps PSNR_AFTER dB.
-    assert before["psnr"] < 12.0
-    assert after["psnr"] > 20.0
-    assert after["psnr"] - before["psnr"] > 8.0
+    # Measured (torch 2.13 CPU, 1 thread): untrained PSNR 9.4 dB / SSIM 0.16, after 150 steps
+    # 21.4 dB / SSIM 0.76. Thresholds leave ~4 dB of margin either way for other thread counts and BLAS.
+    assert before["psnr"] < 13.0
+    assert after["psnr"] > 17.0
+    assert after["psnr"] - before["psnr"] > 6.0
+    assert after["ssim"] > before["ssim"] + 0.3
     assert after["tokens_per_image"] == 64.0
     assert 0.0 < after["codebook_usage"] <= 1.0 and after["perplexity"] >= 1.0
-    assert -1.0 <= after["ssim"] <= 1.0 and after["ssim"] > before["ssim"]
 
 
 def test_corrupt_or_missing_files_raise_value_error_naming_the_file(tmp_path):

@@ -17,8 +17,14 @@ Quantisers come from `vector-quantize-pytorch`:
 - "vq": nearest-neighbour VQ (van den Oord et al. 2017) with an EMA codebook, dead-code expiry and the
   library's default rotation-trick gradient (arXiv:2410.06424).
 
-Pixels are mapped to [-1, 1]; the decoder is trained with L1 (sharp flat colours, robust to the scenes'
-background noise), optionally plus MSE and an image-gradient ("edge") L1 term.
+Pixels are mapped to [-1, 1]. The default objective is MSE plus 0.5 x an L1 "edge" term on horizontal
+and vertical pixel differences. Why, measured on tinyworld (10k train scenes, 500 held-out val scenes,
+batch 32, seed 0, one CPU thread): plain L1 learns the background first and leaves small objects faint for
+hundreds of steps, since every pixel pulls equally and objects cover ~5% of the image (500 steps of 64:
+22.9 dB L1 vs 27.5 dB MSE); MSE weights the large errors at objects, and the edge term sharpens their
+outlines (2000 steps, no residual blocks: 33.2 dB MSE, 34.1 dB MSE + edge). Residual blocks at 16x16 and
+8x8 only (none at full resolution, where convs cost most) add 1.5 dB; FSQ levels (7, 5, 5, 5) = 875 codes beat
+(8, 5, 5, 5) = 1000 codes (36.3 vs 35.7 dB, better small-object shapes).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ RECON_LOSSES: tuple[str, ...] = ("l1", "mse", "l1+mse")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _TUPLE_FIELDS = ("channels", "res_blocks", "fsq_levels")  # JSON lists <-> tuples
-_CHUNK = 256  # images per forward pass in encode/decode/metrics; bounds memory, not numerics
+_CHUNK = 256  # images per forward pass in encode/decode; bounds memory
 
 
 @dataclass(frozen=True)
@@ -457,7 +463,7 @@ def train_image_tokenizer(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += rec.item()
+            running += rec.item()  # pixel + edge terms; the quantiser aux loss is left out
             count += 1
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 entry = {"step": step + 1, "recon_loss": running / count, "seconds": time.perf_counter() - t0}

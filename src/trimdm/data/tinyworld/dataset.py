@@ -19,6 +19,7 @@ corrupt or truncated files, empty captions and over-long utterances (or stop at 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -159,18 +160,22 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
 
 
 # -- stage 1: raw -------------------------------------------------------------------------------------
-def _build_raw(tmp: Path, tw, log) -> dict:
+@contextlib.contextmanager
+def _one_thread():
+    """Resampling and per-item encoding are many small ops: one thread is as fast, never thrashes
+    when other processes share the cores, and gives the same bits whatever the machine's core count."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # resampling is many small ops: one thread is faster, and bit-reproducible
+    torch.set_num_threads(1)
     try:
-        return _build_raw_single_thread(tmp, tw, log)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _build_raw_single_thread(tmp: Path, tw, log) -> dict:
+@_one_thread()
+def _build_raw(tmp: Path, tw, log) -> dict:
     from trimdm.data.tinyworld import scenes as sc
     from trimdm.data.tinyworld import speech as sp
 
@@ -303,6 +308,7 @@ def _worker_main(args: dict) -> None:
 
 
 # -- stage 3: shards ----------------------------------------------------------------------------------
+@_one_thread()
 def _build_shards(tmp: Path, raw: Path, tok: dict, cfg, log, strict: bool) -> dict:
     tw = cfg.tinyworld
     text_tok, image_tok, codec = tok["text"], tok["image"], tok["audio"]
