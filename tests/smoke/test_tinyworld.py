@@ -36,7 +36,8 @@ def test_prepare_builds_three_stages_and_a_report(prepared):
     assert report["tokenizers"]["audio"]["frames_per_second"] == 25.0
     assert set(report["tokens_per_row"]) == {"image_text", "audio_text"}
     vocab = data.vocab()
-    assert vocab.n_image == 1000 and vocab.audio_levels == 4 and vocab.audio_codebook == 1000
+    assert vocab.n_image == data.tokenizers["image"].codebook_sizes[0]
+    assert (vocab.audio_levels, vocab.audio_codebook) == (4, data.tokenizers["audio"].codebook_sizes[0])
 
 
 def test_prepare_is_idempotent(prepared):

@@ -44,7 +44,7 @@ def test_attention_is_bidirectional():
 def test_head_slice_equals_full_logits_slice():
     m = model()
     h = torch.randn(5, 32)
-    full = torch.nn.functional.linear(m.norm(h), torch.cat(list(m.unembed.values())))
+    full = torch.nn.functional.linear(m.norm(h), torch.cat([m.unembed[name] for name, _, _ in m.segments]))
     part = m.head(h, 10, 20, extra_id=42)
     torch.testing.assert_close(part[:, :10], full[:, 10:20])
     torch.testing.assert_close(part[:, 10], full[:, 42])
