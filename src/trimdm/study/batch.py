@@ -39,7 +39,9 @@ def run_batch_study(out: Path, recipe: str, batches: list[int], arms: list[str],
                     cfg = get_recipe(recipe).override(
                         [*overrides, f"optim.reparam={arm}", f"train.batch_size={batch}", f"train.seed={seed}"])
                     log(f"study batch: {d.name}")
-                    train(cfg.derive(), d, log=lambda *a: None)
+                    result = train(cfg.derive(), d, log=lambda *a: None, progress=False)
+                    if result["status"] != "finished":  # SIGTERM: the run saved itself; stop the study
+                        raise KeyboardInterrupt(f"{d.name} interrupted at step {result['step']}")
                     evaluate_run(d)
                 ev = json.loads((d / "eval.json").read_text())
                 cfg = json.loads((d / "config.json").read_text())

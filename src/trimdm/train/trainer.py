@@ -86,8 +86,9 @@ def _grad_sq_norm(params) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: str | Path, log=print):
+    def __init__(self, cfg: Config, out_dir: str | Path, log=print, progress: bool = True):
         self.cfg = cfg.derive()
+        self.show_progress = progress
         self.out = Path(out_dir)
         t, d = cfg.train, cfg.derived
         if t.threads:
@@ -278,7 +279,7 @@ class Trainer:
                                        self.evaluate()["nelbo"].items()})
                     if metrics:
                         metrics.write(record)
-                    if self.env.is_main:
+                    if self.env.is_main and self.show_progress:
                         progress.update(self.step - 1, record["loss"], record["tokens_per_s"])
                     window_t, window_tokens, window_flops = time.time(), 0, 0.0
                 stopping = bool(self.env.active and all_reduce_sum(
@@ -315,8 +316,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def train(cfg: Config, out_dir: str | Path, log=print) -> dict:
-    return Trainer(cfg, out_dir, log).fit()
+def train(cfg: Config, out_dir: str | Path, log=print, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns {"status": "finished" | "interrupted", "step", "tokens"}."""
+    return Trainer(cfg, out_dir, log, progress).fit()
 
 
 @dataclass
