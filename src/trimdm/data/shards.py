@@ -10,13 +10,14 @@ and `NAME.offsets.npy` (int64 document starts, with a final entry equal to the t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from trimdm.fileio import fsync_file, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -49,22 +50,13 @@ class Shard:
         return len(self.offsets) - 1
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def finish_stage(tmp: Path, final: Path, info: dict) -> None:
     """Write the manifest (sizes and hashes of every file) and move the stage into place atomically."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
     for p in tmp.iterdir():
         if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(p)
     (tmp / MANIFEST).write_text(json.dumps({**info, "files": files}, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
@@ -87,7 +79,7 @@ def verify_stage(directory: Path, deep: bool = False) -> tuple[dict | None, str]
             return None, f"{p} is missing"
         if p.stat().st_size != meta["bytes"]:
             return None, f"{p} has {p.stat().st_size} bytes, manifest says {meta['bytes']}"
-        if deep and _sha256(p) != meta["sha256"]:
+        if deep and sha256_file(p) != meta["sha256"]:
             return None, f"{p} does not match its SHA-256 in the manifest"
     return manifest, ""
 

@@ -5,7 +5,6 @@ import json
 import time
 from pathlib import Path
 
-from trimdm.config import set_key
 from trimdm.data.prepare import prepare
 from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.train.trainer import load_run
@@ -14,12 +13,7 @@ from trimdm.train.trainer import load_run
 def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
     t0 = time.time()
     loaded = load_run(run)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if not key.startswith("eval."):
-            raise ValueError(f"eval takes eval.* overrides only, got {key!r}")
-        set_key(loaded.cfg, key, value)
-    cfg = loaded.cfg
+    cfg = loaded.cfg.override(list(overrides), only="eval")
     data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)

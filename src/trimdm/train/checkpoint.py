@@ -12,7 +12,6 @@ file against state.json and names the file that is truncated or corrupt. Nothing
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,27 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trimdm.fileio import atomic_write_text, fsync_file, sha256_file
+
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -80,16 +61,16 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, optim_state: di
     save_file(rng, tmp / FILES[2])
     files = {}
     for name in FILES:
-        _fsync(tmp / name)
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        fsync_file(tmp / name)
+        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     state = {"step": step, "trainer": trainer_state, "optimizer": opt_meta, "files": files,
              "config": config, "vocab": vocab}
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-    _fsync(tmp / "state.json")
+    fsync_file(tmp / "state.json")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    atomic_write_text(ckpt_root / "latest", final.name + "\n")
     for old in sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -138,7 +119,7 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> dict:
         if size != files[name]["bytes"]:
             raise ValueError(f"{p}: checkpoint file is truncated or corrupt ({size} bytes, expected "
                              f"{files[name]['bytes']})")
-        if _sha256(p) != files[name]["sha256"]:
+        if sha256_file(p) != files[name]["sha256"]:
             raise ValueError(f"{p}: checkpoint file is corrupt (SHA-256 does not match state.json)")
         try:
             tensors = load_file(p)
