@@ -191,7 +191,9 @@ class EvalConfig:
     tau_points: int = 8  # Gauss–Legendre nodes over τ ∈ [0, 1]
     seed: int = 1234  # seed of the evaluation masks (fixed so runs are comparable)
     batch_size: int = 16
-    max_rows: int = 256  # held-out rows evaluated (0: all)
+    max_rows: int = 256  # held-out rows evaluated per task (0: all)
+    periodic_rows: int = 32  # rows per task of the held-out NELBO logged every train.eval_every steps
+    periodic_tau_points: int = 4
 
 
 @dataclass

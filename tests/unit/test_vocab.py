@@ -64,3 +64,15 @@ def test_text_only_vocab_has_empty_media_ranges():
     v = JointVocab(n_text=10)
     assert not v.has("image") and not v.has("audio")
     assert v.size == 10 + 13 + 5
+
+
+def test_every_tokenizer_implements_the_protocol():
+    from trimdm.tokenizers.audio import AudioCodec, AudioCodecConfig
+    from trimdm.tokenizers.base import Tokenizer
+    from trimdm.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from trimdm.tokenizers.text import TextTokenizer
+
+    text = TextTokenizer.train(["in the beginning god created the heaven and the earth"] * 4, 300)
+    for tok in (text, ImageTokenizer(ImageTokenizerConfig()), AudioCodec(AudioCodecConfig())):
+        assert isinstance(tok, Tokenizer), type(tok)
+        assert tok.modality in ("text", "image", "audio") and all(c > 0 for c in tok.codebook_sizes)

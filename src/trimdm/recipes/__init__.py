@@ -50,7 +50,7 @@ def demo() -> Config:
                         mix=Mix(text=0.3, image_text=0.35, audio_text=0.35),
                         tinyworld=TinyworldConfig(max_seconds=3.5)),
         optim=OptimConfig(base=OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=100_000)),
-        train=TrainConfig(tokens=tokens, batch_size=32, log_every=10, eval_every=0),
+        train=TrainConfig(tokens=tokens, batch_size=32, log_every=10, eval_every=50),
         sample=SampleConfig(steps=64, gen_len=64),
         eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32),
     )

@@ -16,6 +16,7 @@ gradient of the SPEC §4 estimator over the whole batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import time
@@ -298,9 +299,12 @@ class Trainer:
         return {"status": status, "step": self.step, "tokens": self.tokens}
 
     def evaluate(self) -> dict:
+        """A quick held-out NELBO for metrics.jsonl (eval.periodic_*); `trimdm eval` is the full one."""
+        quick = copy.deepcopy(self.cfg)
+        quick.eval.max_rows, quick.eval.tau_points = quick.eval.periodic_rows, quick.eval.periodic_tau_points
         self.model.eval()
         try:
-            return heldout_nelbo(self.net, self.vocab, self.val_sources, self.cfg, self.device)
+            return heldout_nelbo(self.net, self.vocab, self.val_sources, quick, self.device)
         finally:
             self.model.train()
 
