@@ -73,6 +73,7 @@ class ImageTokenizerConfig:
     edge_loss_weight: float = 1.0  # weight of MSE between horizontal/vertical pixel differences
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # max global gradient norm (0: off); without it some seeds stall ~600 steps
     warmup_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -112,7 +113,7 @@ class ImageTokenizerConfig:
         positive_int("vq_dim", self.vq_dim)
         if self.recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {self.recon_loss!r}")
-        for name in ("lfq_entropy_weight", "vq_commitment_weight", "edge_loss_weight", "weight_decay"):
+        for name in ("lfq_entropy_weight", "vq_commitment_weight", "edge_loss_weight", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0 or math.isinf(v):
                 raise ValueError(f"{name} must be a finite float >= 0, got {v!r}")
@@ -464,6 +465,8 @@ def train_image_tokenizer(
             loss = rec + aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             running += rec.item()  # pixel + edge terms; the quantiser aux loss is left out
             count += 1
