@@ -146,15 +146,14 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-    raw = _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
-    tok = _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
-                  _manifest_hash(root / "raw"), log)
+    _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
+    _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
+             _manifest_hash(root / "raw"), log)
     tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),
                   "image": ImageTokenizer.load(root / "tokenizers" / "image"),
                   "audio": AudioCodec.load(root / "tokenizers" / "audio")}
     shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
                      _manifest_hash(root / "tokenizers"), log)
-    del raw, tok
     write_report(root)
     return TinyworldData(root, shards, tokenizers)
 
@@ -220,7 +219,8 @@ def _read_split(raw: Path, split: str, tw, strict: bool):
         if strict:
             raise ValueError(msg)
         img_report["skipped_wrong_size"] = len(bad)
-        items = [it for i, it in enumerate(items) if i not in set(bad)]
+        bad_set = set(bad)
+        items = [it for i, it in enumerate(items) if i not in bad_set]
     images = np.stack([img for img, _, _ in items]) if items else np.zeros((0, tw.image_size, tw.image_size, 3), np.uint8)
     report = {"images": {"dir": str(images_dir), **img_report},
               "speech": {"dir": str(speech_dir), **sp_report.to_dict()}}
