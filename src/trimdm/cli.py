@@ -50,7 +50,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from trimdm.eval.report import evaluate_run
+    from trimdm.eval.run import evaluate_run
 
     result = evaluate_run(args.run, args.overrides)
     print(json.dumps(result, indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from trimdm.eval.report import evaluate_run
+from trimdm.eval.run import evaluate_run
 from trimdm.recipes import get_recipe
 from trimdm.sample.run import generate_from_run
 from trimdm.train.trainer import train

@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from trimdm.eval.report import evaluate_run
+from trimdm.eval.run import evaluate_run
 from trimdm.recipes import get_recipe
 from trimdm.train.metrics import read_metrics
 from trimdm.train.trainer import train
