@@ -45,7 +45,8 @@ def measure(name: str, extra: list[str], steps: int, warmup: int = 2) -> dict:
             tr.train_step()
         flops, t0 = 0.0, time.perf_counter()
         for _ in range(steps):
-            flops += tr.step_flops(tr.train_step()["stats"])
+            out = tr.train_step()
+            flops += tr.step_flops(out["stats"], out["positions"])
         dt = (time.perf_counter() - t0) / steps
     tps = cfg.derived.tokens_per_step / dt
     return {"config": name, "recipe": recipe, "overrides": overrides + extra, "params": tr.params,

@@ -99,6 +99,7 @@ class DiffusionConfig:
     schedule: PerModality = field(default_factory=PerModality)
     antimask: str = "none"  # none | complement | crossmodal (SPEC §4)
     t_min: float = 1e-3  # τ clamp; with complement pairs both β and 1−β stay ≥ t_min
+    conditional: float = 0.0  # fraction of paired rows noised in one modality only (masking.py)
 
 
 @dataclass
@@ -283,6 +284,8 @@ class Config:
             raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
         if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:
             raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
+        if not 0.0 <= dif.conditional <= 1.0:
+            raise ValueError(f"diffusion.conditional={dif.conditional} must lie in [0, 1]")
         if not 0 < dif.t_min < 0.5:
             raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
         if o.lr_schedule not in ("cosine", "constant"):

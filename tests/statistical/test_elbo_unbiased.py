@@ -95,7 +95,7 @@ def mc_losses(model, rows, schedule, antimask, n_batches, seed):
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(n_batches):
-        tau, u = draw_noise(len(rows), rows.shape[1], gen, lo, hi)
+        tau, u, _ = draw_noise(len(rows), rows.shape[1], gen, lo, hi)
         nb = mask_batch(rows, tables, schedules, antimask, tau, u)
         loss, _ = diffusion_loss(model, VOCAB, nb)
         losses.append(float(loss))

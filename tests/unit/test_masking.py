@@ -20,7 +20,7 @@ def batch(n=8):
 
 def test_complement_pairs_partition_maskable_tokens():
     clean = batch()
-    tau, u = draw_noise(len(clean), clean.shape[1], torch.Generator().manual_seed(0), 0.001, 0.999)
+    tau, u, _ = draw_noise(len(clean), clean.shape[1], torch.Generator().manual_seed(0), 0.001, 0.999)
     nb = mask_batch(clean, TABLES, LIN, "complement", tau, u)
     assert nb.noisy_BL.shape[0] == 2 * len(clean)
     a, b = nb.masked_BL[0::2], nb.masked_BL[1::2]
@@ -64,3 +64,63 @@ def test_stratified_tau_covers_every_stratum_and_is_clamped():
     lo, hi = tau_bounds([make_schedule("polynomial", k=2)] * 3, "complement", 1e-3)
     assert abs(lo - 1e-3 ** 0.5) < 1e-12 and abs(hi - (1 - 1e-3) ** 0.5) < 1e-12
     assert tau_bounds(LIN, "none", 1e-3) == (1e-3, 1.0)
+
+
+def test_conditional_rows_keep_one_modality_clean_and_text_rows_untouched():
+    from trimdm.diffusion.masking import MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA, conditional_modes
+    from trimdm.tokenizers.vocab import IMAGE, TEXT
+
+    clean = batch(6)
+    text_row = torch.full((1, clean.shape[1]), 3)
+    text_row[0, 0] = V.TASK_text
+    clean = torch.cat([clean, text_row])
+    mode = conditional_modes(torch.tensor([0.1, 0.3, 0.9, 0.1, 0.3, 0.9, 0.1], dtype=torch.float64), 0.5)
+    assert mode.tolist()[:3] == [MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA, 0]
+    tau = torch.ones(len(clean), dtype=torch.float64)
+    nb = mask_batch(clean, TABLES, LIN, "none", tau, torch.zeros(clean.shape, dtype=torch.float64), mode_B=mode)
+    m = nb.modality_BL
+    assert not (nb.masked_BL[0] & (m[0] == TEXT)).any() and (nb.masked_BL[0] & (m[0] == IMAGE)).any()
+    assert not (nb.masked_BL[1] & (m[1] == IMAGE)).any() and (nb.masked_BL[1] & (m[1] == TEXT)).any()
+    assert torch.equal(nb.masked_BL[2], TABLES.maskable(clean[2]))  # joint: everything maskable masked
+    assert torch.equal(nb.masked_BL[6], TABLES.maskable(clean[6]))  # text row: mode ignored
+    assert torch.equal(nb.maskable_BL[0], TABLES.maskable(clean[0]) & (m[0] == IMAGE))
+
+
+def test_compact_parts_give_the_same_loss_as_the_whole_batch():
+    from trimdm.diffusion.loss import diffusion_loss
+    from trimdm.diffusion.masking import compact
+    from trimdm.model.transformer import Transformer, TransformerArgs
+
+    torch.manual_seed(0)
+    v = JointVocab(n_text=50, n_image=16, audio_levels=2, audio_codebook=8)
+    tables = RowTables.from_vocab(v)
+    rng = np.random.default_rng(1)
+    rows = [paired_row(v, "image", rng.integers(0, 50, 5), v.image_ids(rng.integers(0, 16, 9)), 40),
+            paired_row(v, "audio", rng.integers(0, 50, 3), v.audio_ids(rng.integers(0, 8, (6, 2))), 40),
+            paired_row(v, "image", rng.integers(0, 50, 2), v.image_ids(rng.integers(0, 16, 9)), 40)]
+    text = np.concatenate([[v.TASK_text], rng.integers(0, 50, 39)])
+    clean = torch.from_numpy(np.stack(rows + [text]))
+    tau, u, _ = draw_noise(len(clean), clean.shape[1], torch.Generator().manual_seed(0), 0.3, 0.9)
+    nb = mask_batch(clean, tables, LIN, "none", tau, u)
+    model = Transformer(TransformerArgs(vocab_size=v.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=40,
+                                        vocab_segments=v.segments()))
+    model.init_weights()
+    whole, s = diffusion_loss(model, v, nb, 100.0)
+    parts = compact(nb, by_task=True)
+    assert sorted(p.clean_BL.shape for p in parts) == [(1, 20), (1, 40), (2, 19)]
+    total = sum(diffusion_loss(model, v, p, 100.0)[0] for p in parts)
+    torch.testing.assert_close(total, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_audio_positions_predict_only_their_own_level():
+    v = JointVocab(n_text=50, audio_levels=3, audio_codebook=8)
+    tables = RowTables.from_vocab(v)
+    codes = np.arange(15).reshape(5, 3) % 8
+    row = torch.from_numpy(paired_row(v, "audio", np.array([1, 2]), v.audio_ids(codes), 30))[None]
+    heads = tables.output_heads(row, tables.maskable(row))
+    audio = [h for h in heads if h[4] == "audio"]
+    assert len(audio) == 3
+    for k, (sel, lo, hi, eos, _) in enumerate(audio):
+        ids = row[sel]
+        assert ((ids >= lo) & (ids < hi) | (ids == eos)).all()
+        assert lo == v.off_audio + k * 8 and hi - lo == 8

@@ -4,10 +4,12 @@
 
 with w_i the ELBO weight set by masking.py. Per modality m the same ratio restricted to positions of
 modality m estimates the NELBO per token of m (nats; reported in bits). Owns the reduction and the
-call into the model's `head` per modality slice. Does not own the masks (masking.py) or the network.
+call into the model's `head` per output slice (a modality's content + EOS; audio: one level's codes +
+EOS, see RowTables.output_heads). Does not own the masks (masking.py) or the network.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,7 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from trimdm.diffusion.masking import NoisyBatch
+from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
+
+
+@functools.lru_cache(maxsize=8)
+def row_tables(vocab: JointVocab) -> RowTables:
+    return RowTables.from_vocab(vocab)
 
 
 @dataclass
@@ -42,24 +50,19 @@ class LossStats:
 def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float | None = None):
     """Returns (differentiable loss, LossStats). `denominator` overrides Σ maskable tokens of this
     batch, so that micro-batches and ranks divide by the count of the whole global batch."""
-    present, heads = [], []
-    for i, m in enumerate(MODALITIES):
-        sel = nb.masked_BL & (nb.modality_BL == i)
-        if vocab.has(m) and bool(sel.any()):
-            lo, hi = vocab.content_range(m)
-            present.append((i, m, sel))
-            heads.append((sel, lo, hi, vocab.eos(m)))
-    logits = model(nb.noisy_BL, nb.pad_BL, heads=heads)
+    heads = row_tables(vocab).output_heads(nb.noisy_BL, nb.masked_BL)
+    logits = model(nb.noisy_BL, nb.pad_BL, heads=[h[:4] for h in heads])
     tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
     masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
     wce = torch.zeros(3, dtype=torch.float64)
     total = 0.0
-    for (i, m, sel), lg in zip(present, logits):
-        target = vocab.to_local(m, nb.clean_BL[sel])
+    for (sel, lo, hi, eos, m), lg in zip(heads, logits):
+        clean = nb.clean_BL[sel]
+        target = torch.where(clean == eos, hi - lo, clean - lo)
         ce = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)), target, reduction="none")
         weighted = (ce * nb.weight_BL[sel].to(ce.dtype)).sum()
         total = total + weighted
-        wce[i] = weighted.detach().double()
+        wce[MODALITIES.index(m)] += weighted.detach().double()
     denom = float(tokens.sum()) if denominator is None else denominator
     if not torch.is_tensor(total):  # nothing masked: a zero that still carries gradient structure
         total = sum(p.sum() for p in model.parameters()) * 0.0

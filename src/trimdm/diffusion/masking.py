@@ -12,6 +12,13 @@ antimask (the paper's anti-masking; our reconstruction, kept configurable):
               keeps the estimator unbiased for any schedule (see schedules.complement_weight).
 - crossmodal: text positions at β_text(τ) (weight β'/β), image/audio positions at 1 − β_m(τ) (weight
               β'/(1−β)). A training objective variant; evaluation always uses the plain process.
+
+Conditional rows (`diffusion.conditional` = c): a paired row is, with probability c, noised in one
+modality only while the other stays clean (half media|text, half text|media), so its loss is the exact
+NELBO estimator of the conditional likelihood that generation uses (T2I/T2S start from a clean caption
+and a fully masked medium, a state the joint process with one τ per row almost never visits); the rest
+of the rows keep the joint estimator. The objective is a fixed mixture of exact (conditional) ELBOs.
+Text-only rows are never affected.
 """
 from __future__ import annotations
 
@@ -81,25 +88,47 @@ def apply_masks(clean_BL, masked_BL, weight_BL, maskable_BL, tables: RowTables, 
 
 
 def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float, hi: float):
-    """The randomness of one batch, independent of its content: stratified τ per row and one uniform
-    per position. Drawn for a whole global batch and sliced per micro-batch or rank, so the masks do
-    not depend on how the batch is split."""
+    """The randomness of one batch, independent of its content: stratified τ per row, one uniform per
+    position and one per row (which rows are conditional, see `conditional_modes`). Drawn for a whole
+    global batch and sliced per micro-batch or rank, so the masks do not depend on how it is split."""
     tau_B = stratified_tau(n_rows, generator, lo, hi)
-    return tau_B, torch.rand((n_rows, seq_len), generator=generator, dtype=torch.float64)
+    u_BL = torch.rand((n_rows, seq_len), generator=generator, dtype=torch.float64)
+    return tau_B, u_BL, torch.rand(n_rows, generator=generator, dtype=torch.float64)
+
+
+JOINT, MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA = 0, 1, 2
+
+
+def conditional_modes(c_B: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per-row mode from one uniform: [0, f/2) media|text, [f/2, f) text|media, else joint."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"diffusion.conditional={fraction} must lie in [0, 1]")
+    mode = torch.full(c_B.shape, JOINT, dtype=torch.long)
+    mode[c_B < fraction] = TEXT_GIVEN_MEDIA
+    mode[c_B < fraction / 2] = MEDIA_GIVEN_TEXT
+    return mode
 
 
 def mask_batch(clean_BL: torch.Tensor, tables: RowTables, schedules: list[Schedule], antimask: str,
-               tau_B: torch.Tensor, u_BL: torch.Tensor, only_modality: int | None = None) -> NoisyBatch:
+               tau_B: torch.Tensor, u_BL: torch.Tensor, only_modality: int | None = None,
+               mode_B: torch.Tensor | None = None) -> NoisyBatch:
     """Noise clean rows: position i is masked when maskable and u_i < its ratio at τ of its row.
     With antimask=complement the result holds 2× the rows (pairs adjacent: row 2j is masked with M,
     row 2j+1 with its complement). `only_modality` restricts masking (and the token count) to one
-    modality, the rest staying clean: the conditional NELBO of that modality given the others."""
+    modality, the rest staying clean: the conditional NELBO of that modality given the others.
+    `mode_B` (from `conditional_modes`) does the same per paired row: MEDIA_GIVEN_TEXT keeps the text
+    clean, TEXT_GIVEN_MEDIA the medium; rows without media are unaffected."""
     if antimask not in ANTIMASK:
         raise ValueError(f"antimask={antimask!r}: expected one of {ANTIMASK}")
     modality = tables.modality(clean_BL)
     maskable = tables.maskable(clean_BL)
     if only_modality is not None:
         maskable = maskable & (modality == only_modality)
+    if mode_B is not None:
+        paired = (modality != TEXT).any(1, keepdim=True)
+        keep_text = paired & (mode_B == MEDIA_GIVEN_TEXT)[:, None]
+        keep_media = paired & (mode_B == TEXT_GIVEN_MEDIA)[:, None]
+        maskable = maskable & ~(keep_text & (modality == TEXT)) & ~(keep_media & (modality != TEXT))
     complement = (modality != TEXT) if antimask == "crossmodal" else torch.zeros_like(maskable)
     prob, weight = _ratio_and_weight(schedules, tau_B, modality, complement)
     masked = maskable & (u_BL < prob)
@@ -111,3 +140,21 @@ def mask_batch(clean_BL: torch.Tensor, tables: RowTables, schedules: list[Schedu
     pair = lambda a, b: torch.stack([a, b], dim=1).flatten(0, 1)  # noqa: E731  interleave rows
     return apply_masks(pair(clean_BL, clean_BL), pair(masked, masked_c), pair(weight, weight_c),
                        pair(maskable, maskable), tables, pair(tau_B, tau_B))
+
+
+def compact(nb: NoisyBatch, by_task: bool) -> list[NoisyBatch]:
+    """The same rows without wasted compute: trailing columns that are padding in every row are cut
+    (exact: padded keys take no part in attention and RoPE counts from the row start), and with
+    `by_task` the rows are first split by their TASK id so that short paired rows are not padded to
+    the length of packed text rows. Losses of the parts add up to the loss of the whole."""
+    groups = [torch.arange(len(nb.clean_BL))]
+    if by_task:
+        task = nb.clean_BL[:, 0]
+        groups = [torch.nonzero(task == t).squeeze(1) for t in torch.unique(task)]
+    parts = []
+    for rows in groups:
+        used = ~nb.pad_BL[rows]
+        length = int(used.any(0).nonzero().max()) + 1 if bool(used.any()) else 1
+        parts.append(NoisyBatch(*(x[rows][:, :length] if x.dim() == 2 else x[rows]
+                                  for x in (getattr(nb, f) for f in nb.__dataclass_fields__))))
+    return parts

@@ -68,17 +68,12 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             h = model(x, pad)
             hu = model(u, tables.pad(u)) if use_cfg else None
-        modality = tables.modality(x)
         proposal = x.clone()
         confidence = torch.full(x.shape, float("-inf"), device=device)
-        for i, m in enumerate(MODALITIES):
-            sel = is_mask & (modality == i)
-            if not bool(sel.any()):
-                continue
-            lo, hi = vocab.content_range(m)
-            logits = model.head(h[sel], lo, hi, vocab.eos(m)).float()
+        for sel, lo, hi, eos, _ in tables.output_heads(x, is_mask):
+            logits = model.head(h[sel], lo, hi, eos).float()
             if use_cfg:
-                uncond = model.head(hu[sel], lo, hi, vocab.eos(m)).float()
+                uncond = model.head(hu[sel], lo, hi, eos).float()
                 logits = uncond + guidance * (logits - uncond)
             logp = logits.log_softmax(-1)
             scaled = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
@@ -86,7 +81,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
                 choice = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
             else:
                 choice = scaled.argmax(-1)
-            proposal[sel] = vocab.to_joint(m, choice)
+            proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
             if remasking == "confidence":
                 gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
                                                .clamp_min(1e-20)))

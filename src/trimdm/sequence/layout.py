@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trimdm.tokenizers.vocab import JointVocab
+from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 
 
 class PackedText:
@@ -93,10 +93,44 @@ class RowTables:
     maskable_V: torch.Tensor  # bool
     mask_id_M: torch.Tensor  # MASK id per modality index
     pad_id: int
+    vocab: JointVocab | None = None
 
     @classmethod
     def from_vocab(cls, vocab: JointVocab) -> "RowTables":
-        return cls(vocab.modality_table(), vocab.maskable_table(), vocab.mask_ids(), vocab.PAD_text)
+        return cls(vocab.modality_table(), vocab.maskable_table(), vocab.mask_ids(), vocab.PAD_text, vocab)
+
+    def audio_level(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        """Residual level k of every position from its offset after the row's BOS_audio: audio is
+        frame-major, so position BOS + 1 + j holds level j mod K whether it is clean or masked."""
+        v = self.vocab
+        is_bos = ids_BL == v.BOS_audio
+        start = torch.where(is_bos.any(1), is_bos.long().argmax(1), 0)
+        offset = torch.arange(ids_BL.shape[1], device=ids_BL.device)[None, :] - start[:, None] - 1
+        return offset.remainder(max(v.audio_levels, 1))
+
+    def output_heads(self, ids_BL: torch.Tensor, select_BL: torch.Tensor) -> list[tuple]:
+        """Split the selected positions by the output slice they predict: [(select, lo, hi, eos, m)].
+
+        Text and image positions predict their modality's content ids plus its EOS; an audio position
+        predicts only its own level's C codes plus EOS_audio (SPEC §2: level k's codes are a separate
+        range), which both the loss and the sampler use, so neither can put a code at the wrong level."""
+        v = self.vocab
+        modality = self.modality(ids_BL)
+        heads = []
+        for i, m in enumerate(MODALITIES):
+            sel = select_BL & (modality == i)
+            if not v.has(m) or not bool(sel.any()):
+                continue
+            if m != "audio":
+                heads.append((sel, *v.content_range(m), v.eos(m), m))
+                continue
+            level = self.audio_level(ids_BL)
+            for k in range(v.audio_levels):
+                sel_k = sel & (level == k)
+                if bool(sel_k.any()):
+                    lo = v.off_audio + k * v.audio_codebook
+                    heads.append((sel_k, lo, lo + v.audio_codebook, v.EOS_audio, m))
+        return heads
 
     def modality(self, ids_BL: torch.Tensor) -> torch.Tensor:
         return self.modality_V[ids_BL]

@@ -30,7 +30,7 @@ from trimdm.config import MODALITIES, Config
 from trimdm.data.loader import MixtureLoader, row_shares
 from trimdm.data.prepare import prepare
 from trimdm.diffusion.loss import LossStats, diffusion_loss
-from trimdm.diffusion.masking import clean_rows_per_batch, draw_noise, mask_batch, tau_bounds
+from trimdm.diffusion.masking import clean_rows_per_batch, compact, conditional_modes, draw_noise, mask_batch, tau_bounds
 from trimdm.diffusion.schedules import Schedule, parse_schedule
 from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
 from trimdm.distributed.parallelize import full_state, load_full_state, parallelize
@@ -172,14 +172,16 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------------
     def train_step(self) -> dict:
         cfg, d, env = self.cfg, self.cfg.derived, self.env
-        tau, u = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
+        tau, u, c = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
+        mode = conditional_modes(c, cfg.diffusion.conditional)
         clean = self.loader.next()  # this rank's clean rows, split into micro-batches below
         offset = env.rank * self.clean_rank
         batches = []
         for k in range(self.accum):
             a, b = k * self.clean_micro, (k + 1) * self.clean_micro
             batches.append(mask_batch(clean[a:b], self.tables, self.schedules, cfg.diffusion.antimask,
-                                      tau[offset + a:offset + b], u[offset + a:offset + b]))
+                                      tau[offset + a:offset + b], u[offset + a:offset + b],
+                                      mode_B=mode[offset + a:offset + b]))
         counts = torch.tensor([float(nb.maskable_BL.sum()) for nb in batches], dtype=torch.float64)
         denominator = float(all_reduce_sum(counts.sum(), env))
         factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
@@ -192,15 +194,19 @@ class Trainer:
         measure_micro = measure and not env.active and self.accum > 1
         measure_ranks = measure and ddp
         params = [p for p in self.net.parameters() if p.requires_grad]
-        stats, micro_sq, prev = None, [], None
+        stats, micro_sq, prev, positions = None, [], None, 0
         for k, nb in enumerate(batches):
             sync = ddp and not measure_ranks and k == self.accum - 1
-            with self.net.no_sync() if ddp and not sync else contextlib.nullcontext():
-                with autocast(cfg.train.dtype, self.device):
-                    loss, s = diffusion_loss(self.net, self.vocab, nb.to(self.device), denominator)
-                    loss = loss * env.world  # DDP and FSDP average gradients over ranks; we want the sum
-                loss.backward()
-            stats = s if stats is None else stats + s
+            # one process: split by task too (every pass need not touch every parameter); DDP and
+            # FSDP2 expect one forward per micro-batch, so there only the padded tail is cut
+            for part in compact(nb, by_task=not env.active):
+                positions += int((~part.pad_BL).sum())
+                with self.net.no_sync() if ddp and not sync else contextlib.nullcontext():
+                    with autocast(cfg.train.dtype, self.device):
+                        loss, s = diffusion_loss(self.net, self.vocab, part.to(self.device), denominator)
+                        loss = loss * env.world  # DDP and FSDP average gradients over ranks; we want the sum
+                    loss.backward()
+                stats = s if stats is None else stats + s
             if measure_micro:  # gradient of this micro-batch alone, rescaled to its own mean
                 flat = torch.cat([p.grad.detach().flatten() for p in params if p.grad is not None]).double()
                 g = flat if prev is None else flat - prev
@@ -226,12 +232,16 @@ class Trainer:
         self.tokens += d.tokens_per_step
         if env.active:
             stats = LossStats(*(all_reduce_sum(x, env) for x in (stats.wce_M, stats.tokens_M, stats.masked_M)))
-        return {"stats": stats, "grad_norm": grad_norm, "lr_factor": factor, "noise_scale": noise}
+            positions = int(all_reduce_sum(torch.tensor(float(positions), dtype=torch.float64), env))
+        return {"stats": stats, "grad_norm": grad_norm, "lr_factor": factor, "noise_scale": noise,
+                "positions": positions}
 
-    def step_flops(self, stats: LossStats) -> float:
-        """Useful FLOPs of a step: the trunk on every token, the logits of masked positions only."""
-        body = train_flops_per_token(self.model.args, self.cfg.data.seq_len, 0, 0) * self.cfg.derived.tokens_per_step
-        widths = torch.tensor([hi - lo + 1 for lo, hi in map(self.vocab.content_range, MODALITIES)], dtype=torch.float64)
+    def step_flops(self, stats: LossStats, positions: int) -> float:
+        """Useful FLOPs of a step: the trunk on every non-pad position, the logits of masked positions
+        over their output slice only."""
+        body = train_flops_per_token(self.model.args, self.cfg.data.seq_len, 0, 0) * positions
+        v = self.vocab
+        widths = torch.tensor([v.n_text + 1, v.n_image + 1, v.audio_codebook + 1], dtype=torch.float64)
         return body + 6.0 * self.model.args.d_model * float((stats.masked_M * widths).sum())
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -264,7 +274,7 @@ class Trainer:
                 out = self.train_step()
                 stats = out["stats"]
                 window_tokens += d.tokens_per_step
-                window_flops += self.step_flops(stats)
+                window_flops += self.step_flops(stats, out["positions"])
                 last = self.step == d.steps
                 if self.step % t.log_every == 0 or last:
                     elapsed = max(time.time() - window_t, 1e-9)
