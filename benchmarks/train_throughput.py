@@ -31,6 +31,7 @@ from trimdm.train.trainer import Trainer
 CONFIGS = {  # name -> (recipe, overrides)
     "demo": ("demo", []),  # tri-modal tinyworld (prepares it on first use)
     "demo_text": ("demo_text", []),
+    "tinyworld": ("tinyworld", []),
     "d512": ("demo_text", ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
                            "train.batch_size=8"]),
 }

@@ -2,7 +2,7 @@
 
     trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached)
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
-    trimdm generate --run DIR --task text --prompt "..." --n 4
+    trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
     trimdm eval     --run DIR                            held-out NELBO per modality -> DIR/eval.json
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
@@ -57,13 +57,18 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from trimdm.sample.run import generate_from_run
+    from trimdm.sample.run import generate, generate_from_sidecar
 
-    if args.task != "text":
-        raise ValueError(f"unknown task {args.task!r}; this version supports: text")
-    texts = generate_from_run(args.run, args.prompt, args.n, args.overrides, seed=args.seed)
-    for i, t in enumerate(texts):
-        print(f"--- sample {i}\n{t}")
+    if args.sidecar:
+        sidecars = generate_from_sidecar(args.sidecar, out=args.out)
+    elif not args.run:
+        raise ValueError("generate needs --run DIR (or --from SIDECAR.json)")
+    else:
+        sidecars = generate(args.run, args.task, args.prompt, args.n, args.seed, args.overrides,
+                            input_path=args.input, span=args.span, out=args.out)
+    for s in sidecars:
+        shown = s.get("text", s["output"])
+        print(f"--- sample {s['index']}: {shown}")
 
 
 def cmd_study(args) -> None:
@@ -104,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("generate", help="generate from a trained run or checkpoint")
-    p.add_argument("--run", required=True, help="run directory or checkpoint directory")
-    p.add_argument("--task", default="text")
-    p.add_argument("--prompt", default="")
+    p.add_argument("--run", default=None, help="run directory or checkpoint directory")
+    p.add_argument("--task", default="text", help="text | t2i | t2s | i2t | s2t | infill")
+    p.add_argument("--prompt", default="", help="prompt text, caption to draw or speak, or text to infill")
+    p.add_argument("--input", default=None, help="PNG (i2t, image infill) or WAV (s2t, audio infill)")
+    p.add_argument("--span", default=None, help="infill span START:END: characters (text), image token "
+                   "indices, or seconds (audio)")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.steps=32")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples/generate/TASK-seedS)")
+    p.add_argument("--from", dest="sidecar", default=None, help="reproduce the call a sidecar JSON records")
+    p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.image.guidance=2")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("eval", help="evaluate a run into RUN/eval.json")

@@ -176,15 +176,43 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    steps: int = 64
+class ModalitySampling:
+    """How one modality is decoded (SPEC §8): the target span of a task is this modality's."""
+
+    steps: int = 64  # decoding steps T (at most one per masked position is useful)
     schedule: str = "cosine"  # inference unmasking schedule (a schedule name as in `diffusion`)
     temperature: float = 1.0
+    guidance: float = 0.0  # classifier-free guidance weight w: logits = u + w·(c − u); 0: conditional only
+
+
+# The per-modality sampling defaults (SPEC §8) in one table. Chosen by `trimdm study sampling` on the
+# `tinyworld` run; the sweep, its grid and the numbers behind each choice are in docs/sampling.md.
+SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"steps": 32, "schedule": "cosine", "temperature": 0.7, "guidance": 0.0},
+    "image": {"steps": 16, "schedule": "cosine", "temperature": 1.0, "guidance": 2.0},
+    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0},
+}
+
+
+def _sampling(modality: str):
+    return field(default_factory=lambda: ModalitySampling(**SAMPLING_DEFAULTS[modality]))
+
+
+@dataclass
+class SampleConfig:
+    text: ModalitySampling = _sampling("text")
+    image: ModalitySampling = _sampling("image")
+    audio: ModalitySampling = _sampling("audio")
     top_k: int = 0
     top_p: float = 1.0
     confidence_noise: float = 1.0  # scale of the annealed Gumbel noise added to confidences
-    gen_len: int = 64  # text tokens generated after a prompt
+    remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
+    gen_len: int = 64  # text tokens generated after a prompt (task text) or at most for a caption
+    audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
     seed: int = 0
+
+    def __getitem__(self, modality: str) -> ModalitySampling:
+        return getattr(self, modality)
 
 
 @dataclass
@@ -262,7 +290,8 @@ class Config:
         m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion
         _positive(self, "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len",
                   "data.text_vocab", "train.tokens", "train.batch_size", "optim.base.lr",
-                  "sample.steps", "eval.tau_points", "eval.batch_size")
+                  "sample.text.steps", "sample.image.steps", "sample.audio.steps", "sample.gen_len",
+                  "eval.tau_points", "eval.batch_size")
         if m.d_model % m.n_heads:
             raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
         if (m.d_model // m.n_heads) % 2:
@@ -309,7 +338,12 @@ class Config:
 
         for mod in MODALITIES:
             parse_schedule(dif.schedule[mod])
-        parse_schedule(self.sample.schedule)
+        for mod in MODALITIES:
+            parse_schedule(self.sample[mod].schedule)
+        if self.sample.remasking not in ("confidence", "random"):
+            raise ValueError(f"sample.remasking={self.sample.remasking!r}: expected confidence | random")
+        if self.sample.audio_length not in ("rule", "eos"):
+            raise ValueError(f"sample.audio_length={self.sample.audio_length!r}: expected rule | eos")
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -7,7 +7,10 @@ sampled token plus Gumbel noise annealed linearly to zero, and reveals the most 
 that the number still masked after step k is ⌊N·β(1 − k/T)⌋ for the inference schedule β (the same
 schedule objects as training). `remasking="random"` reveals a uniformly random subset instead (the
 unbiased ancestral baseline). Revealed tokens never change. Classifier-free guidance combines a
-conditional and an unconditional canvas: logits = u + w·(c − u).
+conditional and an unconditional canvas: logits = u + w·(c − u). Positions predict their output slice
+(RowTables.output_heads: a modality's content + EOS; audio one level's codes + EOS); a row whose
+canvas already holds a clean EOS of a modality cannot draw another one (fixed-length spans). With
+`eos_truncate`, positions of a span after a revealed EOS become padding (SPEC §8, EOS-truncation).
 Does not own prompts or canvases (tasks.py) or the network.
 """
 from __future__ import annotations
@@ -32,6 +35,22 @@ def filter_logits(logits_NV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     return logits_NV
 
 
+def truncate_after_eos(x_BL: torch.Tensor, tables: RowTables, vocab: JointVocab) -> torch.Tensor:
+    """Padding for every position that follows an EOS_m in an unbroken run of modality-m positions."""
+    modality = tables.modality(x_BL)
+    pos = torch.arange(x_BL.shape[1], device=x_BL.device).expand_as(x_BL)
+    pad = torch.zeros_like(x_BL, dtype=torch.bool)
+    for i, m in enumerate(MODALITIES):
+        if not vocab.has(m):
+            continue
+        same, eos = modality == i, x_BL == vocab.eos(m)
+        boundary = torch.where(~same | eos, pos, -1).cummax(dim=1).values
+        prev = torch.cat([torch.full_like(boundary[:, :1], -1), boundary[:, :-1]], dim=1)  # last break before j
+        after_eos = (prev >= 0) & (x_BL.gather(1, prev.clamp_min(0)) == vocab.eos(m))
+        pad |= same & after_eos
+    return torch.where(pad, tables.pad_id, x_BL)
+
+
 def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> torch.Tensor:
     """(steps + 1, B): positions still masked after each step k = 0..T (k = 0: all of them)."""
     k = torch.arange(steps + 1, dtype=torch.float64)
@@ -45,7 +64,8 @@ def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> t
 def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, schedule: Schedule,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, confidence_noise: float = 1.0,
            remasking: str = "confidence", guidance: float = 0.0, uncond_BL: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, eos_truncate: bool = False,
+           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
     enables guidance with weight `guidance` (0: the conditional pass alone)."""
     if remasking not in ("confidence", "random"):
@@ -57,8 +77,9 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     x = canvas_BL.clone()
     mask_ids = tables.mask_id_M.to(device)
     is_mask = (x[..., None] == mask_ids).any(-1)
-    pad = tables.pad(x)
     counts = masked_counts(is_mask.sum(1).cpu(), schedule, steps).to(device)
+    # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
+    has_eos = {m: (x == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     use_cfg = uncond_BL is not None and guidance != 0.0
     u = uncond_BL.clone() if use_cfg else None
     for k in range(1, steps + 1):
@@ -66,15 +87,17 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         if not bool(is_mask.any()):
             break
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            h = model(x, pad)
+            h = model(x, tables.pad(x))
             hu = model(u, tables.pad(u)) if use_cfg else None
         proposal = x.clone()
         confidence = torch.full(x.shape, float("-inf"), device=device)
-        for sel, lo, hi, eos, _ in tables.output_heads(x, is_mask):
+        for sel, lo, hi, eos, m in tables.output_heads(x, is_mask):
             logits = model.head(h[sel], lo, hi, eos).float()
             if use_cfg:
                 uncond = model.head(hu[sel], lo, hi, eos).float()
                 logits = uncond + guidance * (logits - uncond)
+            rows = sel.nonzero()[:, 0]
+            logits[:, -1] = logits[:, -1].masked_fill(has_eos[m][rows], float("-inf"))
             logp = logits.log_softmax(-1)
             scaled = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
             if temperature > 0:
@@ -93,6 +116,9 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
         reveal = is_mask & (rank < n_reveal[:, None])
         x = torch.where(reveal, proposal, x)
+        if eos_truncate:
+            x = truncate_after_eos(x, tables, vocab)
         if use_cfg:
             u = torch.where(reveal, proposal, u)
+            u = torch.where(x == tables.pad_id, tables.pad_id, u)
     return x

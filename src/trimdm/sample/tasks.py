@@ -1,36 +1,228 @@
-"""Generation tasks: build the canvas for a task, decode it, and turn ids back into outputs (SPEC §8).
+"""Generation tasks (SPEC §8): build the canvas of a task, decode it, turn ids back into outputs.
 
-This version has unconditional and prompted text: `TASK_text BOS_text prompt MASK_text × gen_len`,
-cut at the first generated EOS_text. Later tasks (t2i, t2s, i2t, s2t, infill) live here too.
+Every task is a row in the training layout (sequence/layout.py) with the target span set to MASK:
+
+    text    TASK_text BOS_text prompt MASK_text × gen_len                    (cut at the first EOS_text)
+    t2i     TASK_image_text BOS_text caption EOS_text BOS_image MASK_image × 64 EOS_image
+    t2s     TASK_audio_text BOS_text text EOS_text BOS_audio MASK_audio × N·K EOS_audio
+    i2t     TASK_image_text BOS_text MASK_text × gen_len BOS_image image EOS_image
+    s2t     TASK_audio_text BOS_text MASK_text × gen_len BOS_audio audio EOS_audio
+    infill  any of the rows above, clean, with a span of its text, image or audio set to MASK
+
+Lengths. An image is always h·w tokens. A T2S canvas has N frames from the data set's length rule
+N = round(a + b·(text tokens)) (fitted at prepare time, carried by the run in
+tokenizers/audio/length_rule.json), or with `sample.audio_length=eos` as many whole frames as the row
+holds, and positions after a revealed EOS_audio become padding (EOS-truncation). Generated text spans
+of i2t and s2t end the same way: after a revealed EOS_text the rest of the span becomes padding, which
+attention ignores.
+
+Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
+tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
+
+Does not own the decoding loop (sampler.py) or file output (run.py).
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from trimdm.diffusion.schedules import parse_schedule
 from trimdm.sample.sampler import decode
 
-
-def text_canvas(vocab, prompt_ids: list[int], gen_len: int, seq_len: int, n: int) -> torch.Tensor:
-    length = 2 + len(prompt_ids) + gen_len
-    if length > seq_len:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens + {gen_len} generated tokens + 2 specials "
-                         f"exceeds data.seq_len={seq_len}; shorten the prompt or sample.gen_len")
-    row = [vocab.TASK_text, vocab.BOS_text, *prompt_ids] + [vocab.MASK_text] * gen_len
-    return torch.tensor([row] * n, dtype=torch.long)
+TASKS = ("text", "t2i", "t2s", "i2t", "s2t", "infill")
+TARGET = {"text": "text", "t2i": "image", "t2s": "audio", "i2t": "text", "s2t": "text"}
 
 
-def generate_text(model, vocab, tokenizer, prompt: str, n: int, sample_cfg, seq_len: int,
-                  device: torch.device, seed: int | None = None, autocast_dtype=None) -> list[str]:
-    prompt_ids = tokenizer.encode(prompt).tolist() if prompt else []
-    canvas = text_canvas(vocab, prompt_ids, sample_cfg.gen_len, seq_len, n).to(device)
-    gen = torch.Generator(device=device).manual_seed(sample_cfg.seed if seed is None else seed)
-    out = decode(model, vocab, canvas, steps=sample_cfg.steps, schedule=parse_schedule(sample_cfg.schedule),
-                 temperature=sample_cfg.temperature, top_k=sample_cfg.top_k, top_p=sample_cfg.top_p,
-                 confidence_noise=sample_cfg.confidence_noise, generator=gen, autocast_dtype=autocast_dtype)
-    texts = []
-    for row in out[:, 2 + len(prompt_ids):].tolist():
-        if vocab.EOS_text in row:
-            row = row[:row.index(vocab.EOS_text)]
-        texts.append(prompt + tokenizer.decode([t for t in row if t < vocab.n_text]))
-    return texts
+@dataclass
+class Canvas:
+    ids_BL: torch.Tensor  # conditional canvas
+    uncond_BL: torch.Tensor | None  # condition span masked (None: nothing to guide on)
+    target: str  # the modality whose span is generated (picks the sampling settings)
+
+
+def _pad_rows(rows: list[list[int]], pad: int, seq_len: int, what: str) -> torch.Tensor:
+    longest = max(len(r) for r in rows)
+    if longest > seq_len:
+        raise ValueError(f"{what} needs {longest} positions but the model's rows hold data.seq_len={seq_len}")
+    return torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long)
+
+
+def _masked_span(row: list[int], start: int, end: int, mask: int) -> list[int]:
+    return row[:start] + [mask] * (end - start) + row[end:]
+
+
+class Tasks:
+    """The tasks of one trained run: `Tasks(loaded).t2i(["a red circle in the centre"], seed=0)`."""
+
+    def __init__(self, loaded, sample_cfg=None, batch_size: int = 64):
+        self.loaded, self.vocab, self.text_tok = loaded, loaded.vocab, loaded.tokenizer
+        self.media = loaded.media_tokenizers
+        self.cfg = sample_cfg or loaded.cfg.sample
+        self.seq_len = loaded.cfg.data.seq_len
+        self.batch_size = batch_size
+        rule = Path(loaded.checkpoint).parent.parent / "tokenizers" / "audio" / "length_rule.json"
+        self.length_rule = json.loads(rule.read_text()) if rule.exists() else None
+
+    @property
+    def image_tokens(self) -> int:
+        return int(self.media["image"].rate)
+
+    # -- pieces of rows -----------------------------------------------------------------------------
+    def encode_text(self, text: str, what: str = "prompt") -> list[int]:
+        if not text or not text.strip():
+            raise ValueError(f"empty {what}: give some text")
+        return self.text_tok.encode(text).tolist()
+
+    def _need(self, modality: str) -> None:
+        if modality not in self.media:
+            raise ValueError(f"this run has no {modality} tokenizer (it was trained on text only)")
+
+    def image_ids(self, images_NHW3: np.ndarray) -> list[list[int]]:
+        self._need("image")
+        codes = self.media["image"].encode(images_NHW3)
+        return [self.vocab.image_ids(c.reshape(-1)).tolist() for c in codes]
+
+    def audio_ids(self, waves: list[np.ndarray]) -> list[list[int]]:
+        self._need("audio")
+        return [self.vocab.audio_ids(self.media["audio"].encode(w)).tolist() for w in waves]
+
+    def audio_frames(self, n_text_tokens: int) -> int:
+        """Frames of a T2S canvas: the length rule, or every whole frame the row can hold."""
+        K = self.vocab.audio_levels
+        room = (self.seq_len - 5 - n_text_tokens) // K
+        if self.cfg.audio_length == "eos" or self.length_rule is None:
+            if self.cfg.audio_length == "rule":
+                raise ValueError("sample.audio_length=rule but the run carries no "
+                                 "tokenizers/audio/length_rule.json; use sample.audio_length=eos")
+            return room
+        r = self.length_rule
+        return int(min(room, max(1, round(r["intercept"] + r["slope"] * n_text_tokens))))
+
+    # -- canvases -----------------------------------------------------------------------------------
+    def paired_canvas(self, modality: str, text: list[int] | None, media: list[int] | None,
+                      text_len: int = 0, media_len: int = 0) -> tuple[list[int], list[int]]:
+        """(row, uncond row) for `TASK_m BOS_text text EOS_text BOS_m media EOS_m`; None = generate."""
+        v = self.vocab
+        mask_t, mask_m = v.MASK_text, v.mask(modality)
+        text_part = text + [v.EOS_text] if text is not None else [mask_t] * text_len
+        fixed_eos = modality == "image" or (modality == "audio" and self.cfg.audio_length == "rule")
+        if media is not None:
+            media_part = media + [v.eos(modality)]
+        else:
+            media_part = [mask_m] * media_len + ([v.eos(modality)] if fixed_eos else [])
+        head = [v.task(f"{modality}_text"), v.BOS_text]
+        row = head + text_part + [v.bos(modality)] + media_part
+        if text is not None and media is None:  # condition: the text
+            uncond = head + [mask_t] * len(text_part) + [v.bos(modality)] + media_part
+        elif media is not None and text is None:  # condition: the medium
+            uncond = head + text_part + [v.bos(modality)] + [mask_m] * len(media_part)
+        else:
+            uncond = None
+        return row, uncond
+
+    def _canvas(self, pairs: list[tuple[list[int], list[int] | None]], target: str, what: str) -> Canvas:
+        pad = self.vocab.PAD_text
+        ids = _pad_rows([r for r, _ in pairs], pad, self.seq_len, what)
+        uncond = None
+        if all(u is not None for _, u in pairs):
+            uncond = _pad_rows([u for _, u in pairs], pad, self.seq_len, what)
+        return Canvas(ids, uncond, target)
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def run(self, canvas: Canvas, seed: int) -> torch.Tensor:
+        """Decode a canvas in batches of `batch_size` rows with the target modality's settings."""
+        s = self.cfg[canvas.target]
+        device = self.loaded.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        out = []
+        for a in range(0, len(canvas.ids_BL), self.batch_size):
+            ids = canvas.ids_BL[a:a + self.batch_size].to(device)
+            unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
+            out.append(decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
+                              temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
+                              confidence_noise=self.cfg.confidence_noise, remasking=self.cfg.remasking,
+                              guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
+                              autocast_dtype=self.loaded.autocast_dtype).cpu())
+        return torch.cat(out)
+
+    # -- reading results back -----------------------------------------------------------------------
+    def span(self, row: torch.Tensor, modality: str) -> list[int]:
+        """Content ids of a row's `modality` span (text: its first text span), up to its EOS or padding."""
+        v = self.vocab
+        ids = row.tolist()
+        start = ids.index(v.bos(modality)) + 1 if v.bos(modality) in ids else 1
+        lo, hi = v.content_range(modality)
+        out = []
+        for t in ids[start:]:
+            if not lo <= t < hi:
+                break
+            out.append(t)
+        return out
+
+    def text_of(self, row: torch.Tensor) -> str:
+        return self.text_tok.decode(self.span(row, "text"))
+
+    def image_of(self, row: torch.Tensor) -> np.ndarray:
+        ids = np.array(self.span(row, "image"))
+        assert len(ids) == self.image_tokens, f"image span of {len(ids)} tokens, expected {self.image_tokens}"
+        return self.media["image"].decode(ids - self.vocab.off_image)
+
+    def wave_of(self, row: torch.Tensor) -> np.ndarray:
+        K = self.vocab.audio_levels
+        ids = np.array(self.span(row, "audio"), dtype=np.int64)
+        ids = ids[:len(ids) // K * K]
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.media["audio"].decode(self.vocab.audio_codes(ids)).astype(np.float32)
+
+    # -- the tasks ----------------------------------------------------------------------------------
+    def text(self, prompt: str, n: int, seed: int) -> list[str]:
+        v = self.vocab
+        ids = self.text_tok.encode(prompt).tolist() if prompt else []
+        row = [v.TASK_text, v.BOS_text, *ids] + [v.MASK_text] * self.cfg.gen_len
+        out = self.run(self._canvas([(row, None)] * n, "text", "prompt + sample.gen_len"), seed)
+        texts = []
+        for r in out[:, 2 + len(ids):].tolist():
+            r = r[:r.index(v.EOS_text)] if v.EOS_text in r else r
+            texts.append(prompt + self.text_tok.decode([t for t in r if t < v.n_text]))
+        return texts
+
+    def t2i(self, captions: list[str], seed: int) -> tuple[list[np.ndarray], torch.Tensor]:
+        self._need("image")
+        pairs = [self.paired_canvas("image", self.encode_text(c, "caption"), None, media_len=self.image_tokens)
+                 for c in captions]
+        out = self.run(self._canvas(pairs, "image", "caption + image"), seed)
+        return [self.image_of(r) for r in out], out
+
+    def t2s(self, texts: list[str], seed: int) -> tuple[list[np.ndarray], torch.Tensor]:
+        self._need("audio")
+        K = self.vocab.audio_levels
+        pairs = []
+        for t in texts:
+            ids = self.encode_text(t, "text to speak")
+            pairs.append(self.paired_canvas("audio", ids, None, media_len=K * self.audio_frames(len(ids))))
+        out = self.run(self._canvas(pairs, "audio", "text + speech"), seed)
+        return [self.wave_of(r) for r in out], out
+
+    def _caption_len(self, media_len: int) -> int:
+        return max(1, min(self.cfg.gen_len, self.seq_len - 5 - media_len))
+
+    def i2t(self, images: np.ndarray, seed: int) -> list[str]:
+        media = self.image_ids(images)
+        pairs = [self.paired_canvas("image", None, m, text_len=self._caption_len(len(m))) for m in media]
+        return [self.text_of(r) for r in self.run(self._canvas(pairs, "text", "caption + image"), seed)]
+
+    def s2t(self, waves: list[np.ndarray], seed: int) -> list[str]:
+        media = self.audio_ids(waves)
+        pairs = [self.paired_canvas("audio", None, m, text_len=self._caption_len(len(m))) for m in media]
+        return [self.text_of(r) for r in self.run(self._canvas(pairs, "text", "transcript + speech"), seed)]
+
+    def infill(self, row: list[int], start: int, end: int, modality: str, n: int, seed: int) -> torch.Tensor:
+        """Regenerate positions [start, end) of a clean row (all of `modality`) n times."""
+        masked = _masked_span(row, start, end, self.vocab.mask(modality))
+        return self.run(Canvas(_pad_rows([masked] * n, self.vocab.PAD_text, self.seq_len, "infill row"), None,
+                               modality), seed)

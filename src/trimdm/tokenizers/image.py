@@ -558,3 +558,21 @@ def save_grid(images_top: np.ndarray, images_bottom: np.ndarray, path: str | Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
     return path
+
+
+def save_image_grid(images: np.ndarray | list, path: str | Path, cols: int = 8, scale: int = 4) -> Path:
+    """PNG of images (N, H, W, 3) uint8 in rows of `cols`, upscaled and separated like save_grid."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"save_image_grid needs a non-empty uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
+    n, h, w, _ = images.shape
+    cols = min(cols, n)
+    rows, gap = -(-n // cols), 2
+    canvas = np.full((rows * (h * scale + gap) + gap, cols * (w * scale + gap) + gap, 3), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        y0, x0 = gap + (i // cols) * (h * scale + gap), gap + (i % cols) * (w * scale + gap)
+        canvas[y0:y0 + h * scale, x0:x0 + w * scale] = im.repeat(scale, 0).repeat(scale, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path
