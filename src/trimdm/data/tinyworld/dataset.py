@@ -131,6 +131,9 @@ class TinyworldData:
         self.tokenizers["text"].save(Path(run_dir) / "tokenizer")
         for m in ("image", "audio"):
             self.tokenizers[m].save(Path(run_dir) / "tokenizers" / m)
+        # the audio length rule travels with the codec: T2S canvases are sized from it (SPEC §8)
+        rule = Path(run_dir) / "tokenizers" / "audio" / "length_rule.json"
+        rule.write_text(json.dumps(self.manifest["audio_length_rule"], indent=2) + "\n")
 
 
 def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
