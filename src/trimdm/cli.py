@@ -3,7 +3,7 @@
     trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached)
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
     trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
-    trimdm eval     --run DIR                            held-out NELBO per modality -> DIR/eval.json
+    trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
 Errors in user input (config keys, values, files) are reported as one line and exit status 2.
@@ -52,8 +52,10 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from trimdm.eval.run import evaluate_run
 
-    result = evaluate_run(args.run, args.overrides)
-    print(json.dumps(result, indent=2))
+    from trimdm.eval.summary import print_summary
+
+    result = evaluate_run(args.run, args.overrides, mc=args.mc or [], generation=not args.no_generation)
+    print_summary(result)
 
 
 def cmd_generate(args) -> None:
@@ -72,8 +74,20 @@ def cmd_generate(args) -> None:
 
 
 def cmd_study(args) -> None:
+    if args.study == "sampling":
+        from trimdm.study.sampling import run_sampling_study
+
+        if not args.run:
+            raise ValueError("study sampling needs --run DIR (a trained tinyworld run)")
+        out = Path(args.out) if args.out else Path(args.run) / "sampling_study"
+        run_sampling_study(args.run, out, n=args.prompts)
+        print((out / "sampling_study.md").read_text())
+        print(f"table: {out / 'sampling_study.json'}; plot: {out / 'sampling_study.png'}")
+        return
     if args.study != "batch":
-        raise ValueError(f"unknown study {args.study!r}; this version has: batch")
+        raise ValueError(f"unknown study {args.study!r}; this version has: batch, sampling")
+    if not args.out:
+        raise ValueError("study batch needs --out DIR")
     from trimdm.study.batch import run_batch_study
 
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
@@ -122,14 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.image.guidance=2")
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("eval", help="evaluate a run into RUN/eval.json")
+    p = sub.add_parser("eval", help="evaluate a run into RUN/eval.json, report.md and report.html")
     p.add_argument("--run", required=True)
+    p.add_argument("--mc", action="append", help="a multiple-choice JSONL file (context, options, answer); "
+                   "repeatable")
+    p.add_argument("--no-generation", action="store_true", help="skip generation metrics (likelihood only)")
     p.add_argument("overrides", nargs="*", help="eval.* overrides")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("study", help="design-space studies (this version: batch)")
-    p.add_argument("study", help="which study: batch")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("study", help="design-space studies: batch, sampling")
+    p.add_argument("study", help="which study: batch | sampling")
+    p.add_argument("--out", default=None, help="output folder (sampling: default RUN/sampling_study)")
+    p.add_argument("--run", default=None, help="sampling: the trained run whose sampling defaults to sweep")
+    p.add_argument("--prompts", type=int, default=48, help="sampling: held-out prompts per grid point")
     p.add_argument("--recipe", default="study_batch")
     p.add_argument("--batches", default="8,16,32,64")
     p.add_argument("--arms", default="sde,none")

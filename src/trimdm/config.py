@@ -223,6 +223,9 @@ class EvalConfig:
     max_rows: int = 256  # held-out rows evaluated per task (0: all)
     periodic_rows: int = 32  # rows per task of the held-out NELBO logged every train.eval_every steps
     periodic_tau_points: int = 4
+    gen_prompts: int = 96  # held-out captions / images for T2I and I2T (0: no generation metrics)
+    gen_utterances: int = 32  # held-out transcripts / utterances for T2S and S2T
+    mc_samples: int = 64  # Monte-Carlo samples per option of a multiple-choice question
 
 
 @dataclass

@@ -71,12 +71,9 @@ def test_reader_resolves_media_relative_to_the_file(tmp_path):
 
 # -- a tiny trained tri-modal run ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(data_root, tmp_path_factory):
-    cfg = tiny_tri().override([f"data.root={data_root}"]).derive()
-    data = prepare(cfg.data, log=lambda *a: None)
-    run = tmp_path_factory.mktemp("mc_run")
-    train(cfg, run, log=lambda *a: None, progress=False)
-    return data.directory, load_run(run)
+def tiny_run(tiny_tri_run):
+    data_dir, run = tiny_tri_run
+    return data_dir, load_run(run)
 
 
 def test_write_tinyworld_mc_is_deterministic_with_checked_distractors(tiny_run, tmp_path):

@@ -40,7 +40,7 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            image = np.array(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such image file") from None
     except (OSError, SyntaxError) as e:

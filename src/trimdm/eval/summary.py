@@ -1,0 +1,39 @@
+"""A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
+from __future__ import annotations
+
+
+def _verdict(value: float, chance: float, lower_is_better: bool = False) -> str:
+    better = value < chance if lower_is_better else value > chance
+    return "better than chance" if better else "NOT better than chance"
+
+
+def print_summary(result: dict, out=print) -> None:
+    out(f"{'held-out NELBO':<22}{'bits/token':>12}{'perplexity bound':>18}")
+    for m, v in result["nelbo"].items():
+        out(f"{m:<22}{v['bits_per_token']:>12.3f}{v['perplexity_bound']:>18.1f}")
+    for name, v in result.get("conditional_nelbo", {}).items():
+        out(f"{name:<22}{v['bits_per_token']:>12.3f}{v['perplexity_bound']:>18.1f}")
+    unigram = result["baselines"]["text_unigram_bits"]
+    if "text" in result["nelbo"]:
+        text = result["nelbo"]["text"]["bits_per_token"]
+        out(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
+    gen = result.get("generation")
+    if gen:
+        out(f"{'generation (held-out)':<34}{'result':>10}{'chance':>10}{'n':>6}")
+        for group, v in gen["t2i"]["groups"].items():
+            out(f"{'T2I all attributes right, ' + group:<34}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+                f"{_verdict(v['accuracy'], v['chance'])}")
+        v = gen["i2t"]
+        out(f"{'I2T caption right':<34}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+            f"{_verdict(v['accuracy'], v['chance'])}")
+        for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
+            v = gen[task]
+            out(f"{label:<34}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+                f"{_verdict(v['cer'], v['chance'], lower_is_better=True)}")
+        out(f"Fréchet distance in judge features: images {gen['fid_image']:.2f}, speech {gen['fad_audio']:.2f}")
+    for mc in result.get("multiple_choice", []):
+        out(f"multiple choice {mc['file']}: accuracy {mc['accuracy']:.1%} on {mc['questions']} questions "
+            f"(chance {mc['chance']:.1%})")
+    report = result.get("report", {})
+    if report:
+        out(f"report: {report.get('html')} (and {report.get('md')})")

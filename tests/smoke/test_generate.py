@@ -1,0 +1,80 @@
+"""Every generation task end to end on a tiny trained tri-modal checkpoint: files, sidecars,
+reproduction from a sidecar, and clear errors for bad requests."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from trimdm.sample.run import generate, generate_from_sidecar
+
+QUIET = {"log": lambda *a: None}
+
+
+def test_every_task_writes_outputs_and_sidecars(tiny_tri_run, tmp_path):
+    _, run = tiny_tri_run
+    t2i = generate(str(run), "t2i", "a red circle in the centre", n=3, seed=1, out=str(tmp_path / "t2i"), **QUIET)
+    assert [s["output"] for s in t2i] == ["000.png", "001.png", "002.png"]
+    image = np.asarray(Image.open(tmp_path / "t2i" / "000.png"))
+    assert image.shape == (32, 32, 3) and (tmp_path / "t2i" / "grid.png").exists()
+    side = json.loads((tmp_path / "t2i" / "001.json").read_text())
+    assert side["prompt"] == "a red circle in the centre" and side["seed"] == 1 and side["index"] == 1
+    assert side["settings"]["image"]["steps"] > 0 and side["checkpoint"]
+
+    t2s = generate(str(run), "t2s", "a blue square", n=2, seed=0, out=str(tmp_path / "t2s"), **QUIET)
+    wave, rate = sf.read(tmp_path / "t2s" / "000.wav")
+    assert rate == 16000 and len(wave) > 0 and t2s[0]["seconds"] > 0
+
+    i2t = generate(str(run), "i2t", n=2, input_path=str(tmp_path / "t2i" / "000.png"), out=str(tmp_path / "i2t"),
+                   **QUIET)
+    s2t = generate(str(run), "s2t", n=2, input_path=str(tmp_path / "t2s" / "000.wav"), out=str(tmp_path / "s2t"),
+                   **QUIET)
+    assert all(isinstance(s["text"], str) for s in i2t + s2t)
+    assert (tmp_path / "i2t" / "000.txt").exists() and i2t[0]["input_sha256"]
+
+    text = generate(str(run), "infill", "a red circle in the centre", n=2, span="2:12", out=str(tmp_path / "inf"),
+                    **QUIET)
+    assert all(s["text"].startswith("a ") and s["text"].endswith("in the centre") for s in text)
+    img = generate(str(run), "infill", n=1, input_path=str(tmp_path / "t2i" / "000.png"), span="0:32",
+                   out=str(tmp_path / "infi"), **QUIET)
+    regenerated = np.asarray(Image.open(tmp_path / "infi" / "000.png"))
+    assert regenerated.shape == (32, 32, 3) and img[0]["span_positions"][1] - img[0]["span_positions"][0] == 32
+    aud = generate(str(run), "infill", "a blue square", n=1, input_path=str(tmp_path / "t2s" / "000.wav"),
+                   span="0.1:0.3", out=str(tmp_path / "infa"), **QUIET)
+    assert sf.read(tmp_path / "infa" / "000.wav")[0].shape == wave.shape
+    # the untouched part of the input row is kept: image tokens outside the span are the input's
+    assert aud[0]["span_positions"][0] > 0
+
+    again = generate_from_sidecar(tmp_path / "t2i" / "002.json", out=str(tmp_path / "again"), **QUIET)
+    assert again[2]["output"] == "002.png"
+    assert (tmp_path / "again" / "002.png").read_bytes() == (tmp_path / "t2i" / "002.png").read_bytes()
+    again = generate_from_sidecar(tmp_path / "s2t" / "001.json", out=str(tmp_path / "again_s2t"), **QUIET)
+    assert again[1]["text"] == s2t[1]["text"]
+
+
+def test_bad_requests_fail_with_clear_errors(tiny_tri_run, tmp_path):
+    _, run = tiny_tri_run
+    with pytest.raises(ValueError, match="unknown task 'draw'"):
+        generate(str(run), "draw", "x", **QUIET)
+    with pytest.raises(ValueError, match="needs a non-empty --prompt"):
+        generate(str(run), "t2i", "  ", **QUIET)
+    with pytest.raises(ValueError, match="exceeds|needs .* positions"):
+        generate(str(run), "t2s", "word " * 400, n=1, **QUIET)
+    bad_png = tmp_path / "bad.png"
+    bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(ValueError, match="bad.png: not a readable"):
+        generate(str(run), "i2t", input_path=str(bad_png), **QUIET)
+    bad_wav = tmp_path / "bad.wav"
+    bad_wav.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")
+    with pytest.raises(ValueError, match="bad.wav: not a readable WAV"):
+        generate(str(run), "s2t", input_path=str(bad_wav), **QUIET)
+    with pytest.raises(ValueError, match="bad.wav: not a readable WAV"):
+        generate(str(run), "infill", "a red circle", input_path=str(bad_wav), span="0:1", **QUIET)
+    with pytest.raises(ValueError, match="--span '5:2'"):
+        generate(str(run), "infill", "a red circle", span="5:2", **QUIET)
+    missing = subprocess.run([sys.executable, "-m", "trimdm", "generate", "--run", str(tmp_path / "nope"),
+                              "--task", "t2i", "--prompt", "a red circle"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope" in missing.stderr
