@@ -207,7 +207,8 @@ class SampleConfig:
     top_p: float = 1.0
     confidence_noise: float = 1.0  # scale of the annealed Gumbel noise added to confidences
     remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
-    gen_len: int = 64  # text tokens generated after a prompt (task text) or at most for a caption
+    gen_len: int = 64  # text tokens generated after a prompt (task text)
+    caption_len: int = 32  # text positions offered to an i2t caption or s2t transcript (it ends at EOS_text)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
     seed: int = 0
 
@@ -293,7 +294,7 @@ class Config:
         m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion
         _positive(self, "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len",
                   "data.text_vocab", "train.tokens", "train.batch_size", "optim.base.lr",
-                  "sample.text.steps", "sample.image.steps", "sample.audio.steps", "sample.gen_len",
+                  "sample.text.steps", "sample.image.steps", "sample.audio.steps", "sample.gen_len", "sample.caption_len",
                   "eval.tau_points", "eval.batch_size")
         if m.d_model % m.n_heads:
             raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")

@@ -5,8 +5,8 @@ Every task is a row in the training layout (sequence/layout.py) with the target 
     text    TASK_text BOS_text prompt MASK_text × gen_len                    (cut at the first EOS_text)
     t2i     TASK_image_text BOS_text caption EOS_text BOS_image MASK_image × 64 EOS_image
     t2s     TASK_audio_text BOS_text text EOS_text BOS_audio MASK_audio × N·K EOS_audio
-    i2t     TASK_image_text BOS_text MASK_text × gen_len BOS_image image EOS_image
-    s2t     TASK_audio_text BOS_text MASK_text × gen_len BOS_audio audio EOS_audio
+    i2t     TASK_image_text BOS_text MASK_text × caption_len BOS_image image EOS_image
+    s2t     TASK_audio_text BOS_text MASK_text × caption_len BOS_audio audio EOS_audio
     infill  any of the rows above, clean, with a span of its text, image or audio set to MASK
 
 Lengths. An image is always h·w tokens. A T2S canvas has N frames from the data set's length rule
@@ -209,7 +209,7 @@ class Tasks:
         return [self.wave_of(r) for r in out], out
 
     def _caption_len(self, media_len: int) -> int:
-        return max(1, min(self.cfg.gen_len, self.seq_len - 5 - media_len))
+        return max(1, min(self.cfg.caption_len, self.seq_len - 5 - media_len))
 
     def i2t(self, images: np.ndarray, seed: int) -> list[str]:
         media = self.image_ids(images)
