@@ -4,8 +4,9 @@
 
 Each task is timed twice in the same process with the same canvases and seeds: with trimdm's decoder
 (logits only at masked positions, over the target's output slice: 875 image codes + EOS, or one audio
-level's 1000 codes + EOS) and with a naive variant whose model computes full-vocabulary logits at every
-position of every pass (what a plain language-model head does) and takes the slice from those. The
+level's 1000 codes + EOS; sampling and confidence on those alone) and with `naive_decode`, which
+computes full-vocabulary logits at every position of every pass, masks the ids each position may not
+take, and samples and scores every position before keeping the masked ones. The
 model is the recipe's, randomly initialised: decoding cost does not depend on the weights (T2S uses the
 length-rule canvas, so no early EOS changes the work). Prints JSON.
 """
@@ -21,7 +22,8 @@ import torch
 from trimdm.config import SAMPLING_DEFAULTS
 from trimdm.diffusion.schedules import parse_schedule
 from trimdm.recipes import get_recipe
-from trimdm.sample.sampler import decode
+from trimdm.sample.sampler import decode, masked_counts
+from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab
 from trimdm.train.trainer import build_model
 
@@ -32,26 +34,44 @@ AUDIO_FRAMES = 62  # 2.5 s at 25 frames/s, the length rule's canvas for such a c
 FRAMES_PER_SECOND = 25
 
 
-class FullVocabHead(torch.nn.Module):
-    """The naive variant: every forward pass also computes logits over the whole vocabulary at every
-    position; `head` then reads a slice of full-vocabulary logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def full_table(self) -> torch.Tensor:
-        return torch.cat([self.model.unembed[name] for name, _, _ in self.model.segments])
-
-    def forward(self, ids_BL, pad_BL=None):
-        h = self.model(ids_BL, pad_BL)
-        self.last_logits = self.model.norm(h) @ self.full_table().to(h.dtype).T  # (B, L, V)
-        return h
-
-    def head(self, h_N, lo, hi, extra):
-        full = self.model.norm(h_N) @ self.full_table().to(h_N.dtype).T
-        cols = list(range(lo, hi)) + ([extra] if extra is not None else [])
-        return full[:, cols]
+@torch.no_grad()
+def naive_decode(model, vocab, canvas_BL, *, steps, schedule, temperature=1.0, guidance=0.0, uncond_BL=None,
+                 generator=None, autocast_dtype=None, **_):
+    """The straightforward decoder (the shape of common reference MDM samplers): every pass computes
+    full-vocabulary logits at every position, masks the ids a position may not take, samples every
+    position with Gumbel noise over the whole vocabulary and scores every position's confidence with
+    a full softmax; only then are the masked positions' values kept. Same trunk, schedule, steps,
+    guidance and reveal rule as trimdm's decoder."""
+    tables = RowTables.from_vocab(vocab)
+    table = torch.cat([model.unembed[name] for name, _, _ in model.segments])
+    x, u = canvas_BL.clone(), (uncond_BL.clone() if uncond_BL is not None and guidance else None)
+    mask_ids = tables.mask_id_M
+    is_mask = (x[..., None] == mask_ids).any(-1)
+    counts = masked_counts(is_mask.sum(1), schedule, steps)
+    # allowed ids per position: its output slice (the same restriction as trimdm's heads)
+    allowed = torch.zeros(*x.shape, vocab.size, dtype=torch.bool)
+    for sel, lo, hi, eos, m in tables.output_heads(x, is_mask):
+        allowed[..., lo:hi] |= sel[..., None]
+        allowed[..., eos] |= sel & ~(x == eos).any(1, keepdim=True)
+    for k in range(1, steps + 1):
+        is_mask = (x[..., None] == mask_ids).any(-1)
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = torch.nn.functional.linear(model.norm(model(x, tables.pad(x))), table).float()
+            if u is not None:
+                unc = torch.nn.functional.linear(model.norm(model(u, tables.pad(u))), table).float()
+                logits = unc + guidance * (logits - unc)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator).clamp_min(1e-20)))
+        choice = (logits / temperature + gumbel).argmax(-1)
+        logp = logits.log_softmax(-1).gather(-1, choice[..., None]).squeeze(-1)
+        noise = -torch.log(-torch.log(torch.rand(x.shape, generator=generator).clamp_min(1e-20)))
+        confidence = torch.where(is_mask, logp + (1 - k / steps) * noise, float("-inf"))
+        rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
+        reveal = is_mask & (rank < (counts[k - 1] - counts[k])[:, None])
+        x = torch.where(reveal, choice, x)
+        if u is not None:
+            u = torch.where(reveal, choice, u)
+    return x
 
 
 def canvases(batch: int, gen: torch.Generator):
@@ -68,13 +88,13 @@ def canvases(batch: int, gen: torch.Generator):
     return {"t2i": (t2i, uncond(t2i)), "t2s": (t2s, uncond(t2s))}
 
 
-def time_task(model, canvas, uncond, modality: str, repeats: int, dtype) -> float:
+def time_task(decoder, model, canvas, uncond, modality: str, repeats: int, dtype) -> float:
     s = SAMPLING_DEFAULTS[modality]
     best = float("inf")
     for r in range(repeats):
         gen = torch.Generator().manual_seed(r)
         t0 = time.perf_counter()
-        decode(model, VOCAB, canvas, steps=s["steps"], schedule=parse_schedule(s["schedule"]),
+        decoder(model, VOCAB, canvas, steps=s["steps"], schedule=parse_schedule(s["schedule"]),
                temperature=s["temperature"], guidance=s["guidance"], uncond_BL=uncond, generator=gen,
                autocast_dtype=dtype)
         best = min(best, time.perf_counter() - t0)
@@ -92,14 +112,13 @@ def main() -> None:
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     torch.manual_seed(0)
     model = build_model(cfg, VOCAB).eval()
-    naive = FullVocabHead(model).eval()
     dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else None
     c = canvases(args.batch, torch.Generator().manual_seed(0))
     results = {}
     for task, modality in (("t2i", "image"), ("t2s", "audio")):
         ids, unc = c[task]
-        fast = time_task(model, ids, unc, modality, args.repeats, dtype)
-        slow = time_task(naive, ids, unc, modality, args.repeats, dtype)
+        fast = time_task(decode, model, ids, unc, modality, args.repeats, dtype)
+        slow = time_task(naive_decode, model, ids, unc, modality, args.repeats, dtype)
         unit = 1.0 if task == "t2i" else AUDIO_FRAMES / FRAMES_PER_SECOND
         name = "images_per_s" if task == "t2i" else "audio_seconds_per_s"
         results[task] = {name: args.batch * unit / fast, f"naive_{name}": args.batch * unit / slow,

@@ -1,10 +1,11 @@
 """`trimdm demo` / `make demo`: the main job on the embedded data, end to end on a CPU.
 
-Prepares tinyworld (cached after the first run), trains the `demo` recipe on text, image-text and
-audio-text (resuming if the run directory holds a checkpoint), evaluates held-out NELBO per modality
-(and the conditional NELBOs) next to the text's unigram entropy, writes tokenizer reconstructions of
-held-out images and utterances into the run directory, prints a few generated text samples and says
-where everything is.
+Prepares tinyworld (cached after the first run: raw data, tokenizers, shards, judges), trains the
+`demo` recipe on text, image-text and audio-text (resuming if the run directory holds a checkpoint),
+then evaluates: held-out NELBO per modality and the conditional NELBOs next to the text's unigram
+entropy, tokenizer reconstructions, and generation scored by the data set's judges (T2I, I2T, T2S,
+S2T, each next to its chance level). Writes RUN/eval.json, RUN/report.md and a self-contained
+RUN/report.html, prints a few generated texts and says where to open the report.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from trimdm.eval.run import evaluate_run
+from trimdm.eval.summary import print_summary
 from trimdm.recipes import get_recipe
 from trimdm.sample.run import generate_from_run
 from trimdm.train.trainer import train
@@ -24,22 +26,19 @@ def run_demo(out: Path, overrides: list[str], recipe: str = "demo") -> None:
     train(cfg, out)
     print(f"== evaluating ({time.time() - t0:.0f}s so far)")
     result = evaluate_run(out)
-    print(f"{'held-out NELBO':<22}{'bits/token':>12}{'perplexity bound':>18}")
-    for m, v in result["nelbo"].items():
-        print(f"{m:<22}{v['bits_per_token']:>12.3f}{v['perplexity_bound']:>18.1f}")
-    for name, v in result.get("conditional_nelbo", {}).items():
-        print(f"{name:<22}{v['bits_per_token']:>12.3f}{v['perplexity_bound']:>18.1f}")
-    unigram = result["baselines"]["text_unigram_bits"]
-    text = result["nelbo"]["text"]["bits_per_token"]
-    print(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
-    rec = result.get("reconstructions")
-    if rec:
-        im, au = rec["image_metrics"], rec["audio_metrics"]
-        print(f"tokenizer reconstructions in {rec['directory']}: image grid {rec['image_grid']} "
-              f"(PSNR {im['psnr']:.1f} dB, SSIM {im['ssim']:.3f}), {len(rec['utterances'])} WAV pairs "
-              f"(STOI {au.get('stoi_codes', float('nan')):.3f})")
-    print("== text samples (prompted with 'And God said')")
-    for i, sample in enumerate(generate_from_run(str(out), "And God said", 3, [])):
+    print_summary(result)
+    gen = result.get("generation")
+    if gen:
+        for s in gen["i2t"]["samples"][:3]:
+            print(f"I2T: {s['caption']!r} (reference {s['reference']!r})")
+        for s in gen["s2t"]["samples"][:2]:
+            print(f"S2T: {s['transcript']!r} (reference {s['reference']!r})")
+    prompt = "And God said"
+    print(f"== text samples (prompted with {prompt!r})")
+    for i, sample in enumerate(generate_from_run(str(out), prompt, 3, [])):
         print(f"[{i}] {sample}")
-    print(f"== done in {time.time() - t0:.0f}s. Run directory: {out.resolve()} "
-          "(config.json, metrics.jsonl, eval.json, samples/, checkpoints/)")
+    report = result.get("report", {}).get("html")
+    print(f"== done in {time.time() - t0:.0f}s. Run directory: {out.resolve()} (config.json, metrics.jsonl, "
+          f"eval.json, samples/, checkpoints/)")
+    if report:
+        print(f"== open the report: {Path(report).resolve()}")
