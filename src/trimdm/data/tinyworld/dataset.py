@@ -1,4 +1,4 @@
-"""The embedded tri-modal data set `tinyworld`, prepared in three cached stages (SPEC §10).
+"""The embedded tri-modal data set `tinyworld`, prepared in four cached stages (SPEC §10).
 
     raw/         images_{split}/ (PNG + captions.jsonl) and speech_{split}/ (WAV + transcripts.jsonl),
                  written by scenes.py and speech.py from a seed; the text corpus is the KJV
@@ -7,6 +7,10 @@
     shards/      per split: text (KJV chapters), image_text (captions + image codes), audio_text
                  (transcripts + audio codes, frame-major), the tokens per row of every task, the
                  audio length rule (frames ≈ a + b·text tokens) and the text unigram baseline
+    judges/      image/ and speech/ (eval/judges: the data set's offline stand-ins for CLIP and Whisper),
+                 trained on the generated train split, with their clean val accuracy and their ceiling on
+                 this data set's tokenizer reconstructions; rebuilt when the tokenizers or a judge default
+                 change
 
 Each stage lives in its own directory with a manifest (shards.finish_stage); it is rebuilt when its
 manifest is missing or does not match its files, or when the stage it was built from changed (each
@@ -16,6 +20,7 @@ whole, so a failed or interrupted prepare never damages what was already prepare
 Inputs read by the tokenizers and shards stages go through the folder readers, which skip and count
 corrupt or truncated files, empty captions and over-long utterances (or stop at the first under
 `strict`); `images_dir`/`speech_dir` point the train split at user-supplied folders of the same layout.
+The judges always train on the generated split under raw/, which carries the true scenes they learn.
 """
 from __future__ import annotations
 
@@ -127,6 +132,17 @@ class TinyworldData:
     def unigram_bits(self) -> float:
         return self.manifest["unigram"]["val_cross_entropy_bits"]
 
+    def judges(self) -> dict:
+        """{"image": ImageJudge, "speech": SpeechJudge} trained for this data set."""
+        from trimdm.eval.judges import load_judges
+
+        return load_judges(self.directory)
+
+    def judge_report(self) -> dict:
+        """Per judge: training summary, clean val accuracy and the ceiling on tokenizer reconstructions."""
+        manifest = json.loads((self.directory / "judges" / MANIFEST).read_text())
+        return {k: manifest[k] for k in ("image", "speech")}
+
     def save_tokenizers(self, run_dir: Path) -> None:
         self.tokenizers["text"].save(Path(run_dir) / "tokenizer")
         for m in ("image", "audio"):
@@ -157,6 +173,7 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
                   "audio": AudioCodec.load(root / "tokenizers" / "audio")}
     shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
                      _manifest_hash(root / "tokenizers"), log)
+    _ensure(root / "judges", lambda tmp: _build_judges(tmp, root, tw, log, strict), _judges_upstream(root), log)
     write_report(root)
     return TinyworldData(root, shards, tokenizers)
 
@@ -281,10 +298,12 @@ def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
             "image": image, "audio": audio}
 
 
-def _start_worker(kind: str, raw: Path, out: Path, tw, strict: bool) -> subprocess.Popen:
-    """A fresh single-thread process per tokenizer: both train at once, each deterministic."""
+def _start_worker(kind: str, raw: Path, out: Path, tw, strict: bool,
+                  tokenizers: Path | None = None) -> subprocess.Popen:
+    """A fresh single-thread process per tokenizer (or judge): two train at once, each deterministic."""
     out.mkdir(parents=True)
-    args = json.dumps({"kind": kind, "raw": str(raw), "out": str(out), "tinyworld": asdict(tw), "strict": strict})
+    args = json.dumps({"kind": kind, "raw": str(raw), "out": str(out), "tinyworld": asdict(tw), "strict": strict,
+                       "tokenizers": str(tokenizers) if tokenizers else None})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "trimdm.data.tinyworld.dataset", args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -294,7 +313,8 @@ def _finish_worker(kind: str, proc: subprocess.Popen, out: Path) -> dict:
     _, err = proc.communicate()
     if proc.returncode != 0:
         last = [line for line in err.strip().splitlines() if line.strip()][-1:] or ["(no message)"]
-        raise ValueError(f"training the {kind} tokenizer failed: {last[0]}")
+        what = f"the {kind.replace('_', ' ')}" if kind.endswith("judge") else f"the {kind} tokenizer"
+        raise ValueError(f"training {what} failed: {last[0]}")
     return json.loads((out / "train_report.json").read_text())
 
 
@@ -305,8 +325,12 @@ def _worker_main(args: dict) -> None:
 
     torch.set_num_threads(1)
     tw = _build(TinyworldConfig, args["tinyworld"], "data.tinyworld.")
-    train = _train_image if args["kind"] == "image" else _train_audio
-    report = train(args["raw"], args["out"], tw, args["strict"])
+    if args["kind"] in ("image", "audio"):
+        train = _train_image if args["kind"] == "image" else _train_audio
+        report = train(args["raw"], args["out"], tw, args["strict"])
+    else:
+        train = _train_image_judge if args["kind"] == "image_judge" else _train_speech_judge
+        report = train(args["raw"], args["out"], tw, args["strict"], args["tokenizers"])
     (Path(args["out"]) / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
@@ -357,6 +381,78 @@ def _build_shards(tmp: Path, raw: Path, tok: dict, cfg, log, strict: bool) -> di
             "unigram": {"val_cross_entropy_bits": float(-(unigram["val"] * np.log2(p)).sum() / unigram["val"].sum())}}
 
 
+# -- stage 4: judges ----------------------------------------------------------------------------------
+RECON_UTTERANCES = 100  # val utterances the speech ceiling is measured on (Griffin-Lim costs ~0.08 s/utterance)
+
+
+def _judges_upstream(root: Path) -> str:
+    from trimdm.eval.judges import settings
+
+    return _hash({"tokenizers": _manifest_hash(root / "tokenizers"), "judges": settings()})
+
+
+def _build_judges(tmp: Path, root: Path, tw, log, strict: bool) -> dict:
+    """The image and the speech judge train at once in two single-thread processes."""
+    jobs = {kind: _start_worker(f"{kind}_judge", root / "raw", tmp / kind, tw, strict, root / "tokenizers")
+            for kind in ("image", "speech")}
+    image, speech = (_finish_worker(f"{kind}_judge", jobs[kind], tmp / kind) for kind in ("image", "speech"))
+    log(f"prepare: image judge reads {image['val']['all_correct']:.1%} of val scenes exactly "
+        f"({image['reconstructed_val']['all_correct']:.1%} of their tokenizer reconstructions, "
+        f"{image['train']['train_seconds']:.0f}s); speech judge CER {speech['val']['cer']:.1%} "
+        f"({speech['reconstructed_val']['cer']:.1%} on codec reconstructions, {speech['train']['train_seconds']:.0f}s)")
+    return {"stage": "judges", "image": image, "speech": speech}
+
+
+def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
+    """Worker: the image judge, trained on the generated train scenes plus tokenizer reconstructions of
+    half of them; scored on val and on val's reconstructions (the ceiling a generated image can reach)."""
+    from trimdm.data.tinyworld.scenes import read_image_folder
+    from trimdm.eval.judges import image as ij
+    from trimdm.tokenizers.image import ImageTokenizer
+
+    def split(name: str):
+        items, _ = read_image_folder(Path(raw) / f"images_{name}", strict=strict)
+        if not items:
+            raise ValueError(f"{raw}/images_{name}: no usable images")
+        return np.stack([img for img, _, _ in items]), [scene for _, _, scene in items]
+
+    images, scenes = split("train")
+    val_images, val_scenes = split("val")
+    tokenizer = ImageTokenizer.load(Path(tokenizers) / "image")
+    judge, report = ij.train_image_judge(images, scenes, reconstruct=tokenizer.reconstruct)
+    judge.save(Path(out))
+    return {"train": report, "val": ij.attribute_accuracy(judge, val_images, val_scenes),
+            "reconstructed_val": ij.attribute_accuracy(judge, tokenizer.reconstruct(val_images), val_scenes)}
+
+
+def _train_speech_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
+    """Worker: the speech judge on the generated train utterances; CER on val and on codec
+    reconstructions of the first RECON_UTTERANCES of val."""
+    from trimdm.data.tinyworld.speech import read_speech_folder
+    from trimdm.eval.judges import speech as sj
+    from trimdm.tokenizers.audio import AudioCodec
+
+    def split(name: str):
+        items, _ = read_speech_folder(Path(raw) / f"speech_{name}", max_seconds=tw.max_seconds, strict=strict)
+        if not items:
+            raise ValueError(f"{raw}/speech_{name}: no usable utterances")
+        return [w for w, _ in items], [t for _, t in items]
+
+    waves, texts = split("train")
+    val_waves, val_texts = split("val")
+    judge, report = sj.train_speech_judge(waves, texts)
+    judge.save(Path(out))
+    codec = AudioCodec.load(Path(tokenizers) / "audio")
+    sub = val_waves[:RECON_UTTERANCES]
+    recon = [codec.decode(codec.encode(w))[:len(w)] for w in sub]
+    heard = judge.transcribe(val_waves)
+    return {"train": report,
+            "val": {"cer": sj.cer(heard, val_texts), "n_utterances": len(val_waves),
+                    "examples": [{"ref": sj.normalize_text(t), "hyp": h} for t, h in zip(val_texts[:3], heard)]},
+            "reconstructed_val": {"cer": sj.cer(judge.transcribe(recon), val_texts[:len(sub)]),
+                                  "n_utterances": len(sub)}}
+
+
 def _batched(fn, items: np.ndarray, size: int):
     for start in range(0, len(items), size):
         yield from fn(items[start:start + size])
@@ -364,7 +460,7 @@ def _batched(fn, items: np.ndarray, size: int):
 
 def write_report(root: Path) -> dict:
     """prepare_report.{json,md}: counts, sizes, token rates, tokenizer quality and everything skipped."""
-    manifests = {s: json.loads((root / s / MANIFEST).read_text()) for s in ("raw", "tokenizers", "shards")}
+    manifests = {s: json.loads((root / s / MANIFEST).read_text()) for s in ("raw", "tokenizers", "shards", "judges")}
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     report = {"directory": str(root), "bytes": size,
               "raw": {k: manifests["raw"][k] for k in ("images", "speech")},
@@ -374,6 +470,11 @@ def write_report(root: Path) -> dict:
               "max_row_tokens": manifests["shards"]["max_row_tokens"],
               "audio_length_rule": manifests["shards"]["audio_length_rule"],
               "shards": manifests["shards"]["shards"],
+              "judges": {k: {"val": manifests["judges"][k]["val"],
+                             "reconstructed_val": manifests["judges"][k]["reconstructed_val"],
+                             "steps": manifests["judges"][k]["train"]["steps"],
+                             "train_seconds": manifests["judges"][k]["train"]["train_seconds"]}
+                         for k in ("image", "speech")},
               "seconds": {s: m["seconds"] for s, m in manifests.items()}}
     (root / "prepare_report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# tinyworld prepare report: {root}", "", f"Total size: {size / 1e6:.1f} MB", "",
@@ -387,12 +488,19 @@ def write_report(root: Path) -> dict:
     lines += ["", f"Image tokenizer: {img['metrics']}", f"Audio codec: {au['metrics']} "
               f"({au['frames_per_second']} frames/s, {au['tokens_per_second']} tokens/s)",
               f"Tokens per row: {report['tokens_per_row']} (max {report['max_row_tokens']})",
-              f"Audio length rule: {report['audio_length_rule']}", f"Stage seconds: {report['seconds']}"]
+              f"Audio length rule: {report['audio_length_rule']}"]
+    ji, js = report["judges"]["image"], report["judges"]["speech"]
+    lines += ["", "| judge | held-out val | on tokenizer reconstructions of val | train |", "|---|---|---|---|",
+              f"| image: attribute accuracy / scenes read exactly | {ji['val']['attributes']:.1%} / "
+              f"{ji['val']['all_correct']:.1%} | {ji['reconstructed_val']['attributes']:.1%} / "
+              f"{ji['reconstructed_val']['all_correct']:.1%} | {ji['steps']} steps, {ji['train_seconds']:.0f}s |",
+              f"| speech: character error rate | {js['val']['cer']:.1%} | {js['reconstructed_val']['cer']:.1%} | "
+              f"{js['steps']} steps, {js['train_seconds']:.0f}s |", "", f"Stage seconds: {report['seconds']}"]
     (root / "prepare_report.md").write_text("\n".join(lines) + "\n")
     return report
 
 
-if __name__ == "__main__":  # tokenizer worker, started by _start_worker
+if __name__ == "__main__":  # tokenizer or judge worker, started by _start_worker
     try:
         _worker_main(json.loads(sys.argv[1]))
     except ValueError as e:
