@@ -78,3 +78,33 @@ def test_bad_requests_fail_with_clear_errors(tiny_tri_run, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "trimdm", "generate", "--run", str(tmp_path / "nope"),
                               "--task", "t2i", "--prompt", "a red circle"], capture_output=True, text=True)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
+    from trimdm.eval.run import evaluate_run
+
+    _, run = tiny_tri_run
+    result = evaluate_run(run, ["eval.max_rows=8", "eval.tau_points=2", "eval.gen_prompts=6",
+                                "eval.gen_utterances=3"], log=lambda *a: None)
+    gen = result["generation"]
+    assert set(gen["t2i"]["groups"]) <= {"seen_single", "heldout_single", "two_object"}
+    for v in gen["t2i"]["groups"].values():
+        assert 0 <= v["accuracy"] <= 1 and 0 <= v["chance"] <= 1 and v["n"] >= 1
+    assert 0 <= gen["i2t"]["accuracy"] <= 1 and gen["t2s"]["cer"] >= 0 and gen["s2t"]["cer"] >= 0
+    assert np.isfinite(gen["fid_image"]) and np.isfinite(gen["fad_audio"])
+    assert (run / gen["t2i"]["grid"]).exists() and (run / gen["t2s"]["samples"][0]["wav"]).exists()
+    assert "judges" in result and (run / "report.html").exists() and (run / "report.md").exists()
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64" in html and "data:audio/wav;base64" in html
+
+
+def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp_path):
+    from trimdm.study.sampling import run_sampling_study
+
+    _, run = tiny_tri_run
+    grid = {"steps": [2, 4], "guidance": [0.0, 1.0]}
+    result = run_sampling_study(str(run), tmp_path, n=3, modalities=("image", "text"), grid=grid,
+                                log=lambda *a: None)
+    assert len(result["points"]) == 8
+    assert result["recommended"]["image"]["steps"] in (2, 4)
+    assert (tmp_path / "sampling_study.png").exists() and "Recommended" in (tmp_path / "sampling_study.md").read_text()

@@ -1,4 +1,11 @@
-"""`trimdm eval`: evaluate a run into RUN/eval.json (held-out NELBO per modality, with baselines)."""
+"""`trimdm eval`: evaluate a run into RUN/eval.json, RUN/report.md and a self-contained RUN/report.html.
+
+Held-out NELBO per modality and the conditional NELBOs (likelihood.py) next to the text's unigram
+baseline; on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
+their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
+with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
+metrics.jsonl and the samples (report.py).
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +17,8 @@ from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.train.trainer import load_run
 
 
-def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
+def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (), generation: bool = True,
+                 log=print) -> dict:
     t0 = time.time()
     loaded = load_run(run)
     cfg = loaded.cfg.override(list(overrides), only="eval")
@@ -18,12 +26,28 @@ def evaluate_run(run: str | Path, overrides: list[str] = ()) -> dict:
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
+    result["params"] = sum(p.numel() for p in loaded.model.parameters())
     run_dir = Path(loaded.checkpoint).parent.parent
+    log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
     if hasattr(data, "tokenizers"):  # a data set with media: show and measure its tokenizers
         from trimdm.eval.reconstruct import write_reconstructions
 
         result["reconstructions"] = write_reconstructions(run_dir, data)
+        judges = data.judges()
+        result["judges"] = data.judge_report()
+        if generation and cfg.eval.gen_prompts > 0:
+            from trimdm.eval.generation import generation_metrics
+
+            result["generation"] = generation_metrics(loaded, data.directory, judges, run_dir, cfg.eval.gen_prompts,
+                                                      cfg.eval.gen_utterances, seed=cfg.sample.seed, log=log)
+    if mc:
+        from trimdm.eval.multiple_choice import run_multiple_choice
+
+        result["multiple_choice"] = [run_multiple_choice(loaded, path, n_samples=cfg.eval.mc_samples) for path in mc]
     result["checkpoint"] = str(loaded.checkpoint)
     result["seconds"] = round(time.time() - t0, 2)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    from trimdm.eval.report import write_report
+
+    result["report"] = {k: str(v) for k, v in write_report(run_dir).items() if v is not None}
     return result

@@ -19,16 +19,16 @@ def print_summary(result: dict, out=print) -> None:
         out(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
     gen = result.get("generation")
     if gen:
-        out(f"{'generation (held-out)':<34}{'result':>10}{'chance':>10}{'n':>6}")
+        out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}")
         for group, v in gen["t2i"]["groups"].items():
-            out(f"{'T2I all attributes right, ' + group:<34}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+            out(f"{'T2I all attributes right, ' + group:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
                 f"{_verdict(v['accuracy'], v['chance'])}")
         v = gen["i2t"]
-        out(f"{'I2T caption right':<34}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+        out(f"{'I2T caption right':<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
             f"{_verdict(v['accuracy'], v['chance'])}")
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
             v = gen[task]
-            out(f"{label:<34}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+            out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
                 f"{_verdict(v['cer'], v['chance'], lower_is_better=True)}")
         out(f"Fréchet distance in judge features: images {gen['fid_image']:.2f}, speech {gen['fad_audio']:.2f}")
     for mc in result.get("multiple_choice", []):

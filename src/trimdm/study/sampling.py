@@ -56,7 +56,7 @@ def _score(modality: str, tasks, data_dir: Path, judges: dict, n: int, seed: int
 
 
 def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modalities=MODALITIES,
-                       log=print) -> dict:
+                       grid: dict | None = None, log=print) -> dict:
     from trimdm.data.prepare import prepare
     from trimdm.sample.tasks import Tasks
     from trimdm.train.trainer import load_run
@@ -68,14 +68,13 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
     judges = data.judges()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    grid = grid or GRID
     points, best = [], {}
     for m in modalities:
         base = dataclasses.asdict(loaded.cfg.sample[m])
         name, higher = METRIC[m]
         best[m] = dict(base)
-        for key, values in GRID.items():
-            if m == "text" and key == "guidance":
-                values = [0.0, 1.0, 2.0]
+        for key, values in grid.items():
             scored = []
             for value in values:
                 setting = {**base, key: value}
@@ -89,12 +88,12 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
             pick = max(scored, key=lambda vs: vs[1]) if higher else min(scored, key=lambda vs: vs[1])
             ties = [v for v, s in scored if s == pick[1]]
             best[m][key] = base[key] if base[key] in ties else ties[0]
-    result = {"run": str(run), "checkpoint": str(loaded.checkpoint), "n": n, "seed": seed, "grid": GRID,
+    result = {"run": str(run), "checkpoint": str(loaded.checkpoint), "n": n, "seed": seed, "grid": grid,
               "points": points, "recommended": best,
               "current": {m: dataclasses.asdict(loaded.cfg.sample[m]) for m in modalities}}
     (out / "sampling_study.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_md(result, out / "sampling_study.md")
-    _plot(result, out / "sampling_study.png")
+    _plot(result, grid, out / "sampling_study.png")
     return result
 
 
@@ -113,17 +112,17 @@ def _write_md(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _plot(result: dict, path: Path) -> None:
+def _plot(result: dict, grid: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mods = list(result["recommended"])
-    fig, axes = plt.subplots(len(mods), len(GRID), figsize=(3.2 * len(GRID), 2.6 * len(mods)), squeeze=False)
+    fig, axes = plt.subplots(len(mods), len(grid), figsize=(3.2 * len(grid), 2.6 * len(mods)), squeeze=False)
     for r, m in enumerate(mods):
         name = METRIC[m][0]
-        for c, key in enumerate(GRID):
+        for c, key in enumerate(grid):
             pts = [p for p in result["points"] if p["modality"] == m and p["setting"] == key]
             ax = axes[r][c]
             ax.plot([str(p["value"]) for p in pts], [p[name] for p in pts], "o-")

@@ -1,0 +1,184 @@
+"""Generation quality on held-out tinyworld data (SPEC §9), scored by the data set's offline judges.
+
+- T2I: draw an image for each held-out caption; correct when the image judge reads a scene for which
+  every attribute the caption names is right (eval/judges/image.py:judge_caption). Reported for
+  single-object captions of seen colour–shape pairs, single-object captions of held-out pairs (never
+  seen together in training) and two-object captions.
+- I2T: caption each held-out image; correct when the caption's attributes are right for the true scene.
+- T2S: speak each held-out transcript; the speech judge transcribes it; character error rate (CER).
+- S2T: transcribe each held-out utterance; CER against its transcript.
+- Fréchet distances of generated against held-out real images and speech in the judges' feature
+  spaces (torchmetrics' FID with the judge as feature network; the same class on precomputed speech
+  features for the audio distance).
+
+Chance levels come from the same judges and data, with the pairing broken: a held-out real image
+scored against a caption of another scene of the same group (T2I), a real caption of another scene
+(I2T), a real utterance read against another transcript (T2S), another transcript (S2T). They are what
+a model that ignores its condition but draws perfect media or text would get.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, read_image_folder
+from trimdm.data.tinyworld.speech import read_speech_folder
+from trimdm.eval.judges.image import judge_caption
+from trimdm.eval.judges.speech import cer
+from trimdm.sample.tasks import Tasks
+from trimdm.tokenizers.image import save_image_grid
+
+
+class _Features(torch.nn.Module):
+    """The feature network torchmetrics' FID calls: a judge's features of uint8 images, or the rows
+    it is given when they are already features (speech, whose clips have different lengths)."""
+
+    def __init__(self, num_features: int, judge=None):
+        super().__init__()
+        self.num_features, self.judge = num_features, judge
+
+    def forward(self, x):
+        if self.judge is None:
+            return x.double()
+        return self.judge.features(x.permute(0, 2, 3, 1).cpu().numpy()).double()
+
+
+def frechet(real, fake, num_features: int, judge=None) -> float:
+    metric = FrechetInceptionDistance(feature=_Features(num_features, judge), reset_real_features=True)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+def _images_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _group(scene) -> str:
+    if len(scene.objects) == 2:
+        return "two_object"
+    o = scene.objects[0]
+    return "heldout_single" if (o.color, o.shape) in HELDOUT_PAIRS else "seen_single"
+
+
+def _shuffled(n: int, seed: int) -> np.ndarray:
+    """A cyclic shift of a random order: for n ≥ 2 nothing maps to itself (n = 1 cannot be paired)."""
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.roll(order, 1)
+    return out
+
+
+def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prompts: int, utterances: int,
+                       seed: int = 0, log=print) -> dict:
+    """Every generation metric of a run; writes the samples it scores under RUN/samples/eval/."""
+    t0 = time.time()
+    tasks = Tasks(loaded)
+    out_dir = Path(run_dir) / "samples" / "eval"
+    raw = Path(data_dir) / "raw"
+    items, _ = read_image_folder(raw / "images_val")
+    image_judge, speech_judge = judges["image"], judges["speech"]
+    result: dict = {"settings": {m: vars(tasks.cfg[m]).copy() for m in ("text", "image", "audio")}}
+
+    # -- T2I: an equal share of prompts per group, in split order -------------------------------------
+    per_group = max(1, prompts // 3)
+    chosen: dict[str, list[int]] = {"seen_single": [], "heldout_single": [], "two_object": []}
+    for i, (_, _, scene) in enumerate(items):
+        g = chosen[_group(scene)]
+        if len(g) < per_group:
+            g.append(i)
+    order = [i for g in chosen.values() for i in g]
+    captions = [items[i][1] for i in order]
+    images, _ = tasks.t2i(captions, seed)
+    read = image_judge.predict(np.stack(images))
+    correct = [not judge_caption(c, s) for c, s in zip(captions, read)]
+    real_read = image_judge.predict(np.stack([items[i][0] for i in order]))
+    groups, k = {}, 0
+    for name, idx in chosen.items():
+        n = len(idx)
+        if n == 0:
+            continue
+        ok = correct[k:k + n]
+        perm = _shuffled(n, seed)
+        chance = np.mean([not judge_caption(captions[k + perm[j]], real_read[k + j]) for j in range(n)])
+        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance)}
+        k += n
+    (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
+    samples = []
+    for j, (cap, im, ok) in enumerate(zip(captions, images, correct)):
+        name = f"t2i/{j:03d}.png"
+        Image.fromarray(im).save(out_dir / name)
+        samples.append({"prompt": cap, "png": f"samples/eval/{name}", "correct": bool(ok)})
+    show = [j for g in chosen.values() for j in range(len(order)) if order[j] in g[:8]]
+    save_image_grid(np.stack([images[j] for j in show]), out_dir / "t2i" / "grid.png", cols=8)
+    result["t2i"] = {"groups": groups, "grid": "samples/eval/t2i/grid.png",
+                     "grid_prompts": [captions[j] for j in show], "samples": samples}
+    result["fid_image"] = frechet(_images_tensor([it[0] for it in items[:max(len(order), 64)]]),
+                                  _images_tensor(images), image_judge.cfg.feature_dim, image_judge)
+    shown = ", ".join(f"{g} {v['accuracy']:.0%} (chance {v['chance']:.0%})" for g, v in groups.items())
+    log(f"eval: T2I {shown} ({time.time() - t0:.0f}s)")
+
+    # -- I2T ----------------------------------------------------------------------------------------
+    idx = list(range(min(prompts, len(items))))
+    real_images = np.stack([items[i][0] for i in idx])
+    scenes = [items[i][2] for i in idx]
+    refs = [items[i][1] for i in idx]
+    made = tasks.i2t(real_images, seed)
+    ok = [not judge_caption(c, s) for c, s in zip(made, scenes)]
+    perm = _shuffled(len(idx), seed + 1)
+    chance = np.mean([not judge_caption(refs[perm[j]], scenes[j]) for j in range(len(idx))])
+    single = [j for j, s in enumerate(scenes) if len(s.objects) == 1]
+    (out_dir / "i2t").mkdir(parents=True, exist_ok=True)
+    i2t_samples = []
+    for j in range(min(16, len(idx))):
+        name = f"i2t/{j:03d}.png"
+        Image.fromarray(real_images[j]).save(out_dir / name)
+        i2t_samples.append({"png": f"samples/eval/{name}", "caption": made[j], "reference": refs[j],
+                            "correct": bool(ok[j])})
+    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": float(chance),
+                     "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
+                     "samples": i2t_samples}
+    log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
+
+    # -- T2S and S2T on held-out utterances ------------------------------------------------------------
+    speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
+    speech = speech[:utterances]
+    waves, texts = [w for w, _ in speech], [t for _, t in speech]
+    rate = tasks.media["audio"].cfg.sample_rate
+    spoken, _ = tasks.t2s(texts, seed)
+    heard = speech_judge.transcribe(spoken)
+    heard_real = speech_judge.transcribe(waves)
+    perm = _shuffled(len(texts), seed + 2)
+    (out_dir / "t2s").mkdir(parents=True, exist_ok=True)
+    t2s_samples = []
+    for j in range(min(8, len(texts))):
+        name = f"t2s/{j:03d}.wav"
+        sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
+        t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
+    result["t2s"] = {"cer": cer(heard, texts), "n": len(texts), "chance": cer(heard_real, [texts[p] for p in perm]),
+                     "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples}
+    feats_real = speech_judge.features(waves)
+    feats_fake = speech_judge.features([w if len(w) else np.zeros(rate // 10, np.float32) for w in spoken])
+    result["fad_audio"] = frechet(feats_real, feats_fake, feats_real.shape[1])
+    log(f"eval: T2S CER {result['t2s']['cer']:.1%} (chance {result['t2s']['chance']:.1%}, judge on real "
+        f"speech {result['t2s']['judge_cer_on_real_speech']:.1%}) ({time.time() - t0:.0f}s)")
+
+    transcripts = tasks.s2t(waves, seed)
+    (out_dir / "s2t").mkdir(parents=True, exist_ok=True)
+    s2t_samples = []
+    for j in range(min(8, len(texts))):
+        name = f"s2t/{j:03d}.wav"
+        sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
+        s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
+    result["s2t"] = {"cer": cer(transcripts, texts), "n": len(texts), "chance": cer([texts[p] for p in perm], texts),
+                     "samples": s2t_samples}
+    log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
+        f"({time.time() - t0:.0f}s)")
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
