@@ -59,7 +59,7 @@ def demo() -> Config:
         optim=OptimConfig(base=OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=100_000)),
         train=TrainConfig(tokens=tokens, batch_size=32, log_every=10, eval_every=50),
         sample=SampleConfig(gen_len=64),
-        eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32),
+        eval=EvalConfig(tau_points=8, max_rows=64, batch_size=32, gen_utterances=24),
     )
 
 
@@ -73,6 +73,7 @@ def tinyworld() -> Config:
     tokens = 16_000_000
     cfg.optim.base = OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=300_000)
     cfg.train = TrainConfig(tokens=tokens, batch_size=32, log_every=20, eval_every=200, ckpt_every=200)
+    cfg.eval = EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=192, gen_utterances=48)
     return cfg
 
 
