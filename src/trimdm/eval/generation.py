@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, read_image_folder
+from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, parse_caption, read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
 from trimdm.eval.judges.speech import cer
@@ -65,6 +65,25 @@ def _group(scene) -> str:
         return "two_object"
     o = scene.objects[0]
     return "heldout_single" if (o.color, o.shape) in HELDOUT_PAIRS else "seen_single"
+
+
+def attribute_match(text: str, scene) -> float:
+    """Partial credit: the fraction of the attributes a caption names (shape, colour, size, location)
+    that some object of the scene has, best object per mention; 0 for an unreadable caption or no scene.
+    A smoother signal than all-attributes-right while a model is still learning."""
+    try:
+        parsed = parse_caption(text)
+    except ValueError:
+        return 0.0
+    if not parsed or scene is None:
+        return 0.0
+    hits = total = 0
+    for d in parsed:
+        keys = [k for k in ("shape", "color", "size") if k in d] + (["location"] if "row" in d else [])
+        total += len(keys)
+        hits += max(sum(((d["row"], d["col"]) == (o.row, o.col)) if k == "location" else d[k] == getattr(o, k)
+                        for k in keys) for o in scene.objects)
+    return hits / total if total else 0.0
 
 
 def _shuffled(n: int, seed: int) -> np.ndarray:
@@ -107,7 +126,10 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         ok = correct[k:k + n]
         perm = _shuffled(n, seed)
         chance = np.mean([not judge_caption(captions[k + perm[j]], real_read[k + j]) for j in range(n)])
-        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance)}
+        partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
+        partial_chance = [attribute_match(captions[k + perm[j]], real_read[k + j]) for j in range(n)]
+        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance),
+                        "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance))}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
     samples = []
@@ -142,6 +164,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         i2t_samples.append({"png": f"samples/eval/{name}", "caption": made[j], "reference": refs[j],
                             "correct": bool(ok[j])})
     result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": float(chance),
+                     "attribute_match": float(np.mean([attribute_match(c, sc) for c, sc in zip(made, scenes)])),
+                     "attribute_match_chance": float(np.mean([attribute_match(refs[perm[j]], scenes[j])
+                                                              for j in range(len(idx))])),
                      "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
                      "samples": i2t_samples}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")

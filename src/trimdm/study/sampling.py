@@ -4,9 +4,10 @@ For each generated modality the sweep varies one setting at a time around the cu
 (config.SAMPLING_DEFAULTS): steps, inference schedule, temperature and guidance, each scored on
 held-out prompts with the data set's judges:
 
-    image: T2I all-attributes-right accuracy on single-object captions (seen and held-out pairs)
+    image: T2I attribute match on single-object captions (seen and held-out pairs): the fraction of
+           named attributes the judge finds; all-attributes-right is recorded beside it
     audio: T2S character error rate read by the speech judge (lower is better)
-    text:  I2T caption accuracy on held-out images
+    text:  I2T attribute match of the captions of held-out images (all-right recorded beside it)
 
 The best value of each setting (ties: the cheaper or the current one) forms the recommended row. One
 pass of coordinate search, not a full grid: 4 settings × ~4 values per modality instead of ~100
@@ -29,12 +30,15 @@ GRID = {
     "guidance": [0.0, 1.0, 2.0, 3.0],
 }
 MODALITIES = ("image", "audio", "text")
-METRIC = {"image": ("t2i_accuracy", True), "audio": ("t2s_cer", False), "text": ("i2t_accuracy", True)}
+METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
+          "text": ("i2t_attribute_match", True)}
 
 
-def _score(modality: str, tasks, data_dir: Path, judges: dict, n: int, seed: int) -> float:
+def _score(modality: str, tasks, data_dir: Path, judges: dict, n: int, seed: int) -> tuple[float, float | None]:
+    """(the sweep's metric, all-attributes-right accuracy or None for audio)."""
     from trimdm.data.tinyworld.scenes import read_image_folder
     from trimdm.data.tinyworld.speech import read_speech_folder
+    from trimdm.eval.generation import attribute_match
     from trimdm.eval.judges.image import judge_caption
     from trimdm.eval.judges.speech import cer
 
@@ -43,16 +47,19 @@ def _score(modality: str, tasks, data_dir: Path, judges: dict, n: int, seed: int
         speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
         texts = [t for _, t in speech[:n]]
         waves, _ = tasks.t2s(texts, seed)
-        return cer(judges["speech"].transcribe(waves), texts)
+        return cer(judges["speech"].transcribe(waves), texts), None
     items, _ = read_image_folder(raw / "images_val")
     if modality == "image":
         single = [it for it in items if len(it[2].objects) == 1][:n]
         images, _ = tasks.t2i([c for _, c, _ in single], seed)
         read = judges["image"].predict(np.stack(images))
-        return float(np.mean([not judge_caption(c, s) for (_, c, _), s in zip(single, read)]))
-    chosen = items[:n]
-    captions = tasks.i2t(np.stack([im for im, _, _ in chosen]), seed)
-    return float(np.mean([not judge_caption(c, s) for c, (_, _, s) in zip(captions, chosen)]))
+        pairs = [(c, s) for (_, c, _), s in zip(single, read)]
+    else:
+        chosen = items[:n]
+        captions = tasks.i2t(np.stack([im for im, _, _ in chosen]), seed)
+        pairs = [(c, s) for c, (_, _, s) in zip(captions, chosen)]
+    return (float(np.mean([attribute_match(c, s) for c, s in pairs])),
+            float(np.mean([not judge_caption(c, s) for c, s in pairs])))
 
 
 def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modalities=MODALITIES,
@@ -80,9 +87,9 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
                 setting = {**base, key: value}
                 cfg = dataclasses.replace(loaded.cfg.sample, **{m: type(loaded.cfg.sample[m])(**setting)})
                 t0 = time.time()
-                score = _score(m, Tasks(loaded, cfg), data.directory, judges, n, seed)
-                points.append({"modality": m, "setting": key, "value": value, name: score, "n": n,
-                               "seconds": round(time.time() - t0, 1), "settings": setting})
+                score, all_right = _score(m, Tasks(loaded, cfg), data.directory, judges, n, seed)
+                points.append({"modality": m, "setting": key, "value": value, name: score, "all_right": all_right,
+                               "n": n, "seconds": round(time.time() - t0, 1), "settings": setting})
                 scored.append((value, score))
                 log(f"study sampling: {m} {key}={value}: {name} {score:.3f} ({time.time() - t0:.0f}s)")
             pick = max(scored, key=lambda vs: vs[1]) if higher else min(scored, key=lambda vs: vs[1])
@@ -100,11 +107,13 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
 def _write_md(result: dict, path: Path) -> None:
     lines = [f"# Sampling-default sweep: {result['checkpoint']}", "",
              f"{result['n']} held-out prompts per point, seed {result['seed']}; one setting varied at a time "
-             "around the current defaults.", "", "| modality | setting | value | metric | score | seconds |",
-             "|---|---|---|---|---|---|"]
+             "around the current defaults.", "", "| modality | setting | value | metric | score | all right | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for p in result["points"]:
         name = METRIC[p["modality"]][0]
-        lines.append(f"| {p['modality']} | {p['setting']} | {p['value']} | {name} | {p[name]:.3f} | {p['seconds']} |")
+        right = "" if p["all_right"] is None else f"{p['all_right']:.3f}"
+        lines.append(f"| {p['modality']} | {p['setting']} | {p['value']} | {name} | {p[name]:.3f} | {right} | "
+                     f"{p['seconds']} |")
     lines += ["", "## Recommended defaults", "", "| modality | steps | schedule | temperature | guidance |",
               "|---|---|---|---|---|"]
     for m, s in result["recommended"].items():
