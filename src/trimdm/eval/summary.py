@@ -20,12 +20,16 @@ def print_summary(result: dict, out=print) -> None:
     gen = result.get("generation")
     if gen:
         out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}")
-        for group, v in gen["t2i"]["groups"].items():
-            out(f"{'T2I all attributes right, ' + group:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
+        rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
+        rows.append(("I2T caption all right", gen["i2t"]))
+        for label, v in rows:
+            out(f"{label:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
                 f"{_verdict(v['accuracy'], v['chance'])}")
-        v = gen["i2t"]
-        out(f"{'I2T caption right':<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
-            f"{_verdict(v['accuracy'], v['chance'])}")
+        for label, v in rows:
+            if "attribute_match" in v:
+                label = label.replace("all attributes right", "attribute match").replace("all right", "attribute match")
+                out(f"{label:<44}{v['attribute_match']:>10.1%}{v['attribute_match_chance']:>10.1%}{v['n']:>6}  "
+                    f"{_verdict(v['attribute_match'], v['attribute_match_chance'])}")
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
             v = gen[task]
             out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
