@@ -65,9 +65,10 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, confidence_noise: float = 1.0,
            remasking: str = "confidence", guidance: float = 0.0, uncond_BL: torch.Tensor | None = None,
            generator: torch.Generator | None = None, eos_truncate: bool = False,
-           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+           autocast_dtype: torch.dtype | None = None, return_score: bool = False):
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
-    enables guidance with weight `guidance` (0: the conditional pass alone)."""
+    enables guidance with weight `guidance` (0: the conditional pass alone). With `return_score`,
+    also the mean log-probability of the revealed tokens per row (at the step each was revealed)."""
     if remasking not in ("confidence", "random"):
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
     if steps < 1:
@@ -82,6 +83,9 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     has_eos = {m: (x == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     use_cfg = uncond_BL is not None and guidance != 0.0
     u = uncond_BL.clone() if use_cfg else None
+    chosen_logp = torch.zeros(x.shape, device=device)
+    score_sum = torch.zeros(x.shape[0], device=device)
+    score_n = torch.zeros(x.shape[0], device=device)
     for k in range(1, steps + 1):
         is_mask = (x[..., None] == mask_ids).any(-1)
         if not bool(is_mask.any()):
@@ -105,6 +109,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
             else:
                 choice = scaled.argmax(-1)
             proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
+            chosen_logp[sel] = logp.gather(-1, choice[:, None]).squeeze(-1)
             if remasking == "confidence":
                 gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
                                                .clamp_min(1e-20)))
@@ -116,9 +121,13 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
         reveal = is_mask & (rank < n_reveal[:, None])
         x = torch.where(reveal, proposal, x)
+        score_sum += (chosen_logp * reveal).sum(1)
+        score_n += reveal.sum(1)
         if eos_truncate:
             x = truncate_after_eos(x, tables, vocab)
         if use_cfg:
             u = torch.where(reveal, proposal, u)
             u = torch.where(x == tables.pad_id, tables.pad_id, u)
+    if return_score:
+        return x, score_sum / score_n.clamp_min(1)
     return x

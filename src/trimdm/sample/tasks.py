@@ -5,16 +5,18 @@ Every task is a row in the training layout (sequence/layout.py) with the target 
     text    TASK_text BOS_text prompt MASK_text × gen_len                    (cut at the first EOS_text)
     t2i     TASK_image_text BOS_text caption EOS_text BOS_image MASK_image × 64 EOS_image
     t2s     TASK_audio_text BOS_text text EOS_text BOS_audio MASK_audio × N·K EOS_audio
-    i2t     TASK_image_text BOS_text MASK_text × caption_len BOS_image image EOS_image
-    s2t     TASK_audio_text BOS_text MASK_text × caption_len BOS_audio audio EOS_audio
+    i2t     TASK_image_text BOS_text MASK_text × n EOS_text BOS_image image EOS_image
+    s2t     TASK_audio_text BOS_text MASK_text × n EOS_text BOS_audio audio EOS_audio
     infill  any of the rows above, clean, with a span of its text, image or audio set to MASK
 
 Lengths. An image is always h·w tokens. A T2S canvas has N frames from the data set's length rule
 N = round(a + b·(text tokens)) (fitted at prepare time, carried by the run in
 tokenizers/audio/length_rule.json), or with `sample.audio_length=eos` as many whole frames as the row
-holds, and positions after a revealed EOS_audio become padding (EOS-truncation). Generated text spans
-of i2t and s2t end the same way: after a revealed EOS_text the rest of the span becomes padding, which
-attention ignores.
+holds, and positions after a revealed EOS_audio become padding (EOS-truncation). Captions and
+transcripts (i2t, s2t) come before their medium in the layout, so the medium's position tells the
+model how long the text is; a free-length span would be read as a long caption. They are decoded at a
+few candidate lengths n (speech: the inverted length rule ± 2 tokens; images: 6 to 24 tokens) and the
+text whose revealed tokens have the highest mean log-probability is kept.
 
 Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
@@ -108,7 +110,9 @@ class Tasks:
         """(row, uncond row) for `TASK_m BOS_text text EOS_text BOS_m media EOS_m`; None = generate."""
         v = self.vocab
         mask_t, mask_m = v.MASK_text, v.mask(modality)
-        text_part = text + [v.EOS_text] if text is not None else [mask_t] * text_len
+        # a generated caption has a given length: in training the caption's end sits right before the
+        # medium, so the layout itself tells the model how long the text is (see `caption_lengths`)
+        text_part = text + [v.EOS_text] if text is not None else [mask_t] * text_len + [v.EOS_text]
         fixed_eos = modality == "image" or (modality == "audio" and self.cfg.audio_length == "rule")
         if media is not None:
             media_part = media + [v.eos(modality)]
@@ -133,21 +137,23 @@ class Tasks:
         return Canvas(ids, uncond, target)
 
     # -- decoding -----------------------------------------------------------------------------------
-    def run(self, canvas: Canvas, seed: int) -> torch.Tensor:
+    def run(self, canvas: Canvas, seed: int, return_score: bool = False):
         """Decode a canvas in batches of `batch_size` rows with the target modality's settings."""
         s = self.cfg[canvas.target]
         device = self.loaded.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        out = []
+        out, scores = [], []
         for a in range(0, len(canvas.ids_BL), self.batch_size):
             ids = canvas.ids_BL[a:a + self.batch_size].to(device)
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
-            out.append(decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
+            x, score = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
                               temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
                               confidence_noise=self.cfg.confidence_noise, remasking=self.cfg.remasking,
                               guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
-                              autocast_dtype=self.loaded.autocast_dtype).cpu())
-        return torch.cat(out)
+                              autocast_dtype=self.loaded.autocast_dtype, return_score=True)
+            out.append(x.cpu())
+            scores.append(score.cpu())
+        return (torch.cat(out), torch.cat(scores)) if return_score else torch.cat(out)
 
     # -- reading results back -----------------------------------------------------------------------
     def span(self, row: torch.Tensor, modality: str) -> list[int]:
@@ -209,17 +215,39 @@ class Tasks:
         return [self.wave_of(r) for r in out], out
 
     def _caption_len(self, media_len: int) -> int:
-        return max(1, min(self.cfg.caption_len, self.seq_len - 5 - media_len))
+        return max(1, min(self.cfg.caption_len, self.seq_len - 6 - media_len))
+
+    def caption_lengths(self, modality: str, media: list[int]) -> list[int]:
+        """Candidate text lengths for a medium: speech from the inverted audio length rule (± 2 tokens
+        around text ≈ (frames − a)/b), images a spread up to `caption_len`."""
+        top = self._caption_len(len(media))
+        if modality == "audio" and self.length_rule:
+            r = self.length_rule
+            centre = round((len(media) / self.vocab.audio_levels - r["intercept"]) / max(r["slope"], 1e-6))
+            cands = [centre - 2, centre, centre + 2]
+        else:
+            cands = [6, 9, 12, 16, 20, 24]
+        return sorted({min(max(c, 1), top) for c in cands})
+
+    def _describe(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
+        """Text for each medium: decode one canvas per candidate length and keep, per item, the text
+        whose revealed tokens the model found most probable on average."""
+        best: list[tuple[float, str]] = [(-float("inf"), "")] * len(media)
+        lengths = [self.caption_lengths(modality, m) for m in media]
+        for j in range(max(len(c) for c in lengths)):
+            idx = [i for i, c in enumerate(lengths) if j < len(c)]
+            pairs = [self.paired_canvas(modality, None, media[i], text_len=lengths[i][j]) for i in idx]
+            rows, score = self.run(self._canvas(pairs, "text", f"text + {modality}"), seed, return_score=True)
+            for i, r, sc in zip(idx, rows, score.tolist()):
+                if sc > best[i][0]:
+                    best[i] = (sc, self.text_of(r))
+        return [t for _, t in best]
 
     def i2t(self, images: np.ndarray, seed: int) -> list[str]:
-        media = self.image_ids(images)
-        pairs = [self.paired_canvas("image", None, m, text_len=self._caption_len(len(m))) for m in media]
-        return [self.text_of(r) for r in self.run(self._canvas(pairs, "text", "caption + image"), seed)]
+        return self._describe("image", self.image_ids(images), seed)
 
     def s2t(self, waves: list[np.ndarray], seed: int) -> list[str]:
-        media = self.audio_ids(waves)
-        pairs = [self.paired_canvas("audio", None, m, text_len=self._caption_len(len(m))) for m in media]
-        return [self.text_of(r) for r in self.run(self._canvas(pairs, "text", "transcript + speech"), seed)]
+        return self._describe("audio", self.audio_ids(waves), seed)
 
     def infill(self, row: list[int], start: int, end: int, modality: str, n: int, seed: int) -> torch.Tensor:
         """Regenerate positions [start, end) of a clean row (all of `modality`) n times."""
