@@ -95,7 +95,8 @@ def time_task(decoder, model, canvas, uncond, modality: str, repeats: int, dtype
         gen = torch.Generator().manual_seed(r)
         t0 = time.perf_counter()
         decoder(model, VOCAB, canvas, steps=s["steps"], schedule=parse_schedule(s["schedule"]),
-               temperature=s["temperature"], guidance=s["guidance"], uncond_BL=uncond, generator=gen,
+               temperature=s["temperature"], guidance=s["guidance"], remasking=s["remasking"], uncond_BL=uncond,
+               generator=gen,
                autocast_dtype=dtype)
         best = min(best, time.perf_counter() - t0)
     return best

@@ -183,6 +183,7 @@ class ModalitySampling:
     schedule: str = "cosine"  # inference unmasking schedule (a schedule name as in `diffusion`)
     temperature: float = 1.0
     guidance: float = 0.0  # classifier-free guidance weight w: logits = u + w·(c − u); 0: conditional only
+    remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
 
 
 # The per-modality sampling defaults (SPEC §8) in one table. Chosen by `trimdm study sampling` on the
@@ -206,7 +207,6 @@ class SampleConfig:
     top_k: int = 0
     top_p: float = 1.0
     confidence_noise: float = 1.0  # scale of the annealed Gumbel noise added to confidences
-    remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
     gen_len: int = 64  # text tokens generated after a prompt (task text)
     caption_len: int = 32  # text positions offered to an i2t caption or s2t transcript (it ends at EOS_text)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
@@ -344,8 +344,9 @@ class Config:
             parse_schedule(dif.schedule[mod])
         for mod in MODALITIES:
             parse_schedule(self.sample[mod].schedule)
-        if self.sample.remasking not in ("confidence", "random"):
-            raise ValueError(f"sample.remasking={self.sample.remasking!r}: expected confidence | random")
+            remasking = self.sample[mod].remasking
+            if remasking not in ("confidence", "random"):
+                raise ValueError(f"sample.{mod}.remasking={remasking!r}: expected confidence | random")
         if self.sample.audio_length not in ("rule", "eos"):
             raise ValueError(f"sample.audio_length={self.sample.audio_length!r}: expected rule | eos")
 
