@@ -80,7 +80,7 @@ def cmd_study(args) -> None:
         if not args.run:
             raise ValueError("study sampling needs --run DIR (a trained tinyworld run)")
         out = Path(args.out) if args.out else Path(args.run) / "sampling_study"
-        run_sampling_study(args.run, out, n=args.prompts)
+        run_sampling_study(args.run, out, n=args.prompts, modalities=tuple(args.modalities.split(",")))
         print((out / "sampling_study.md").read_text())
         print(f"table: {out / 'sampling_study.json'}; plot: {out / 'sampling_study.png'}")
         return
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (sampling: default RUN/sampling_study)")
     p.add_argument("--run", default=None, help="sampling: the trained run whose sampling defaults to sweep")
     p.add_argument("--prompts", type=int, default=48, help="sampling: held-out prompts per grid point")
+    p.add_argument("--modalities", default="image,audio,text", help="sampling: which modalities to sweep")
     p.add_argument("--recipe", default="study_batch")
     p.add_argument("--batches", default="8,16,32,64")
     p.add_argument("--arms", default="sde,none")

@@ -76,6 +76,9 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = grid or GRID
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
     points, best = [], {}
     for m in modalities:
         base = dataclasses.asdict(loaded.cfg.sample[m])
