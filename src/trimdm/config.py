@@ -186,12 +186,13 @@ class ModalitySampling:
     remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
 
 
-# The per-modality sampling defaults (SPEC §8) in one table. Chosen by `trimdm study sampling` on the
-# `tinyworld` run; the sweep, its grid and the numbers behind each choice are in docs/sampling.md.
+# The per-modality sampling defaults (SPEC §8) in one table. Image row chosen by `trimdm study sampling`
+# on runs/tinyworld (2026-11-27) plus the remasking comparison beside it; audio and text rows unchanged
+# because nothing in that sweep beat noise. Grid, numbers and reasons: docs/sampling.md.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 32, "schedule": "cosine", "temperature": 0.7, "guidance": 0.0},
-    "image": {"steps": 16, "schedule": "cosine", "temperature": 1.0, "guidance": 2.0},
-    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0},
+    "text": {"steps": 32, "schedule": "cosine", "temperature": 0.7, "guidance": 0.0, "remasking": "confidence"},
+    "image": {"steps": 16, "schedule": "cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
+    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0, "remasking": "confidence"},
 }
 
 
