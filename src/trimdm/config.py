@@ -363,7 +363,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
-        return _build(cls, data, "")
+        return _build(cls, _upgrade(data), "")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
@@ -396,6 +396,26 @@ def _positive(cfg: Config, *keys: str) -> None:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Read configs written by earlier versions: `sample.steps/schedule/temperature` (one setting for
+    every modality) became the text row of the per-modality table, `sample.remasking` a per-modality
+    setting. Anything else unknown is still an error."""
+    sample = data.get("sample")
+    if not isinstance(sample, dict):
+        return data
+    sample = dict(sample)
+    legacy = {k: sample.pop(k) for k in ("steps", "schedule", "temperature") if k in sample}
+    remasking = sample.pop("remasking", None)
+    for m in ("text", "image", "audio"):
+        row = dict(sample.get(m, SAMPLING_DEFAULTS[m]))
+        if m == "text":
+            row.update(legacy)
+        if remasking is not None:
+            row["remasking"] = remasking
+        sample[m] = row
+    return {**data, "sample": sample}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

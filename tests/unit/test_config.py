@@ -50,3 +50,24 @@ def test_derive_fills_steps_and_caps_warmup():
     assert cfg.derived.tokens_per_step == cfg.train.batch_size * cfg.data.seq_len
     assert cfg.derived.steps == cfg.train.tokens // cfg.derived.tokens_per_step
     assert cfg.derived.warmup_steps == cfg.derived.steps // 4
+
+
+def test_configs_of_earlier_versions_still_load():
+    from trimdm.config import Config
+    from trimdm.recipes import get_recipe
+
+    d = get_recipe("tiny").to_dict()
+    d["sample"] = {"steps": 12, "schedule": "linear", "temperature": 0.9, "top_k": 0, "top_p": 1.0,
+                   "confidence_noise": 1.0, "gen_len": 24, "seed": 0}
+    cfg = Config.from_dict(d)
+    assert (cfg.sample.text.steps, cfg.sample.text.schedule, cfg.sample.text.temperature) == (12, "linear", 0.9)
+    d = get_recipe("tiny").to_dict()
+    d["sample"]["remasking"] = "random"
+    for m in ("text", "image", "audio"):
+        d["sample"][m].pop("remasking")
+    assert Config.from_dict(d).sample.image.remasking == "random"
+    d["sample"]["bogus"] = 1
+    import pytest
+
+    with pytest.raises(ValueError, match="bogus"):
+        Config.from_dict(d)
