@@ -67,7 +67,8 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
            generator: torch.Generator | None = None, eos_truncate: bool = False,
            autocast_dtype: torch.dtype | None = None, return_score: bool = False):
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
-    enables guidance with weight `guidance` (0: the conditional pass alone). With `return_score`,
+    enables guidance with weight `guidance`: w = 1 is the conditional pass, w > 1 guides, and w = 0 skips
+    the unconditional pass (the conditional pass alone, as w = 1). With `return_score`,
     also the mean log-probability of the revealed tokens per row (at the step each was revealed)."""
     if remasking not in ("confidence", "random"):
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
