@@ -9,7 +9,6 @@ EOS, see RowTables.output_heads). Does not own the masks (masking.py) or the net
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -17,13 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from trimdm.diffusion.masking import NoisyBatch
-from trimdm.sequence.layout import RowTables
+from trimdm.sequence.layout import row_tables
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
-
-
-@functools.lru_cache(maxsize=8)
-def row_tables(vocab: JointVocab) -> RowTables:
-    return RowTables.from_vocab(vocab)
 
 
 @dataclass

@@ -137,7 +137,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         name = f"t2i/{j:03d}.png"
         Image.fromarray(im).save(out_dir / name)
         samples.append({"prompt": cap, "png": f"samples/eval/{name}", "correct": bool(ok)})
-    show = [j for g in chosen.values() for j in range(len(order)) if order[j] in g[:8]]
+    starts = np.cumsum([0] + [len(g) for g in chosen.values()])[:-1]  # `order` lists the groups in turn
+    show = [int(a) + j for a, g in zip(starts, chosen.values()) for j in range(min(8, len(g)))]
     save_image_grid(np.stack([images[j] for j in show]), out_dir / "t2i" / "grid.png", cols=8)
     result["t2i"] = {"groups": groups, "grid": "samples/eval/t2i/grid.png",
                      "grid_prompts": [captions[j] for j in show], "samples": samples}

@@ -17,7 +17,7 @@ import torch
 from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import mask_batch
 from trimdm.diffusion.schedules import Linear
-from trimdm.sequence.layout import RowTables
+from trimdm.sequence.layout import row_tables
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 
 
@@ -30,7 +30,7 @@ def gauss_legendre_01(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def nelbo_sums(model, vocab: JointVocab, rows: torch.Tensor, tau_points: int, seed: int, batch_size: int,
                device: torch.device, dtype: str = "bf16", only_modality: int | None = None) -> LossStats:
     """Quadrature of the NELBO over τ: Σ_nodes g_j · LossStats at τ_j (tokens counted once)."""
-    tables = RowTables.from_vocab(vocab)
+    tables = row_tables(vocab)
     linear = [Linear()] * 3
     nodes, weights = gauss_legendre_01(tau_points)
     gen = torch.Generator().manual_seed(seed)

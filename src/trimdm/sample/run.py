@@ -149,8 +149,8 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
     elif task == "t2s":
         outputs = [("wav", w) for w in tasks.t2s([prompt] * n, seed)[0]]
     elif task == "i2t":
-        image = read_image(input_path, tasks.media["image"].cfg.image_size) if "image" in tasks.media else None
         tasks._need("image")
+        image = read_image(input_path, tasks.media["image"].cfg.image_size)
         outputs = [("txt", t) for t in tasks.i2t(np.stack([image] * n), seed)]
     elif task == "s2t":
         tasks._need("audio")

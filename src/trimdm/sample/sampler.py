@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from trimdm.diffusion.schedules import Schedule
-from trimdm.sequence.layout import RowTables
+from trimdm.sequence.layout import RowTables, row_tables
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 
 
@@ -74,7 +74,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
-    tables = RowTables.from_vocab(vocab)
+    tables = row_tables(vocab)
     device = canvas_BL.device
     x = canvas_BL.clone()
     mask_ids = tables.mask_id_M.to(device)

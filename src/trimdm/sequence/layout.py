@@ -12,6 +12,7 @@ tables below recover modality, maskability and padding (`RowTables`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,12 @@ class RowTables:
 
     def pad(self, ids_BL: torch.Tensor) -> torch.Tensor:
         return ids_BL == self.pad_id
+
+
+@functools.lru_cache(maxsize=8)
+def row_tables(vocab: JointVocab) -> RowTables:
+    """The tables of a vocabulary, built once (the loss and the sampler ask for them every call)."""
+    return RowTables.from_vocab(vocab)
 
 
 class PairedRows:

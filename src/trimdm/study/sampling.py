@@ -34,28 +34,35 @@ METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
           "text": ("i2t_attribute_match", True)}
 
 
-def _score(modality: str, tasks, data_dir: Path, judges: dict, n: int, seed: int) -> tuple[float, float | None]:
-    """(the sweep's metric, all-attributes-right accuracy or None for audio)."""
+def _heldout(data_dir: Path, n: int) -> dict:
+    """The held-out prompts of every modality, read once for the whole sweep."""
     from trimdm.data.tinyworld.scenes import read_image_folder
     from trimdm.data.tinyworld.speech import read_speech_folder
+
+    raw = Path(data_dir) / "raw"
+    items, _ = read_image_folder(raw / "images_val")
+    speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
+    return {"image": [it for it in items if len(it[2].objects) == 1][:n], "text": items[:n],
+            "audio": [t for _, t in speech[:n]]}
+
+
+def _score(modality: str, tasks, heldout: dict, judges: dict, seed: int) -> tuple[float, float | None]:
+    """(the sweep's metric, all-attributes-right accuracy or None for audio)."""
     from trimdm.eval.generation import attribute_match
     from trimdm.eval.judges.image import judge_caption
     from trimdm.eval.judges.speech import cer
 
-    raw = Path(data_dir) / "raw"
     if modality == "audio":
-        speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
-        texts = [t for _, t in speech[:n]]
+        texts = heldout["audio"]
         waves, _ = tasks.t2s(texts, seed)
         return cer(judges["speech"].transcribe(waves), texts), None
-    items, _ = read_image_folder(raw / "images_val")
     if modality == "image":
-        single = [it for it in items if len(it[2].objects) == 1][:n]
+        single = heldout["image"]
         images, _ = tasks.t2i([c for _, c, _ in single], seed)
         read = judges["image"].predict(np.stack(images))
         pairs = [(c, s) for (_, c, _), s in zip(single, read)]
     else:
-        chosen = items[:n]
+        chosen = heldout["text"]
         captions = tasks.i2t(np.stack([im for im, _, _ in chosen]), seed)
         pairs = [(c, s) for c, (_, _, s) in zip(captions, chosen)]
     return (float(np.mean([attribute_match(c, s) for c, s in pairs])),
@@ -79,6 +86,7 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
+    heldout = _heldout(data.directory, n)
     points, best = [], {}
     for m in modalities:
         base = dataclasses.asdict(loaded.cfg.sample[m])
@@ -90,7 +98,7 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
                 setting = {**base, key: value}
                 cfg = dataclasses.replace(loaded.cfg.sample, **{m: type(loaded.cfg.sample[m])(**setting)})
                 t0 = time.time()
-                score, all_right = _score(m, Tasks(loaded, cfg), data.directory, judges, n, seed)
+                score, all_right = _score(m, Tasks(loaded, cfg), heldout, judges, seed)
                 points.append({"modality": m, "setting": key, "value": value, name: score, "all_right": all_right,
                                "n": n, "seconds": round(time.time() - t0, 1), "settings": setting})
                 scored.append((value, score))
