@@ -412,10 +412,9 @@ def _recon_loss(cfg: ImageTokenizerConfig, y: torch.Tensor, x: torch.Tensor) -> 
 
 def _lr_at(cfg: ImageTokenizerConfig, step: int, steps: int) -> float:
     """Linear warmup, then cosine decay to 1% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+    from trimdm.optim.lr import lr_factor
+
+    return cfg.lr * lr_factor(step, steps, cfg.warmup_steps, "cosine", 0.01)
 
 
 def train_image_tokenizer(

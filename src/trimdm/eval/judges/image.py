@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trimdm.optim.lr import lr_factor
 from trimdm.data.tinyworld.scenes import (BACKGROUNDS, COLORS, SHAPES, SIZES, Obj, Scene, caption_errors,
                                           has_heldout_pair)
 
@@ -347,8 +348,7 @@ def train_image_judge(
         net.train()
         losses = []
         for step in range(steps):
-            p = max(0.0, (step - warmup) / max(1, steps - warmup))
-            lr = t.lr * min(1.0, (step + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+            lr = t.lr * lr_factor(step, steps, warmup, "cosine", 0.01)
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = torch.randint(len(data), (batch,), generator=gen)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trimdm.optim.lr import lr_factor
 from trimdm.eval.judges.image import CONFIG, WEIGHTS, _load_state, _read_saved
 
 FORMAT = "trimdm.speech_judge"
@@ -361,8 +362,7 @@ def train_speech_judge(
             if not queue:
                 queue = _length_batches(lengths, batch, rng)
             idx = queue.pop()
-            p = max(0.0, (step - warmup) / max(1, steps - warmup))
-            lr = t.lr * min(1.0, (step + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+            lr = t.lr * lr_factor(step, steps, warmup, "cosine", 0.01)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, mel_len = _pad_mels([mels[i] for i in idx], cfg.log_floor)
