@@ -64,6 +64,25 @@ def test_a_deleted_shard_is_detected_and_rebuilt_identically(prepared, tmp_path)
     assert after == before  # deterministic: the same bytes come back
 
 
+
+def test_a_copy_without_training_media_loads_without_rebuilding(prepared, tmp_path):
+    """Only raw/manifest.json and the val folders travel (e.g. to a GPU machine): nothing is rebuilt."""
+    root, data, _ = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    raw = copy / data.directory.name / "raw"
+    for folder in raw.iterdir():
+        if folder.is_dir() and not folder.name.endswith("_val"):
+            shutil.rmtree(folder)
+    logs = []
+    loaded = prepare(cfg_for(copy).data, log=logs.append)
+    assert not [line for line in logs if "built" in line or "rebuilding" in line]
+    assert loaded.manifest == data.manifest
+    # a stage that must be rebuilt needs the training media: the error names what is missing
+    (copy / data.directory.name / "shards" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="images_train.*not found"):
+        prepare(cfg_for(copy).data)
+
 def _user_folders(data_dir: Path, tmp: Path) -> tuple[Path, Path]:
     images, speech = tmp / "images", tmp / "speech"
     shutil.copytree(data_dir / "raw" / "images_train", images)

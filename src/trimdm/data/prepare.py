@@ -37,9 +37,9 @@ class TextData:
         shard = Shard(self.directory, split, self.manifest["shards"][split])
         return PackedText(shard.tokens, shard.offsets, vocab, seq_len)
 
-    def sources(self, split: str, vocab: JointVocab, seq_len: int) -> dict[str, PackedText]:
+    def sources(self, split: str, vocab: JointVocab, seq_len: int, tasks=("text",)) -> dict[str, PackedText]:
         """Row sources per task of a split; text rows are packed, so every token is content."""
-        return {"text": self.rows(split, vocab, seq_len)}
+        return {"text": self.rows(split, vocab, seq_len)} if "text" in tasks else {}
 
     def tokens_per_row(self, seq_len: int) -> dict[str, float]:
         return {"text": float(seq_len)}

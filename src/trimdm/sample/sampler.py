@@ -74,8 +74,8 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
-    tables = row_tables(vocab)
     device = canvas_BL.device
+    tables = row_tables(vocab, device)
     x = canvas_BL.clone()
     mask_ids = tables.mask_id_M.to(device)
     is_mask = (x[..., None] == mask_ids).any(-1)

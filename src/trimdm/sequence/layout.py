@@ -143,10 +143,16 @@ class RowTables:
         return ids_BL == self.pad_id
 
 
+def row_tables(vocab: JointVocab, device: torch.device | str = "cpu") -> RowTables:
+    """The tables of a vocabulary on the device of the ids they index, built once per (vocab, device):
+    the loss and the sampler ask for them every call."""
+    return _row_tables(vocab, str(torch.device(device)))
+
+
 @functools.lru_cache(maxsize=8)
-def row_tables(vocab: JointVocab) -> RowTables:
-    """The tables of a vocabulary, built once (the loss and the sampler ask for them every call)."""
-    return RowTables.from_vocab(vocab)
+def _row_tables(vocab: JointVocab, device: str) -> RowTables:
+    t = RowTables.from_vocab(vocab)
+    return RowTables(t.modality_V.to(device), t.maskable_V.to(device), t.mask_id_M.to(device), t.pad_id, vocab)
 
 
 class PairedRows:

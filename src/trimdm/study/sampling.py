@@ -34,7 +34,7 @@ METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
           "text": ("i2t_attribute_match", True)}
 
 
-def _heldout(data_dir: Path, n: int) -> dict:
+def heldout_prompts(data_dir: Path, n: int) -> dict:
     """The held-out prompts of every modality, read once for the whole sweep."""
     from trimdm.data.tinyworld.scenes import read_image_folder
     from trimdm.data.tinyworld.speech import read_speech_folder
@@ -46,7 +46,7 @@ def _heldout(data_dir: Path, n: int) -> dict:
             "audio": [t for _, t in speech[:n]]}
 
 
-def _score(modality: str, tasks, heldout: dict, judges: dict, seed: int) -> tuple[float, float | None]:
+def score_modality(modality: str, tasks, heldout: dict, judges: dict, seed: int) -> tuple[float, float | None]:
     """(the sweep's metric, all-attributes-right accuracy or None for audio)."""
     from trimdm.eval.generation import attribute_match
     from trimdm.eval.judges.image import judge_caption
@@ -86,7 +86,7 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
-    heldout = _heldout(data.directory, n)
+    heldout = heldout_prompts(data.directory, n)
     points, best = [], {}
     for m in modalities:
         base = dataclasses.asdict(loaded.cfg.sample[m])
@@ -98,7 +98,7 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
                 setting = {**base, key: value}
                 cfg = dataclasses.replace(loaded.cfg.sample, **{m: type(loaded.cfg.sample[m])(**setting)})
                 t0 = time.time()
-                score, all_right = _score(m, Tasks(loaded, cfg), heldout, judges, seed)
+                score, all_right = score_modality(m, Tasks(loaded, cfg), heldout, judges, seed)
                 points.append({"modality": m, "setting": key, "value": value, name: score, "all_right": all_right,
                                "n": n, "seconds": round(time.time() - t0, 1), "settings": setting})
                 scored.append((value, score))

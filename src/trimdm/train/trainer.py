@@ -118,9 +118,10 @@ class Trainer:
         self.model = build_model(cfg, self.vocab).to(self.device)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
-        self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len)
-        self.val_sources = self.data.sources("val", self.vocab, cfg.data.seq_len)
         mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
+        used = [task for task, share in mix.items() if share > 0]
+        self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len, used)
+        self.val_sources = self.data.sources("val", self.vocab, cfg.data.seq_len, used)
         missing = [task for task, share in mix.items() if share > 0 and task not in self.train_sources]
         if missing:
             raise ValueError(f"data.mix gives a share to {missing}, which data.dataset={cfg.data.dataset!r} lacks")

@@ -53,6 +53,21 @@ def _manifest_hash(directory: Path) -> str:
     return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()[:12]
 
 
+def _built_from_raw(root: Path) -> bool:
+    """Every stage after raw is complete and was built from the raw manifest that is there. Training and
+    evaluation then read no training media, so a copy of the data set that keeps raw/manifest.json and
+    the val folders but not the training media (e.g. shipped to a GPU machine) still loads."""
+    if not (root / "raw" / MANIFEST).exists():
+        return False
+    for stage, upstream in (("tokenizers", lambda: _manifest_hash(root / "raw")),
+                            ("shards", lambda: _manifest_hash(root / "tokenizers")),
+                            ("judges", lambda: _judges_upstream(root))):
+        manifest, _ = verify_stage(root / stage)
+        if manifest is None or manifest.get("upstream") != upstream():
+            return False
+    return True
+
+
 def _ensure(directory: Path, build, upstream: str | None, log, strict: bool = False) -> dict:
     manifest, reason = verify_stage(directory)
     if manifest is not None and upstream is not None and manifest.get("upstream") != upstream:
@@ -115,10 +130,17 @@ class TinyworldData:
     def _shard(self, name: str) -> Shard:
         return Shard(self.directory / "shards", name, self.manifest["shards"][name])
 
-    def sources(self, split: str, vocab: JointVocab, seq_len: int) -> dict:
-        text = self._shard(f"{split}.text")
-        out = {"text": PackedText(text.tokens, text.offsets, vocab, seq_len)}
+    def sources(self, split: str, vocab: JointVocab, seq_len: int,
+                tasks=("text", "image_text", "audio_text")) -> dict:
+        """Row sources of `tasks` (a run leaves out those its mix gives no share, so their rows need not
+        fit its seq_len)."""
+        out = {}
+        if "text" in tasks:
+            text = self._shard(f"{split}.text")
+            out["text"] = PackedText(text.tokens, text.offsets, vocab, seq_len)
         for task, modality in (("image_text", "image"), ("audio_text", "audio")):
+            if task not in tasks:
+                continue
             t, m = self._shard(f"{split}.{task}.text"), self._shard(f"{split}.{task}.{modality}")
             rows = PairedRows(t.tokens, t.offsets, m.tokens, m.offsets, modality, vocab, seq_len)
             rows.check_fits(f"{self.directory} ({split} {task})")
@@ -165,7 +187,8 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-    _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
+    if not _built_from_raw(root):
+        _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
     _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
              _manifest_hash(root / "raw"), log)
     tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),

@@ -1,0 +1,67 @@
+"""Generation quality along a run: every kept checkpoint scored by the data set's judges. Prints JSON.
+
+    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16] [key=value sample overrides]
+
+Per checkpoint (step, tokens): T2I all-attributes-right on held-out single-object prompts, split into
+seen and held-out (colour, shape) compositions, I2T caption all right, T2S character error rate, with
+the run's sampling settings, the same prompts and seed at every checkpoint. With `train.ckpt_every`
+and `train.keep_checkpoints` this is the learning curve of the generation tasks, the quantity a recipe's
+token budget is sized by (tinyworld runs only: the judges score the samples).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS
+from trimdm.sample.tasks import Tasks
+from trimdm.study.sampling import heldout_prompts, score_modality
+from trimdm.train.trainer import load_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--utterances", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="sample.* overrides")
+    args = ap.parse_args()
+    steps = sorted(Path(args.run, "checkpoints").glob("step_*"))
+    if not steps:
+        raise SystemExit(f"{args.run}: no checkpoints/step_* to score")
+    first = load_run(steps[0])
+    data = prepare(first.cfg.data)
+    judges = data.judges()
+    held = heldout_prompts(data.directory, 8 * args.prompts)
+    unseen = [(o.color, o.shape) in HELDOUT_PAIRS for o in (it[2].objects[0] for it in held["image"])]
+    single = {"seen": [it for it, u in zip(held["image"], unseen) if not u][:args.prompts],
+              "heldout": [it for it, u in zip(held["image"], unseen) if u][:args.prompts]}
+    points, settings = [], None
+    for path in steps:
+        t0 = time.time()
+        loaded = load_run(path)
+        tasks = Tasks(loaded, loaded.cfg.override(list(args.overrides), only="sample").sample)
+        settings = {m: dataclasses.asdict(tasks.cfg[m]) for m in ("text", "image", "audio")}
+        point = {"checkpoint": path.name, "step": int(path.name.split("_")[1])}
+        for name, items in single.items():
+            match, right = score_modality("image", tasks, {"image": items}, judges, args.seed)
+            point[f"t2i_{name}"], point[f"t2i_{name}_attribute_match"], point[f"t2i_{name}_n"] = right, match, len(items)
+        match, right = score_modality("text", tasks, {"text": held["text"][:args.prompts]}, judges, args.seed)
+        point["i2t"], point["i2t_attribute_match"] = right, match
+        point["t2s_cer"], _ = score_modality("audio", tasks, {"audio": held["audio"][:args.utterances]}, judges,
+                                             args.seed)
+        point["seconds"] = round(time.time() - t0, 1)
+        points.append(point)
+        print(json.dumps(point), flush=True)
+    print(json.dumps({"run": args.run, "prompts": args.prompts, "utterances": args.utterances,
+                      "sample": settings,
+                      "points": points}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
