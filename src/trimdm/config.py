@@ -211,6 +211,10 @@ class SampleConfig:
     gen_len: int = 64  # text tokens generated after a prompt (task text)
     caption_len: int = 32  # text positions offered to an i2t caption or s2t transcript (it ends at EOS_text)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
+    # i2t/s2t: draw this many texts per medium and keep the one under which the model finds the medium
+    # most probable (Monte-Carlo log p(medium | text), `rerank_draws` shared mask draws); 1: no reranking
+    rerank: int = 1
+    rerank_draws: int = 16
     seed: int = 0
 
     def __getitem__(self, modality: str) -> ModalitySampling:
@@ -348,6 +352,9 @@ class Config:
             remasking = self.sample[mod].remasking
             if remasking not in ("confidence", "random"):
                 raise ValueError(f"sample.{mod}.remasking={remasking!r}: expected confidence | random")
+        if self.sample.rerank < 1 or self.sample.rerank_draws < 1:
+            raise ValueError(f"sample.rerank={self.sample.rerank} and sample.rerank_draws="
+                             f"{self.sample.rerank_draws} must be >= 1")
         if self.sample.audio_length not in ("rule", "eos"):
             raise ValueError(f"sample.audio_length={self.sample.audio_length!r}: expected rule | eos")
 

@@ -108,3 +108,21 @@ def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp
     assert len(result["points"]) == 8
     assert result["recommended"]["image"]["steps"] in (2, 4)
     assert (tmp_path / "sampling_study.png").exists() and "Recommended" in (tmp_path / "sampling_study.md").read_text()
+
+
+def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_run, monkeypatch):
+    from trimdm.sample.tasks import Tasks
+    from trimdm.train.trainer import load_run
+
+    _, run = tiny_tri_run
+    loaded = load_run(run)
+    tasks = Tasks(loaded, loaded.cfg.override(["sample.rerank=3", "sample.rerank_draws=4"], only="sample").sample)
+    image = tasks.image_ids(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    proposals = {0: "a red circle", 1: "a blue square on the left", 2: "a red circle"}  # one repeat
+    monkeypatch.setattr(tasks, "_describe_once", lambda modality, media, seed: [proposals[seed]])
+    scores = tasks._media_loglik("image", ["a red circle", "a blue square on the left"], image[0], seed=0)
+    assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]
+    assert tasks._describe("image", image, seed=0) == [["a red circle", "a blue square on the left"][scores.argmax()]]
+    # the same draws for every text: a text scored alone gets the same estimate as in the pair
+    alone = tasks._media_loglik("image", ["a blue square on the left"], image[0], seed=0)
+    assert alone[0] == pytest.approx(scores[1], rel=1e-5)

@@ -82,7 +82,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     counts = masked_counts(is_mask.sum(1).cpu(), schedule, steps).to(device)
     # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
     has_eos = {m: (x == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
-    use_cfg = uncond_BL is not None and guidance != 0.0
+    use_cfg = uncond_BL is not None and guidance not in (0.0, 1.0)  # w = 1 is the conditional pass
     u = uncond_BL.clone() if use_cfg else None
     chosen_logp = torch.zeros(x.shape, device=device)
     score_sum = torch.zeros(x.shape[0], device=device)

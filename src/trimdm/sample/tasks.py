@@ -34,6 +34,8 @@ import torch
 
 from trimdm.diffusion.schedules import parse_schedule
 from trimdm.sample.sampler import decode
+from trimdm.sequence.layout import paired_row, row_tables
+from trimdm.tokenizers.vocab import MODALITIES
 
 TASKS = ("text", "t2i", "t2s", "i2t", "s2t", "infill")
 TARGET = {"text": "text", "t2i": "image", "t2s": "audio", "i2t": "text", "s2t": "text"}
@@ -230,8 +232,25 @@ class Tasks:
         return sorted({min(max(c, 1), top) for c in cands})
 
     def _describe(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
-        """Text for each medium: decode one canvas per candidate length and keep, per item, the text
-        whose revealed tokens the model found most probable on average."""
+        """Text for each medium. One draw decodes a canvas per candidate length and keeps, per item, the
+        text whose revealed tokens the model found most probable on average. With `sample.rerank` = R > 1,
+        R draws (seeds seed, seed+1, ...) give up to R texts per item, and the one under which the model
+        finds the medium most probable is kept (`_media_loglik`): the medium-given-text direction (T2I,
+        T2S) judges the texts the text-given-medium direction proposed."""
+        draws = [self._describe_once(modality, media, seed + r) for r in range(self.cfg.rerank)]
+        if self.cfg.rerank == 1:
+            return draws[0]
+        out = []
+        for i, m in enumerate(media):
+            cands = list(dict.fromkeys(d[i] for d in draws))  # distinct, in draw order
+            if len(cands) == 1:
+                out.append(cands[0])
+                continue
+            score = self._media_loglik(modality, cands, m, seed)
+            out.append(cands[int(np.argmax(score))])
+        return out
+
+    def _describe_once(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
         best: list[tuple[float, str]] = [(-float("inf"), "")] * len(media)
         lengths = [self.caption_lengths(modality, m) for m in media]
         for j in range(max(len(c) for c in lengths)):
@@ -242,6 +261,26 @@ class Tasks:
                 if sc > best[i][0]:
                     best[i] = (sc, self.text_of(r))
         return [t for _, t in best]
+
+    def _media_loglik(self, modality: str, texts: list[str], media: list[int], seed: int) -> np.ndarray:
+        """Monte-Carlo estimate of log p(medium | text) for each text (the LLaDA estimator of
+        eval/multiple_choice.py, SPEC §9), with the same mask draws for every text so that their
+        differences carry little noise."""
+        from trimdm.eval.multiple_choice import mc_answer_loglik
+
+        v = self.vocab
+        media_ids = np.asarray(media, dtype=np.int64)
+        rows = torch.tensor(np.stack([
+            paired_row(v, modality, np.asarray(self.text_tok.encode(t), dtype=np.int64), media_ids, self.seq_len)
+            for t in texts]))
+        tables = row_tables(v)
+        answer = (tables.modality(rows) == MODALITIES.index(modality)) & tables.maskable(rows)
+        n_answer = int(answer[0].sum())
+        rng = np.random.default_rng(seed)
+        n = self.cfg.rerank_draws
+        ll = mc_answer_loglik(self.loaded.model, v, rows, answer, rng.random(n), rng.random((n, n_answer)),
+                              device=self.loaded.device, autocast_dtype=self.loaded.autocast_dtype)
+        return ll.mean(1).numpy()
 
     def i2t(self, images: np.ndarray, seed: int) -> list[str]:
         return self._describe("image", self.image_ids(images), seed)

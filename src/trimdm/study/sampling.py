@@ -28,6 +28,7 @@ GRID = {
     "schedule": ["cosine", "linear", "polynomial:2"],
     "temperature": [0.5, 0.7, 1.0],
     "guidance": [0.0, 1.0, 2.0, 3.0],
+    "remasking": ["confidence", "random"],
 }
 MODALITIES = ("image", "audio", "text")
 METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
