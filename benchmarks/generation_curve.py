@@ -1,6 +1,7 @@
 """Generation quality along a run: every kept checkpoint scored by the data set's judges. Prints JSON.
 
-    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16] [key=value sample overrides]
+    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16] [--tasks t2i,i2t,t2s]
+                                          [key=value sample overrides]
 
 Per checkpoint (step, tokens): T2I all-attributes-right on held-out single-object prompts, split into
 seen and held-out (colour, shape) compositions, I2T caption all right, T2S character error rate, with
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--utterances", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", default="t2i,i2t,t2s", help="comma-separated subset of t2i, i2t, t2s")
     ap.add_argument("overrides", nargs="*", help="sample.* overrides")
     args = ap.parse_args()
     steps = sorted(Path(args.run, "checkpoints").glob("step_*"))
@@ -41,6 +43,9 @@ def main() -> None:
     unseen = [(o.color, o.shape) in HELDOUT_PAIRS for o in (it[2].objects[0] for it in held["image"])]
     single = {"seen": [it for it, u in zip(held["image"], unseen) if not u][:args.prompts],
               "heldout": [it for it, u in zip(held["image"], unseen) if u][:args.prompts]}
+    chosen = set(args.tasks.split(","))
+    if not chosen <= {"t2i", "i2t", "t2s"}:
+        raise SystemExit(f"--tasks {args.tasks}: choose from t2i, i2t, t2s")
     points, settings = [], None
     for path in steps:
         t0 = time.time()
@@ -48,13 +53,15 @@ def main() -> None:
         tasks = Tasks(loaded, loaded.cfg.override(list(args.overrides), only="sample").sample)
         settings = {m: dataclasses.asdict(tasks.cfg[m]) for m in ("text", "image", "audio")}
         point = {"checkpoint": path.name, "step": int(path.name.split("_")[1])}
-        for name, items in single.items():
+        for name, items in single.items() if "t2i" in chosen else ():
             match, right = score_modality("image", tasks, {"image": items}, judges, args.seed)
             point[f"t2i_{name}"], point[f"t2i_{name}_attribute_match"], point[f"t2i_{name}_n"] = right, match, len(items)
-        match, right = score_modality("text", tasks, {"text": held["text"][:args.prompts]}, judges, args.seed)
-        point["i2t"], point["i2t_attribute_match"] = right, match
-        point["t2s_cer"], _ = score_modality("audio", tasks, {"audio": held["audio"][:args.utterances]}, judges,
-                                             args.seed)
+        if "i2t" in chosen:
+            match, right = score_modality("text", tasks, {"text": held["text"][:args.prompts]}, judges, args.seed)
+            point["i2t"], point["i2t_attribute_match"] = right, match
+        if "t2s" in chosen:
+            point["t2s_cer"], _ = score_modality("audio", tasks, {"audio": held["audio"][:args.utterances]}, judges,
+                                                 args.seed)
         point["seconds"] = round(time.time() - t0, 1)
         points.append(point)
         print(json.dumps(point), flush=True)
