@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from trimdm.sequence.layout import RowTables, paired_row
-from trimdm.tokenizers.vocab import MODALITIES, JointVocab
+from trimdm.tokenizers.vocab import JointVocab
 
 MEDIA_KEYS = ("image", "audio")
 
@@ -124,19 +124,15 @@ def mc_answer_loglik(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL:
         pad = tables.pad(c)
         width = int((~pad).any(0).nonzero().max()) + 1  # drop the trailing columns that are padding in every row
         c, x, pad = c[:, :width], x[:, :width], pad[:, :width]
-        sel_all = x != c
-        heads, present = [], []
-        for i, m in enumerate(MODALITIES):
-            sel = sel_all & (tables.modality(c) == i)
-            if bool(sel.any()):
-                lo, hi = vocab.content_range(m)
-                heads.append((sel.to(device), lo, hi, vocab.eos(m)))
-                present.append((m, sel))
+        # the output slices the loss trains (audio per residual level), so the estimate is the model's own
+        heads = tables.output_heads(x, x != c)
         with autocast:
-            logits = model(x.to(device), pad.to(device), heads=heads)
-        for (m, sel), lg in zip(present, logits):
+            logits = model(x.to(device), pad.to(device), heads=[(sel.to(device), lo, hi, eos)
+                                                               for sel, lo, hi, eos, _ in heads])
+        for (sel, lo, hi, eos, _), lg in zip(heads, logits):
             logp = lg.to(torch.promote_types(lg.dtype, torch.float32)).log_softmax(-1).cpu()
-            target = vocab.to_local(m, c[sel])
+            clean = c[sel]
+            target = torch.where(clean == eos, hi - lo, clean - lo)
             picked = logp.gather(1, target[:, None]).squeeze(1).double()
             scores_R.index_add_(0, start + sel.nonzero()[:, 0], picked)
     return (scores_R * weight_R).view(K, N)
