@@ -37,7 +37,7 @@ def main() -> None:
     if not steps:
         raise SystemExit(f"{args.run}: no checkpoints/step_* to score")
     first = load_run(steps[0])
-    data = prepare(first.cfg.data)
+    data = prepare(first.cfg.data)  # every checkpoint of a run shares its data set
     judges = data.judges()
     held = heldout_prompts(data.directory, 8 * args.prompts)
     unseen = [(o.color, o.shape) in HELDOUT_PAIRS for o in (it[2].objects[0] for it in held["image"])]
@@ -49,7 +49,7 @@ def main() -> None:
     points, settings = [], None
     for path in steps:
         t0 = time.time()
-        loaded = load_run(path)
+        loaded = first if path == steps[0] else load_run(path)
         tasks = Tasks(loaded, loaded.cfg.override(list(args.overrides), only="sample").sample)
         settings = {m: dataclasses.asdict(tasks.cfg[m]) for m in ("text", "image", "audio")}
         point = {"checkpoint": path.name, "step": int(path.name.split("_")[1])}

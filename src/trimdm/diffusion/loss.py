@@ -46,10 +46,9 @@ def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float 
     batch, so that micro-batches and ranks divide by the count of the whole global batch."""
     heads = row_tables(vocab, nb.noisy_BL.device).output_heads(nb.noisy_BL, nb.masked_BL)
     logits = model(nb.noisy_BL, nb.pad_BL, heads=[h[:4] for h in heads])
-    # the statistics live on the CPU whatever the model's device (they are summed across micro-batches)
-    tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double().cpu()
-    masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double().cpu()
-    wce = torch.zeros(3, dtype=torch.float64)
+    tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
+    masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
+    wce = torch.zeros(3, dtype=torch.float64, device=tokens.device)
     total = 0.0
     for (sel, lo, hi, eos, m), lg in zip(heads, logits):
         clean = nb.clean_BL[sel]
@@ -57,8 +56,10 @@ def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float 
         ce = F.cross_entropy(lg.to(torch.promote_types(lg.dtype, torch.float32)), target, reduction="none")
         weighted = (ce * nb.weight_BL[sel].to(ce.dtype)).sum()
         total = total + weighted
-        wce[MODALITIES.index(m)] += weighted.detach().double().cpu()
+        wce[MODALITIES.index(m)] += weighted.detach().double()
     denom = float(tokens.sum()) if denominator is None else denominator
     if not torch.is_tensor(total):  # nothing masked: a zero that still carries gradient structure
         total = sum(p.sum() for p in model.parameters()) * 0.0
+    # the statistics go to the CPU in one transfer (they are summed across micro-batches and tasks there)
+    wce, tokens, masked = torch.stack([wce, tokens, masked]).cpu()
     return total / max(denom, 1.0), LossStats(wce, tokens, masked)

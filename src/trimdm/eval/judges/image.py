@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimdm.optim.lr import lr_factor
+from trimdm.eval.judges import fit
 from trimdm.data.tinyworld.scenes import (BACKGROUNDS, COLORS, SHAPES, SIZES, Obj, Scene, caption_errors,
                                           has_heldout_pair)
 
@@ -339,30 +339,15 @@ def train_image_judge(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
         net = ImageJudgeNet(cfg)
-        decay = [p for p in net.parameters() if p.ndim >= 2]
-        rest = [p for p in net.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=t.lr)
         gen = torch.Generator().manual_seed(t.seed)
-        warmup = max(1, steps // 20)
-        net.train()
-        losses = []
-        for step in range(steps):
-            lr = t.lr * lr_factor(step, steps, warmup, "cosine", 0.01)
-            for g in opt.param_groups:
-                g["lr"] = lr
+
+        def loss_at(step):
             idx = torch.randint(len(data), (batch,), generator=gen)
             x, tgt = _permute_channels(_to_input(data[idx].numpy()), {k: v[idx] for k, v in tgt_all.items()},
                                        t.permute_fraction, gen)
-            loss = _loss(net(x), tgt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
-                say(f"image judge step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f} "
-                    f"({time.perf_counter() - t0:.0f}s)")
+            return _loss(net(x), tgt)
+
+        losses = fit(net, t, steps, loss_at, say, "image judge", t0)
     judge = ImageJudge(cfg, net)
     report = {"steps": steps, "batch": batch, "train_images": len(images) - n_recon,
               "reconstructions": n_recon, "threads": torch.get_num_threads(),

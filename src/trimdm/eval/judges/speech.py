@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimdm.optim.lr import lr_factor
+from trimdm.eval.judges import fit
 from trimdm.eval.judges.image import CONFIG, WEIGHTS, _load_state, _read_saved
 
 FORMAT = "trimdm.speech_judge"
@@ -348,37 +348,22 @@ def train_speech_judge(
         net.mel_mean.copy_(cat.mean(1))
         net.mel_std.copy_(cat.std(1).clamp(min=1e-3))
         del cat
-        decay = [p for p in net.parameters() if p.ndim >= 2]
-        rest = [p for p in net.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=t.lr)
         gen = torch.Generator().manual_seed(t.seed)
-        warmup = max(1, steps // 20)
         lengths = [m.shape[1] for m in mels]
         queue: list[np.ndarray] = []
-        losses = []
-        net.train()
-        for step in range(steps):
+
+        def loss_at(step):
             if not queue:
-                queue = _length_batches(lengths, batch, rng)
+                queue.extend(_length_batches(lengths, batch, rng))
             idx = queue.pop()
-            lr = t.lr * lr_factor(step, steps, warmup, "cosine", 0.01)
-            for g in opt.param_groups:
-                g["lr"] = lr
             x, mel_len = _pad_mels([mels[i] for i in idx], cfg.log_floor)
             x = _spec_augment(x, mel_len, t, cfg.log_floor, gen)
             _, logits = net(x, mel_len)
             tgt = [targets[i] for i in idx]
-            loss = F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.cat(tgt), net.out_lengths(mel_len),
+            return F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.cat(tgt), net.out_lengths(mel_len),
                               torch.tensor([len(y) for y in tgt]), blank=0, reduction="mean", zero_infinity=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
-                say(f"speech judge step {step + 1}/{steps} ctc {np.mean(losses[-50:]):.4f} "
-                    f"({time.perf_counter() - t0:.0f}s)")
+
+        losses = fit(net, t, steps, loss_at, say, "speech judge", t0, label="ctc")
     net.eval()
     report = {"steps": steps, "batch": batch, "train_utterances": len(waves),
               "kept": len(mels), "threads": torch.get_num_threads(), "feature_seconds": round(feat_seconds, 1),
