@@ -212,8 +212,9 @@ class SampleConfig:
     gen_len: int = 64  # text tokens generated after a prompt (task text)
     caption_len: int = 32  # text positions offered to an i2t caption or s2t transcript (it ends at EOS_text)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
-    # i2t/s2t: draw this many texts per medium and keep the one under which the model finds the medium
-    # most probable (Monte-Carlo log p(medium | text), `rerank_draws` shared mask draws); 1: no reranking
+    # i2t/s2t: draws per medium (each at a few candidate text lengths); of all texts proposed, the one
+    # under which the model finds the medium most probable is kept (Monte-Carlo log p(medium | text),
+    # `rerank_draws` shared mask draws)
     rerank: int = 1
     rerank_draws: int = 16
     seed: int = 0

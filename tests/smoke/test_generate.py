@@ -116,9 +116,10 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
 
     _, run = tiny_tri_run
     loaded = load_run(run)
-    tasks = Tasks(loaded, loaded.cfg.override(["sample.rerank=3", "sample.rerank_draws=4"], only="sample").sample)
+    tasks = Tasks(loaded, loaded.cfg.override(["sample.rerank=2", "sample.rerank_draws=4"], only="sample").sample)
     image = tasks.image_ids(np.zeros((1, 32, 32, 3), dtype=np.uint8))
-    proposals = {0: "a red circle", 1: "a blue square on the left", 2: "a red circle"}  # one repeat
+    # per draw (seed), the texts decoded at each candidate length; one repeat across draws
+    proposals = {0: ["a red circle"], 1: ["a blue square on the left", "a red circle"]}
     monkeypatch.setattr(tasks, "_describe_once", lambda modality, media, seed: [proposals[seed]])
     scores = tasks._media_loglik("image", ["a red circle", "a blue square on the left"], image[0], seed=0)
     assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]

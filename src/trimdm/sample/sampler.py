@@ -65,11 +65,10 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, confidence_noise: float = 1.0,
            remasking: str = "confidence", guidance: float = 0.0, uncond_BL: torch.Tensor | None = None,
            generator: torch.Generator | None = None, eos_truncate: bool = False,
-           autocast_dtype: torch.dtype | None = None, return_score: bool = False):
+           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
     enables guidance with weight `guidance`: w = 1 is the conditional pass, w > 1 guides, and w = 0 skips
-    the unconditional pass (the conditional pass alone, as w = 1). With `return_score`,
-    also the mean log-probability of the revealed tokens per row (at the step each was revealed)."""
+    the unconditional pass (the conditional pass alone, as w = 1)."""
     if remasking not in ("confidence", "random"):
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
     if steps < 1:
@@ -84,9 +83,6 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     has_eos = {m: (x == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     use_cfg = uncond_BL is not None and guidance not in (0.0, 1.0)  # w = 1 is the conditional pass
     u = uncond_BL.clone() if use_cfg else None
-    chosen_logp = torch.zeros(x.shape, device=device)
-    score_sum = torch.zeros(x.shape[0], device=device)
-    score_n = torch.zeros(x.shape[0], device=device)
     for k in range(1, steps + 1):
         is_mask = (x[..., None] == mask_ids).any(-1)
         if not bool(is_mask.any()):
@@ -103,32 +99,27 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
                 logits = uncond + guidance * (logits - uncond)
             rows = sel.nonzero()[:, 0]
             logits[:, -1] = logits[:, -1].masked_fill(has_eos[m][rows], float("-inf"))
-            logp = logits.log_softmax(-1)
             scaled = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
             if temperature > 0:
                 choice = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
             else:
                 choice = scaled.argmax(-1)
             proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
-            chosen_logp[sel] = logp.gather(-1, choice[:, None]).squeeze(-1)
             if remasking == "confidence":
                 gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
                                                .clamp_min(1e-20)))
                 anneal = confidence_noise * (1 - k / steps)
-                confidence[sel] = logp.gather(-1, choice[:, None]).squeeze(-1) + anneal * gumbel
+                logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)
+                confidence[sel] = logp + anneal * gumbel
             else:
                 confidence[sel] = torch.rand(choice.shape, generator=generator, device=device)
         n_reveal = counts[k - 1] - counts[k]  # (B,)
         rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
         reveal = is_mask & (rank < n_reveal[:, None])
         x = torch.where(reveal, proposal, x)
-        score_sum += (chosen_logp * reveal).sum(1)
-        score_n += reveal.sum(1)
         if eos_truncate:
             x = truncate_after_eos(x, tables, vocab)
         if use_cfg:
             u = torch.where(reveal, proposal, u)
             u = torch.where(x == tables.pad_id, tables.pad_id, u)
-    if return_score:
-        return x, score_sum / score_n.clamp_min(1)
     return x

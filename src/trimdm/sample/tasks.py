@@ -16,7 +16,8 @@ holds, and positions after a revealed EOS_audio become padding (EOS-truncation).
 transcripts (i2t, s2t) come before their medium in the layout, so the medium's position tells the
 model how long the text is; a free-length span would be read as a long caption. They are decoded at a
 few candidate lengths n (speech: the inverted length rule ± 2 tokens; images: 6 to 24 tokens) and the
-text whose revealed tokens have the highest mean log-probability is kept.
+text under which the model finds the medium most probable is kept (`_describe`): a short caption of a
+two-object scene is confident word by word but explains half the image.
 
 Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
@@ -139,23 +140,22 @@ class Tasks:
         return Canvas(ids, uncond, target)
 
     # -- decoding -----------------------------------------------------------------------------------
-    def run(self, canvas: Canvas, seed: int, return_score: bool = False):
+    def run(self, canvas: Canvas, seed: int) -> torch.Tensor:
         """Decode a canvas in batches of `batch_size` rows with the target modality's settings."""
         s = self.cfg[canvas.target]
         device = self.loaded.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        out, scores = [], []
+        out = []
         for a in range(0, len(canvas.ids_BL), self.batch_size):
             ids = canvas.ids_BL[a:a + self.batch_size].to(device)
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
-            x, score = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
+            x = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
                               temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
                               confidence_noise=self.cfg.confidence_noise, remasking=s.remasking,
                               guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
-                              autocast_dtype=self.loaded.autocast_dtype, return_score=True)
+                              autocast_dtype=self.loaded.autocast_dtype)
             out.append(x.cpu())
-            scores.append(score.cpu())
-        return (torch.cat(out), torch.cat(scores)) if return_score else torch.cat(out)
+        return torch.cat(out)
 
     # -- reading results back -----------------------------------------------------------------------
     def span(self, row: torch.Tensor, modality: str) -> list[int]:
@@ -232,17 +232,18 @@ class Tasks:
         return sorted({min(max(c, 1), top) for c in cands})
 
     def _describe(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
-        """Text for each medium. One draw decodes a canvas per candidate length and keeps, per item, the
-        text whose revealed tokens the model found most probable on average. With `sample.rerank` = R > 1,
-        R draws (seeds seed, seed+1, ...) give up to R texts per item, and the one under which the model
-        finds the medium most probable is kept (`_media_loglik`): the medium-given-text direction (T2I,
-        T2S) judges the texts the text-given-medium direction proposed."""
-        draws = [self._describe_once(modality, media, seed + r) for r in range(self.cfg.rerank)]
-        if self.cfg.rerank == 1:
-            return draws[0]
+        """Text for each medium. Each of `sample.rerank` = R draws (seeds seed, seed+1, ...) decodes a
+        canvas per candidate length; of all the distinct texts proposed for an item, the one under which
+        the model finds the medium most probable is kept (`_media_loglik`): the medium-given-text
+        direction (T2I, T2S), which a masked diffusion model learns first, judges the texts the
+        text-given-medium direction proposed, and picks the length with them."""
+        proposals = [[] for _ in media]
+        for r in range(self.cfg.rerank):
+            for i, texts in enumerate(self._describe_once(modality, media, seed + r)):
+                proposals[i] += texts
         out = []
-        for i, m in enumerate(media):
-            cands = list(dict.fromkeys(d[i] for d in draws))  # distinct, in draw order
+        for m, texts in zip(media, proposals):
+            cands = list(dict.fromkeys(texts))  # distinct, in proposal order
             if len(cands) == 1:
                 out.append(cands[0])
                 continue
@@ -250,17 +251,17 @@ class Tasks:
             out.append(cands[int(np.argmax(score))])
         return out
 
-    def _describe_once(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
-        best: list[tuple[float, str]] = [(-float("inf"), "")] * len(media)
+    def _describe_once(self, modality: str, media: list[list[int]], seed: int) -> list[list[str]]:
+        """One draw: per medium, the text decoded at each of its candidate lengths."""
+        texts: list[list[str]] = [[] for _ in media]
         lengths = [self.caption_lengths(modality, m) for m in media]
         for j in range(max(len(c) for c in lengths)):
             idx = [i for i, c in enumerate(lengths) if j < len(c)]
             pairs = [self.paired_canvas(modality, None, media[i], text_len=lengths[i][j]) for i in idx]
-            rows, score = self.run(self._canvas(pairs, "text", f"text + {modality}"), seed, return_score=True)
-            for i, r, sc in zip(idx, rows, score.tolist()):
-                if sc > best[i][0]:
-                    best[i] = (sc, self.text_of(r))
-        return [t for _, t in best]
+            rows = self.run(self._canvas(pairs, "text", f"text + {modality}"), seed)
+            for i, r in zip(idx, rows):
+                texts[i].append(self.text_of(r))
+        return texts
 
     def _media_loglik(self, modality: str, texts: list[str], media: list[int], seed: int) -> np.ndarray:
         """Monte-Carlo estimate of log p(medium | text) for each text (the LLaDA estimator of
