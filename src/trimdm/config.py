@@ -184,16 +184,21 @@ class ModalitySampling:
     temperature: float = 1.0
     guidance: float = 0.0  # classifier-free guidance weight w: logits = u + w·(c − u); 0: conditional only
     remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
+    # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
+    # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
+    order: str = "joint"
 
 
 # The per-modality sampling defaults (SPEC §8) in one table. Image row chosen by `trimdm study sampling`
 # on runs/tinyworld (2026-11-27) plus the remasking comparison beside it; text steps 64 from the re-sweep
 # on runs/tinyworld_h200, a model that has learned the tasks (the only setting outside noise there);
-# audio unchanged. Grid, numbers and reasons: docs/sampling.md.
+# audio order `levels` from the order comparison on that run (T2S error 62.7% -> 59.3%). Grid, numbers and
+# reasons: docs/sampling.md.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": {"steps": 64, "schedule": "cosine", "temperature": 0.7, "guidance": 0.0, "remasking": "confidence"},
     "image": {"steps": 16, "schedule": "cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
-    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0, "remasking": "confidence"},
+    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0, "remasking": "confidence",
+              "order": "levels"},
 }
 
 
@@ -210,7 +215,7 @@ class SampleConfig:
     top_p: float = 1.0
     confidence_noise: float = 1.0  # scale of the annealed Gumbel noise added to confidences
     gen_len: int = 64  # text tokens generated after a prompt (task text)
-    caption_len: int = 32  # text positions offered to an i2t caption or s2t transcript (it ends at EOS_text)
+    caption_len: int = 32  # the longest i2t caption / s2t transcript tried (tasks.caption_lengths)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
     # i2t/s2t: draws per medium (each at a few candidate text lengths); of all texts proposed, the one
     # under which the model finds the medium most probable is kept (Monte-Carlo log p(medium | text),
@@ -354,6 +359,9 @@ class Config:
             remasking = self.sample[mod].remasking
             if remasking not in ("confidence", "random"):
                 raise ValueError(f"sample.{mod}.remasking={remasking!r}: expected confidence | random")
+            if self.sample[mod].order not in (("joint", "levels") if mod == "audio" else ("joint",)):
+                raise ValueError(f"sample.{mod}.order={self.sample[mod].order!r}: expected joint"
+                                 + (" | levels" if mod == "audio" else " (levels is for audio)"))
         if self.sample.rerank < 1 or self.sample.rerank_draws < 1:
             raise ValueError(f"sample.rerank={self.sample.rerank} and sample.rerank_draws="
                              f"{self.sample.rerank_draws} must be >= 1")

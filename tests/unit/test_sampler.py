@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from trimdm.diffusion.schedules import make_schedule, parse_schedule
-from trimdm.sample.sampler import decode, masked_counts, truncate_after_eos
+from trimdm.sample.sampler import decode, level_stages, masked_counts, truncate_after_eos
 from trimdm.sequence.layout import RowTables, paired_row
 from trimdm.tokenizers.vocab import JointVocab
 
@@ -60,6 +60,32 @@ def test_masked_count_follows_the_schedule_and_reveals_never_change():
             revealed = a != V.MASK_audio
             assert torch.equal(a[revealed], b[revealed])  # a revealed token never changes again
         assert not (out == V.MASK_audio).any()
+
+
+def test_level_order_decodes_each_level_on_its_own_schedule_after_the_coarser_ones():
+    tables = RowTables.from_vocab(V)
+    canvas = canvases()
+    stage, stage_steps = level_stages(canvas, V, steps=4)
+    assert stage_steps == [4, 1, 1]
+    model = StandIn()
+    schedule = make_schedule("linear")  # 5 masked codes per level and row: every one of the 4 steps reveals some
+    out = decode(model, V, canvas, steps=4, schedule=schedule, stage_BL=stage, stage_steps=stage_steps,
+                 generator=torch.Generator().manual_seed(0))
+    level = tables.audio_level(canvas)
+    masked0 = canvas == V.MASK_audio
+    seen, k = model.seen + [out], 0
+    for lv, n_steps in enumerate(stage_steps):
+        expected = masked_counts((masked0 & (level == lv)).sum(1), schedule, n_steps)
+        for j in range(n_steps + 1):
+            x = seen[k + j]
+            assert torch.equal(((x == V.MASK_audio) & (level == lv)).sum(1), expected[j]), (lv, j)
+            # finer levels wait, fully masked, until this level is done
+            assert torch.equal((x == V.MASK_audio) & (level > lv), masked0 & (level > lv))
+        k += n_steps
+    for a, b in zip(seen, seen[1:]):
+        revealed = a != V.MASK_audio
+        assert torch.equal(a[revealed], b[revealed])
+    assert not (out == V.MASK_audio).any()
 
 
 def test_guidance_zero_equals_the_conditional_pass():

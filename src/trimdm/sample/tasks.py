@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from trimdm.diffusion.schedules import parse_schedule
-from trimdm.sample.sampler import decode
+from trimdm.sample.sampler import decode, level_stages
 from trimdm.sequence.layout import paired_row, row_tables
 from trimdm.tokenizers.vocab import MODALITIES
 
@@ -149,11 +149,12 @@ class Tasks:
         for a in range(0, len(canvas.ids_BL), self.batch_size):
             ids = canvas.ids_BL[a:a + self.batch_size].to(device)
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
+            stage, stage_steps = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else (None, None)
             x = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
                               temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
                               confidence_noise=self.cfg.confidence_noise, remasking=s.remasking,
                               guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
-                              autocast_dtype=self.loaded.autocast_dtype)
+                              autocast_dtype=self.loaded.autocast_dtype, stage_BL=stage, stage_steps=stage_steps)
             out.append(x.cpu())
         return torch.cat(out)
 
