@@ -39,6 +39,25 @@ def test_cer_on_known_strings():
         sj.cer(["a"], ["!?"])
 
 
+def test_cer_se_matches_the_spread_of_cer_over_resampled_utterances():
+    """Delta-method SE of the corpus CER against the empirical SD of CER over 400 resamples of 40
+    utterances from a fixed population (seeded). The SD from 400 draws has a relative SE of about
+    1/sqrt(2·399) ≈ 3.5%; the tolerance is three of those."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 60, 1000)
+    errors = np.minimum(lengths, rng.binomial(lengths, rng.uniform(0.1, 0.9, 1000)))
+    refs = ["a" * int(c) for c in lengths]
+    hyps = ["a" * int(c - e) for c, e in zip(lengths, errors)]  # e deletions: edit distance e
+    cers, ses = [], []
+    for _ in range(400):
+        idx = rng.integers(0, 1000, 40)
+        h, r = [hyps[i] for i in idx], [refs[i] for i in idx]
+        cers.append(sj.cer(h, r))
+        ses.append(sj.cer_se(h, r))
+    assert np.mean(ses) == pytest.approx(np.std(cers, ddof=1), rel=3 * 0.035)
+    assert sj.cer_se(["ab", "ab"], ["ab", "ab"]) == 0.0 and np.isnan(sj.cer_se(["a"], ["b"]))
+
+
 def test_encode_text_uses_the_alphabet():
     ids = sj.encode_text("It's a cat")
     assert "".join(sj.ALPHABET[i - 1] for i in ids) == "it's a cat"

@@ -264,5 +264,8 @@ def test_binomial_tail_matches_enumeration():
 def test_vs_chance_words():
     assert vs_chance(0.25, 0.25, 100) == "no"
     assert vs_chance(0.9, 0.5, 50).startswith("yes (p=")
-    assert vs_chance(0.2, 0.9, higher_is_better=False) == "yes"
+    assert vs_chance(0.2, 0.9, higher_is_better=False) == "yes (untested)"
+    assert vs_chance(0.6, 0.8, higher_is_better=False, se=0.05).startswith("yes (z=4.0")
+    assert vs_chance(0.6, 0.8, higher_is_better=False, se=0.2).startswith("below chance, not significant (z=1.0")
+    assert vs_chance(0.30, 0.25, 100, se=0.1).startswith("above chance, not significant (z=0.5")  # se wins
     assert vs_chance(None, 0.5) == "—"

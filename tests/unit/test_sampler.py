@@ -62,6 +62,21 @@ def test_masked_count_follows_the_schedule_and_reveals_never_change():
         assert not (out == V.MASK_audio).any()
 
 
+def test_steps_that_reveal_nothing_cost_no_pass():
+    canvas = canvases()
+    schedule = make_schedule("cosine")
+    n0 = (canvas == V.MASK_audio).sum(1)  # 15 per row
+    steps = 40
+    expected = masked_counts(n0, schedule, steps)
+    useful = [k for k in range(1, steps + 1) if bool((expected[k - 1] > expected[k]).any())]
+    assert 0 < len(useful) < steps
+    model = StandIn()
+    out = decode(model, V, canvas, steps=steps, schedule=schedule, generator=torch.Generator().manual_seed(0))
+    assert len(model.seen) == len(useful)
+    for x, k in zip(model.seen + [out], useful + [steps + 1]):
+        assert torch.equal((x == V.MASK_audio).sum(1), expected[k - 1])  # the schedule, minus empty steps
+
+
 def test_level_order_decodes_each_level_on_its_own_schedule_after_the_coarser_ones():
     tables = RowTables.from_vocab(V)
     canvas = canvases()

@@ -30,7 +30,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, parse_caption, read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
-from trimdm.eval.judges.speech import cer
+from trimdm.eval.judges.speech import cer, cer_se
 from trimdm.sample.tasks import Tasks
 from trimdm.tokenizers.image import save_image_grid
 
@@ -86,6 +86,12 @@ def attribute_match(text: str, scene) -> float:
     return hits / total if total else 0.0
 
 
+def _se(values) -> float:
+    """Standard error of a mean over items (nan for fewer than two)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+
+
 def _shuffled(n: int, seed: int) -> np.ndarray:
     """A cyclic shift of a random order: for n ≥ 2 nothing maps to itself (n = 1 cannot be paired)."""
     order = np.random.default_rng(seed).permutation(n)
@@ -129,7 +135,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
         partial_chance = [attribute_match(captions[k + perm[j]], real_read[k + j]) for j in range(n)]
         groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance),
-                        "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance))}
+                        "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance)),
+                        "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance)}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
     samples = []
@@ -164,10 +171,11 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         Image.fromarray(real_images[j]).save(out_dir / name)
         i2t_samples.append({"png": f"samples/eval/{name}", "caption": made[j], "reference": refs[j],
                             "correct": bool(ok[j])})
+    partial = [attribute_match(c, sc) for c, sc in zip(made, scenes)]
+    partial_chance = [attribute_match(refs[perm[j]], scenes[j]) for j in range(len(idx))]
     result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": float(chance),
-                     "attribute_match": float(np.mean([attribute_match(c, sc) for c, sc in zip(made, scenes)])),
-                     "attribute_match_chance": float(np.mean([attribute_match(refs[perm[j]], scenes[j])
-                                                              for j in range(len(idx))])),
+                     "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance)),
+                     "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                      "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
                      "samples": i2t_samples}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
@@ -187,7 +195,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         name = f"t2s/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
         t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
-    result["t2s"] = {"cer": cer(heard, texts), "n": len(texts), "chance": cer(heard_real, [texts[p] for p in perm]),
+    shuffled = [texts[p] for p in perm]
+    result["t2s"] = {"cer": cer(heard, texts), "n": len(texts), "chance": cer(heard_real, shuffled),
+                     "cer_se": cer_se(heard, texts), "chance_se": cer_se(heard_real, shuffled),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples}
     feats_real = speech_judge.features(waves)
     feats_fake = speech_judge.features([w if len(w) else np.zeros(rate // 10, np.float32) for w in spoken])
@@ -202,7 +212,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         name = f"s2t/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
-    result["s2t"] = {"cer": cer(transcripts, texts), "n": len(texts), "chance": cer([texts[p] for p in perm], texts),
+    result["s2t"] = {"cer": cer(transcripts, texts), "n": len(texts), "chance": cer(shuffled, texts),
+                     "cer_se": cer_se(transcripts, texts), "chance_se": cer_se(shuffled, texts),
                      "samples": s2t_samples}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
         f"({time.time() - t0:.0f}s)")

@@ -150,18 +150,32 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
 
 
-def vs_chance(value, chance, n=None, higher_is_better: bool = True) -> str:
-    """Whether a result beats chance, in words. For an accuracy over n independent trials, "yes" also
-    needs the one-sided exact binomial test against chance to give p < 0.05 (H0: accuracy = chance);
-    an error rate (CER) is compared to its chance level without a test."""
+def vs_chance(value, chance, n=None, higher_is_better: bool = True, se=None) -> str:
+    """Whether a result beats chance, in words, with a one-sided test at p < 0.05. With `se` (the
+    standard error of value − chance, both estimated over items: CER, attribute match) a z-test; else,
+    for an accuracy over n independent trials, the exact binomial test against chance (H0: accuracy =
+    chance). Without either, a bare comparison, marked as untested."""
     if not isinstance(value, (int, float)) or not isinstance(chance, (int, float)):
         return "—"
     if not (value > chance if higher_is_better else value < chance):
         return "no"
+    if isinstance(se, (int, float)) and math.isfinite(se) and se > 0:
+        z = abs(value - chance) / se
+        p = 0.5 * math.erfc(z / math.sqrt(2))
+        return f"yes (z={z:.1f}, p={p:.2g})" if p < 0.05 else f"{'above' if higher_is_better else 'below'} chance, not significant (z={z:.1f}, p={p:.2g})"
     if higher_is_better and isinstance(n, int) and n > 0:
         p = binomial_tail(round(value * n), n, chance)
         return f"yes (p={p:.2g})" if p < 0.05 else f"above chance, not significant (p={p:.2g})"
-    return "yes"
+    return "yes (untested)"
+
+
+def difference_se(r: dict, metric: str) -> float | None:
+    """SE of a result minus its chance level from the two SEs eval records beside them (`cer_se` and
+    `chance_se`, or `attribute_match_se` and `attribute_match_chance_se`); None when absent."""
+    a, b = r.get(f"{metric}_se"), r.get("chance_se" if metric == "cer" else f"{metric}_chance_se")
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return None
+    return math.sqrt(a * a + b * b)
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -431,7 +445,8 @@ def _likelihood(ev: dict) -> list:
 
 def _score_row(task: str, metric: str, r: dict, higher_is_better: bool) -> list:
     value, chance, n = r.get(metric), r.get("chance"), r.get("n")
-    return [task, metric, fmt(value), fmt(n), fmt(chance), vs_chance(value, chance, n, higher_is_better)]
+    return [task, metric, fmt(value), fmt(n), fmt(chance),
+            vs_chance(value, chance, n, higher_is_better, se=difference_se(r, metric))]
 
 
 SCORE_HEADER = ["task", "metric", "value", "n", "chance", "beats chance"]
@@ -454,7 +469,9 @@ def _generation(run: Path, gen: dict) -> list:
             rows.append([label, key.split("_")[0].upper(), fmt(gen[key]), "—", "—", "— (lower is better)"])
     if rows:
         out += [Para("Accuracies are judged by the offline judges; \"beats chance\" for an accuracy needs a one-sided "
-                     "exact binomial test p < 0.05. CER is the character error rate (lower is better)."),
+                     "exact binomial test p < 0.05. CER is the character error rate (lower is better); "
+                     "\"beats chance\" for it needs a one-sided z-test p < 0.05 with the standard errors of the "
+                     "CER and of its chance level over utterances."),
                 Table(SCORE_HEADER, rows)]
     settings = gen.get("settings")
     if isinstance(settings, dict) and settings:

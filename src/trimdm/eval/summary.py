@@ -1,10 +1,7 @@
 """A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
 from __future__ import annotations
 
-
-def _verdict(value: float, chance: float, lower_is_better: bool = False) -> str:
-    better = value < chance if lower_is_better else value > chance
-    return "better than chance" if better else "NOT better than chance"
+from trimdm.eval.report import difference_se, vs_chance
 
 
 def print_summary(result: dict, out=print) -> None:
@@ -19,21 +16,21 @@ def print_summary(result: dict, out=print) -> None:
         out(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
     gen = result.get("generation")
     if gen:
-        out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}")
+        out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
         rows.append(("I2T caption all right", gen["i2t"]))
         for label, v in rows:
             out(f"{label:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
-                f"{_verdict(v['accuracy'], v['chance'])}")
+                f"{vs_chance(v['accuracy'], v['chance'], v['n'])}")
         for label, v in rows:
             if "attribute_match" in v:
                 label = label.replace("all attributes right", "attribute match").replace("all right", "attribute match")
                 out(f"{label:<44}{v['attribute_match']:>10.1%}{v['attribute_match_chance']:>10.1%}{v['n']:>6}  "
-                    f"{_verdict(v['attribute_match'], v['attribute_match_chance'])}")
+                    f"{vs_chance(v['attribute_match'], v['attribute_match_chance'], se=difference_se(v, 'attribute_match'))}")
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
             v = gen[task]
             out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
-                f"{_verdict(v['cer'], v['chance'], lower_is_better=True)}")
+                f"{vs_chance(v['cer'], v['chance'], higher_is_better=False, se=difference_se(v, 'cer'))}")
         out(f"Fréchet distance in judge features: images {gen['fid_image']:.2f}, speech {gen['fad_audio']:.2f}")
     for mc in result.get("multiple_choice", []):
         out(f"multiple choice {mc['file']}: accuracy {mc['accuracy']:.1%} on {mc['questions']} questions "

@@ -96,10 +96,12 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
             is_mask = _masked(state.x, mask_ids) & in_stage
             if not bool(is_mask.any()):
                 break
+            n_reveal = counts[k - 1] - counts[k]  # (B,)
+            if not bool((n_reveal > 0).any()):
+                continue  # a step that reveals nothing in any row: no pass (short spans, many steps)
             proposal, confidence = _propose(model, state, is_mask, tables, has_eos, temperature, top_k, top_p,
                                             guidance, remasking, confidence_noise * (1 - k / n_steps), generator,
                                             autocast_dtype)
-            n_reveal = counts[k - 1] - counts[k]  # (B,)
             rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
             state.reveal(is_mask & (rank < n_reveal[:, None]), proposal, tables, vocab, eos_truncate)
     return state.x

@@ -78,6 +78,19 @@ def cer(hyps: Sequence[str], refs: Sequence[str]) -> float:
     return sum(_edit_distance(a, b) for a, b in zip(h, r)) / total
 
 
+def cer_se(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Standard error of `cer` over utterances (a ratio of sums: the delta method, edits e_i and
+    reference lengths c_i, residuals e_i − CER·c_i); nan for fewer than two utterances."""
+    h, r = [normalize_text(x) for x in hyps], [normalize_text(x) for x in refs]
+    e = np.array([_edit_distance(a, b) for a, b in zip(h, r)], dtype=np.float64)
+    c = np.array([len(x) for x in r], dtype=np.float64)
+    n = len(e)
+    if n < 2 or c.sum() == 0:
+        return float("nan")
+    resid = e - e.sum() / c.sum() * c
+    return float(np.sqrt((resid ** 2).sum() * n / (n - 1)) / c.sum())
+
+
 def encode_text(text: str) -> list[int]:
     return [ALPHABET.index(c) + 1 for c in normalize_text(text)]
 
