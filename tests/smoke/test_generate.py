@@ -108,6 +108,10 @@ def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp
     assert len(result["points"]) == 8
     assert result["recommended"]["image"]["steps"] in (2, 4)
     assert (tmp_path / "sampling_study.png").exists() and "Recommended" in (tmp_path / "sampling_study.md").read_text()
+    # `order` exists for audio only: swept there, skipped for the other modalities
+    both = run_sampling_study(str(run), tmp_path / "order", n=2, modalities=("text", "audio"),
+                              grid={"order": ["joint", "levels"]}, log=lambda *a: None)
+    assert [(p["modality"], p["value"]) for p in both["points"]] == [("audio", "joint"), ("audio", "levels")]
 
 
 def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_run, monkeypatch):
