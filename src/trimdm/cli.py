@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mc", action="append", help="a multiple-choice JSONL file (context, options, answer); "
                    "repeatable")
     p.add_argument("--no-generation", action="store_true", help="skip generation metrics (likelihood only)")
-    p.add_argument("overrides", nargs="*", help="eval.* overrides")
+    p.add_argument("overrides", nargs="*", help="eval.* and sample.* overrides")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("study", help="design-space studies: batch, sampling")

@@ -391,15 +391,17 @@ class Config:
         return cls.from_dict(data)
 
     # -- overrides ---------------------------------------------------------------------------------
-    def override(self, assignments: list[str], only: str | None = None) -> "Config":
+    def override(self, assignments: list[str], only: str | tuple[str, ...] | None = None) -> "Config":
         """Apply `key=value` strings, type-checked against the dataclass fields. `only` restricts them
-        to one section (e.g. "sample" for `trimdm generate`, which cannot change the trained model)."""
+        to some sections (e.g. "sample" for `trimdm generate`, which cannot change the trained model)."""
+        sections = (only,) if isinstance(only, str) else only
         for item in assignments:
             if "=" not in item:
                 raise ValueError(f"override {item!r} is not of the form key=value")
             key, raw = item.split("=", 1)
-            if only and not key.strip().startswith(only + "."):
-                raise ValueError(f"only {only}.* overrides apply here, got {key.strip()!r}")
+            if sections and not key.strip().startswith(tuple(f"{s}." for s in sections)):
+                raise ValueError(f"only {' and '.join(f'{s}.*' for s in sections)} overrides apply here, "
+                                 f"got {key.strip()!r}")
             set_key(self, key.strip(), raw.strip())
         return self
 

@@ -85,8 +85,13 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
 
     _, run = tiny_tri_run
     result = evaluate_run(run, ["eval.max_rows=8", "eval.tau_points=2", "eval.gen_prompts=6",
-                                "eval.gen_utterances=3"], log=lambda *a: None)
+                                "eval.gen_utterances=3", "sample.audio.steps=5"], log=lambda *a: None)
     gen = result["generation"]
+    assert gen["settings"]["audio"]["steps"] == 5  # sample.* overrides decode, and are recorded
+    for r in (gen["t2s"], gen["s2t"]):
+        assert np.isfinite(r["cer_se"]) and np.isfinite(r["chance_se"])
+    with pytest.raises(ValueError, match="only eval.\\* and sample.\\* overrides"):
+        evaluate_run(run, ["model.d_model=8"], log=lambda *a: None)
     assert set(gen["t2i"]["groups"]) <= {"seen_single", "heldout_single", "two_object"}
     for v in gen["t2i"]["groups"].values():
         assert 0 <= v["accuracy"] <= 1 and 0 <= v["chance"] <= 1 and v["n"] >= 1

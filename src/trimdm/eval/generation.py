@@ -101,10 +101,11 @@ def _shuffled(n: int, seed: int) -> np.ndarray:
 
 
 def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prompts: int, utterances: int,
-                       seed: int = 0, log=print) -> dict:
-    """Every generation metric of a run; writes the samples it scores under RUN/samples/eval/."""
+                       seed: int = 0, log=print, sample=None) -> dict:
+    """Every generation metric of a run; writes the samples it scores under RUN/samples/eval/. `sample`:
+    the sampling settings (default: the run's)."""
     t0 = time.time()
-    tasks = Tasks(loaded)
+    tasks = Tasks(loaded, sample)
     out_dir = Path(run_dir) / "samples" / "eval"
     raw = Path(data_dir) / "raw"
     items, _ = read_image_folder(raw / "images_val")

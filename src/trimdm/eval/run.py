@@ -21,7 +21,8 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
                  log=print) -> dict:
     t0 = time.time()
     loaded = load_run(run)
-    cfg = loaded.cfg.override(list(overrides), only="eval")
+    cfg = loaded.cfg.override(list(overrides), only=("eval", "sample"))  # sample.*: decode differently
+    cfg.validate()
     data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)
@@ -39,7 +40,8 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
             from trimdm.eval.generation import generation_metrics
 
             result["generation"] = generation_metrics(loaded, data.directory, judges, run_dir, cfg.eval.gen_prompts,
-                                                      cfg.eval.gen_utterances, seed=cfg.sample.seed, log=log)
+                                                      cfg.eval.gen_utterances, seed=cfg.sample.seed, log=log,
+                                                      sample=cfg.sample)
     if mc:
         from trimdm.eval.multiple_choice import run_multiple_choice
 
