@@ -202,6 +202,16 @@ SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def sampling_choices(modality: str, key: str) -> tuple[str, ...] | None:
+    """The values a word-valued sampling setting may take for a modality (None: not such a setting).
+    The decoding order `levels` exists for audio only (its residual levels)."""
+    if key == "remasking":
+        return ("confidence", "random")
+    if key == "order":
+        return ("joint", "levels") if modality == "audio" else ("joint",)
+    return None
+
+
 def _sampling(modality: str):
     return field(default_factory=lambda: ModalitySampling(**SAMPLING_DEFAULTS[modality]))
 
@@ -356,12 +366,10 @@ class Config:
             parse_schedule(dif.schedule[mod])
         for mod in MODALITIES:
             parse_schedule(self.sample[mod].schedule)
-            remasking = self.sample[mod].remasking
-            if remasking not in ("confidence", "random"):
-                raise ValueError(f"sample.{mod}.remasking={remasking!r}: expected confidence | random")
-            if self.sample[mod].order not in (("joint", "levels") if mod == "audio" else ("joint",)):
-                raise ValueError(f"sample.{mod}.order={self.sample[mod].order!r}: expected joint"
-                                 + (" | levels" if mod == "audio" else " (levels is for audio)"))
+            for key in ("remasking", "order"):
+                value, allowed = getattr(self.sample[mod], key), sampling_choices(mod, key)
+                if value not in allowed:
+                    raise ValueError(f"sample.{mod}.{key}={value!r}: expected {' | '.join(allowed)}")
         if self.sample.rerank < 1 or self.sample.rerank_draws < 1:
             raise ValueError(f"sample.rerank={self.sample.rerank} and sample.rerank_draws="
                              f"{self.sample.rerank_draws} must be >= 1")

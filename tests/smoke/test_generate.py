@@ -1,6 +1,7 @@
 """Every generation task end to end on a tiny trained tri-modal checkpoint: files, sidecars,
 reproduction from a sidecar, and clear errors for bad requests."""
 import json
+import re
 import subprocess
 import sys
 
@@ -117,6 +118,9 @@ def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp
     both = run_sampling_study(str(run), tmp_path / "order", n=2, modalities=("text", "audio"),
                               grid={"order": ["joint", "levels"]}, log=lambda *a: None)
     assert [(p["modality"], p["value"]) for p in both["points"]] == [("audio", "joint"), ("audio", "levels")]
+    with pytest.raises(ValueError, match=re.escape("expected values among joint | levels")):
+        run_sampling_study(str(run), tmp_path / "bad", n=2, modalities=("text",), grid={"order": ["joint", "lvls"]},
+                           log=lambda *a: None)
 
 
 def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_run, monkeypatch):

@@ -39,7 +39,7 @@ def test_cer_on_known_strings():
         sj.cer(["a"], ["!?"])
 
 
-def test_cer_se_matches_the_spread_of_cer_over_resampled_utterances():
+def test_cer_and_se_matches_the_spread_of_cer_over_resampled_utterances():
     """Delta-method SE of the corpus CER against the empirical SD of CER over 400 resamples of 40
     utterances from a fixed population (seeded). The SD from 400 draws has a relative SE of about
     1/sqrt(2·399) ≈ 3.5%; the tolerance is three of those."""
@@ -52,10 +52,12 @@ def test_cer_se_matches_the_spread_of_cer_over_resampled_utterances():
     for _ in range(400):
         idx = rng.integers(0, 1000, 40)
         h, r = [hyps[i] for i in idx], [refs[i] for i in idx]
-        cers.append(sj.cer(h, r))
-        ses.append(sj.cer_se(h, r))
+        rate, se = sj.cer_and_se(h, r)
+        assert rate == sj.cer(h, r)
+        cers.append(rate)
+        ses.append(se)
     assert np.mean(ses) == pytest.approx(np.std(cers, ddof=1), rel=3 * 0.035)
-    assert sj.cer_se(["ab", "ab"], ["ab", "ab"]) == 0.0 and np.isnan(sj.cer_se(["a"], ["b"]))
+    assert sj.cer_and_se(["ab", "ab"], ["ab", "ab"]) == (0.0, 0.0) and np.isnan(sj.cer_and_se(["a"], ["b"])[1])
 
 
 def test_encode_text_uses_the_alphabet():

@@ -30,7 +30,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, parse_caption, read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
-from trimdm.eval.judges.speech import cer, cer_se
+from trimdm.eval.judges.speech import cer, cer_and_se
 from trimdm.sample.tasks import Tasks
 from trimdm.tokenizers.image import save_image_grid
 
@@ -136,7 +136,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
         partial_chance = [attribute_match(captions[k + perm[j]], real_read[k + j]) for j in range(n)]
         groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance),
-                        "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance)),
+                        "attribute_match": float(np.mean(partial)),
+                        "attribute_match_chance": float(np.mean(partial_chance)),
                         "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance)}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     partial = [attribute_match(c, sc) for c, sc in zip(made, scenes)]
     partial_chance = [attribute_match(refs[perm[j]], scenes[j]) for j in range(len(idx))]
     result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": float(chance),
-                     "attribute_match": float(np.mean(partial)), "attribute_match_chance": float(np.mean(partial_chance)),
+                     "attribute_match": float(np.mean(partial)),
+                     "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                      "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
                      "samples": i2t_samples}
@@ -197,8 +199,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
         t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
     shuffled = [texts[p] for p in perm]
-    result["t2s"] = {"cer": cer(heard, texts), "n": len(texts), "chance": cer(heard_real, shuffled),
-                     "cer_se": cer_se(heard, texts), "chance_se": cer_se(heard_real, shuffled),
+    err, err_se = cer_and_se(heard, texts)
+    chance, chance_se = cer_and_se(heard_real, shuffled)
+    result["t2s"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples}
     feats_real = speech_judge.features(waves)
     feats_fake = speech_judge.features([w if len(w) else np.zeros(rate // 10, np.float32) for w in spoken])
@@ -213,8 +216,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         name = f"s2t/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
-    result["s2t"] = {"cer": cer(transcripts, texts), "n": len(texts), "chance": cer(shuffled, texts),
-                     "cer_se": cer_se(transcripts, texts), "chance_se": cer_se(shuffled, texts),
+    err, err_se = cer_and_se(transcripts, texts)
+    chance, chance_se = cer_and_se(shuffled, texts)
+    result["s2t"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
                      "samples": s2t_samples}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
         f"({time.time() - t0:.0f}s)")

@@ -162,7 +162,8 @@ def vs_chance(value, chance, n=None, higher_is_better: bool = True, se=None) -> 
     if isinstance(se, (int, float)) and math.isfinite(se) and se > 0:
         z = abs(value - chance) / se
         p = 0.5 * math.erfc(z / math.sqrt(2))
-        return f"yes (z={z:.1f}, p={p:.2g})" if p < 0.05 else f"{'above' if higher_is_better else 'below'} chance, not significant (z={z:.1f}, p={p:.2g})"
+        side = "above" if higher_is_better else "below"
+        return f"yes (z={z:.1f}, p={p:.2g})" if p < 0.05 else f"{side} chance, not significant (z={z:.1f}, p={p:.2g})"
     if higher_is_better and isinstance(n, int) and n > 0:
         p = binomial_tail(round(value * n), n, chance)
         return f"yes (p={p:.2g})" if p < 0.05 else f"above chance, not significant (p={p:.2g})"

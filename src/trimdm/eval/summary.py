@@ -25,8 +25,10 @@ def print_summary(result: dict, out=print) -> None:
         for label, v in rows:
             if "attribute_match" in v:
                 label = label.replace("all attributes right", "attribute match").replace("all right", "attribute match")
+                verdict = vs_chance(v["attribute_match"], v["attribute_match_chance"],
+                                    se=difference_se(v, "attribute_match"))
                 out(f"{label:<44}{v['attribute_match']:>10.1%}{v['attribute_match_chance']:>10.1%}{v['n']:>6}  "
-                    f"{vs_chance(v['attribute_match'], v['attribute_match_chance'], se=difference_se(v, 'attribute_match'))}")
+                    f"{verdict}")
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
             v = gen[task]
             out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "

@@ -78,11 +78,12 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     coarser ones). Without it, one stage of `steps` steps holds every masked position."""
     if remasking not in ("confidence", "random"):
         raise ValueError(f"remasking={remasking!r}: expected confidence | random")
+    device = canvas_BL.device
     if stage_BL is None:
         stage_BL, stage_steps = torch.zeros_like(canvas_BL), [steps]
     if min(stage_steps) < 1:
         raise ValueError(f"steps={stage_steps} must be >= 1")
-    device = canvas_BL.device
+    stage_BL = stage_BL.to(device)
     tables = row_tables(vocab, device)
     mask_ids = tables.mask_id_M.to(device)
     state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and guidance not in (0.0, 1.0)
@@ -90,7 +91,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
     # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
     has_eos = {m: (canvas_BL == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     for stage, n_steps in enumerate(stage_steps):
-        in_stage = stage_BL.to(device) == stage
+        in_stage = stage_BL == stage
         counts = masked_counts((_masked(state.x, mask_ids) & in_stage).sum(1).cpu(), schedule, n_steps).to(device)
         for k in range(1, n_steps + 1):
             is_mask = _masked(state.x, mask_ids) & in_stage

@@ -151,10 +151,10 @@ class Tasks:
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
             stage, stage_steps = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else (None, None)
             x = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
-                              temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
-                              confidence_noise=self.cfg.confidence_noise, remasking=s.remasking,
-                              guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
-                              autocast_dtype=self.loaded.autocast_dtype, stage_BL=stage, stage_steps=stage_steps)
+                       temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
+                       confidence_noise=self.cfg.confidence_noise, remasking=s.remasking,
+                       guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
+                       autocast_dtype=self.loaded.autocast_dtype, stage_BL=stage, stage_steps=stage_steps)
             out.append(x.cpu())
         return torch.cat(out)
 

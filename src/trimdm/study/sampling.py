@@ -30,9 +30,8 @@ GRID = {
     "temperature": [0.5, 0.7, 1.0],
     "guidance": [0.0, 1.0, 2.0, 3.0],
     "remasking": ["confidence", "random"],
-    "order": ["joint", "levels"],  # audio only (config: sample.<m>.order)
+    "order": ["joint", "levels"],  # `levels` is audio's only (config.sampling_choices)
 }
-ONLY = {"order": ("audio",)}  # settings that exist for some modalities only
 MODALITIES = ("image", "audio", "text")
 METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
           "text": ("i2t_attribute_match", True)}
@@ -75,6 +74,7 @@ def score_modality(modality: str, tasks, heldout: dict, judges: dict, seed: int)
 
 def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modalities=MODALITIES,
                        grid: dict | None = None, log=print) -> dict:
+    from trimdm.config import sampling_choices
     from trimdm.data.prepare import prepare
     from trimdm.sample.tasks import Tasks
     from trimdm.train.trainer import load_run
@@ -97,8 +97,13 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
         name, higher = METRIC[m]
         best[m] = dict(base)
         for key, values in grid.items():
-            if m not in ONLY.get(key, (m,)):
-                continue
+            choices = sampling_choices(m, key)
+            if choices is not None:
+                known = sampling_choices("audio", key)  # audio has every choice (order: joint | levels)
+                if not set(values) <= set(known):
+                    raise ValueError(f"grid {key}={values}: expected values among {' | '.join(known)}")
+                if len(choices) == 1:
+                    continue  # one choice for this modality (order for text and image): nothing to sweep
             scored = []
             for value in values:
                 setting = {**base, key: value}

@@ -122,7 +122,7 @@ class Trainer:
         used = [task for task, share in mix.items() if share > 0]
         self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len, used)
         self.val_sources = self.data.sources("val", self.vocab, cfg.data.seq_len, used)
-        missing = [task for task, share in mix.items() if share > 0 and task not in self.train_sources]
+        missing = [task for task in used if task not in self.train_sources]
         if missing:
             raise ValueError(f"data.mix gives a share to {missing}, which data.dataset={cfg.data.dataset!r} lacks")
         shares = row_shares(mix, self.data.tokens_per_row(cfg.data.seq_len))

@@ -53,17 +53,22 @@ def _manifest_hash(directory: Path) -> str:
     return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()[:12]
 
 
+def _upstream(root: Path, stage: str) -> str:
+    """What a stage after raw is built from: the hash its manifest must record to be current."""
+    if stage == "judges":
+        return _judges_upstream(root)
+    return _manifest_hash(root / {"tokenizers": "raw", "shards": "tokenizers"}[stage])
+
+
 def _built_from_raw(root: Path) -> bool:
     """Every stage after raw is complete and was built from the raw manifest that is there. Training and
     evaluation then read no training media, so a copy of the data set that keeps raw/manifest.json and
     the val folders but not the training media (e.g. shipped to a GPU machine) still loads."""
     if not (root / "raw" / MANIFEST).exists():
         return False
-    for stage, upstream in (("tokenizers", lambda: _manifest_hash(root / "raw")),
-                            ("shards", lambda: _manifest_hash(root / "tokenizers")),
-                            ("judges", lambda: _judges_upstream(root))):
+    for stage in ("tokenizers", "shards", "judges"):
         manifest, _ = verify_stage(root / stage)
-        if manifest is None or manifest.get("upstream") != upstream():
+        if manifest is None or manifest.get("upstream") != _upstream(root, stage):
             return False
     return True
 
@@ -190,13 +195,13 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     if not _built_from_raw(root):
         _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
     _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
-             _manifest_hash(root / "raw"), log)
+            _upstream(root, "tokenizers"), log)
     tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),
                   "image": ImageTokenizer.load(root / "tokenizers" / "image"),
                   "audio": AudioCodec.load(root / "tokenizers" / "audio")}
     shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
-                     _manifest_hash(root / "tokenizers"), log)
-    _ensure(root / "judges", lambda tmp: _build_judges(tmp, root, tw, log, strict), _judges_upstream(root), log)
+                     _upstream(root, "shards"), log)
+    _ensure(root / "judges", lambda tmp: _build_judges(tmp, root, tw, log, strict), _upstream(root, "judges"), log)
     write_report(root)
     return TinyworldData(root, shards, tokenizers)
 

@@ -67,28 +67,32 @@ def _edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def cer(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Character error rate: total Levenshtein distance / total reference characters, both normalised."""
+def _edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(edit distance, reference length) per utterance, both texts normalised."""
     if len(hyps) != len(refs):
         raise ValueError(f"need as many hypotheses as references, got {len(hyps)} and {len(refs)}")
     h, r = [normalize_text(x) for x in hyps], [normalize_text(x) for x in refs]
-    total = sum(len(x) for x in r)
-    if total == 0:
+    if sum(len(x) for x in r) == 0:
         raise ValueError("the references hold no characters after normalisation")
-    return sum(_edit_distance(a, b) for a, b in zip(h, r)) / total
+    return (np.array([_edit_distance(a, b) for a, b in zip(h, r)], dtype=np.float64),
+            np.array([len(x) for x in r], dtype=np.float64))
 
 
-def cer_se(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Standard error of `cer` over utterances (a ratio of sums: the delta method, edits e_i and
-    reference lengths c_i, residuals e_i − CER·c_i); nan for fewer than two utterances."""
-    h, r = [normalize_text(x) for x in hyps], [normalize_text(x) for x in refs]
-    e = np.array([_edit_distance(a, b) for a, b in zip(h, r)], dtype=np.float64)
-    c = np.array([len(x) for x in r], dtype=np.float64)
-    n = len(e)
-    if n < 2 or c.sum() == 0:
-        return float("nan")
-    resid = e - e.sum() / c.sum() * c
-    return float(np.sqrt((resid ** 2).sum() * n / (n - 1)) / c.sum())
+def cer(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Character error rate: total Levenshtein distance / total reference characters, both normalised."""
+    e, c = _edits(hyps, refs)
+    return float(e.sum() / c.sum())
+
+
+def cer_and_se(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, float]:
+    """`cer` and its standard error over utterances (a ratio of sums: the delta method, edits e_i and
+    reference lengths c_i, residuals e_i − CER·c_i); the SE is nan for fewer than two utterances."""
+    e, c = _edits(hyps, refs)
+    rate, n = float(e.sum() / c.sum()), len(e)
+    if n < 2:
+        return rate, float("nan")
+    resid = e - rate * c
+    return rate, float(np.sqrt((resid ** 2).sum() * n / (n - 1)) / c.sum())
 
 
 def encode_text(text: str) -> list[int]:
