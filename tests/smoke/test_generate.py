@@ -64,10 +64,13 @@ def test_bad_requests_fail_with_clear_errors(tiny_tri_run, tmp_path):
         generate(str(run), "t2i", "  ", **QUIET)
     with pytest.raises(ValueError, match="exceeds|needs .* positions"):
         generate(str(run), "t2s", "word " * 400, n=1, **QUIET)
+    with pytest.raises(ValueError, match="nope.png: no such input file"):
+        generate(str(run), "i2t", input_path=str(tmp_path / "nope.png"), **QUIET)
     bad_png = tmp_path / "bad.png"
     bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(ValueError, match="bad.png: not a readable"):
         generate(str(run), "i2t", input_path=str(bad_png), **QUIET)
+    assert not (run / "samples" / "generate" / "i2t-seed0").exists()  # failed requests leave no folder
     bad_wav = tmp_path / "bad.wav"
     bad_wav.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")
     with pytest.raises(ValueError, match="bad.wav: not a readable WAV"):

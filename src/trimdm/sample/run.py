@@ -125,6 +125,8 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         raise ValueError(f"task {task} needs --input ({'a PNG' if task == 'i2t' else 'a WAV'} file)")
     if task == "infill" and not span:
         raise ValueError("task infill needs --span START:END")
+    if input_path and not Path(input_path).is_file():
+        raise ValueError(f"{input_path}: no such input file")
     loaded = load_run(run)
     cfg = loaded.cfg.override(list(overrides), only="sample")
     cfg.validate()
@@ -137,7 +139,6 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         out_dir, k = stem, 1
         while out_dir.exists() and any(out_dir.iterdir()):
             out_dir, k = stem.with_name(f"{stem.name}-{k}"), k + 1
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = {"task": task, "prompt": prompt, "input": str(input_path) if input_path else None,
             "input_sha256": sha256_file(Path(input_path)) if input_path else None, "span": span, "n": n,
             "seed": seed, "settings": dataclasses.asdict(cfg.sample), "checkpoint": str(loaded.checkpoint)}
@@ -167,6 +168,7 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
                 outputs.append(("png", tasks.image_of(r)))
             else:
                 outputs.append(("wav", tasks.wave_of(r)))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a request that fails leaves no folder behind
     sidecars = []
     for i, (kind, value) in enumerate(outputs):
         name = f"{i:03d}.{kind}"
