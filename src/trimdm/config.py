@@ -73,6 +73,7 @@ class TinyworldConfig:
     image_steps: int = 2000  # image tokenizer training steps
     image_batch: int = 32
     image_channels: tuple[int, int, int] = (32, 64, 96)  # autoencoder widths per resolution (32 -> 8)
+    image_fsq_levels: tuple[int, ...] = (7, 5, 5, 5)  # image tokenizer FSQ levels; codebook = their product
     audio_steps: int = 1500  # audio codec training steps
     audio_batch: int = 16
     audio_channels: int = 256  # codec encoder/decoder width
@@ -469,6 +470,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v]
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: any non-empty length
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"{key}: expected one or more comma-separated values, got {value!r}")
+            args = (args[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
         return tuple(_coerce(v, a, key) for a, v in zip(args, value))

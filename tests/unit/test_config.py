@@ -71,3 +71,25 @@ def test_configs_of_earlier_versions_still_load():
 
     with pytest.raises(ValueError, match="bogus"):
         Config.from_dict(d)
+
+
+def test_variable_length_tuples(tmp_path):
+    """tuple[int, ...] fields take any non-empty comma list and survive the JSON round trip."""
+    cfg = demo().override(["data.tinyworld.image_fsq_levels=4,4,4"])
+    assert cfg.data.tinyworld.image_fsq_levels == (4, 4, 4)
+    cfg.derive().to_json(tmp_path / "c.json")
+    assert Config.from_json(tmp_path / "c.json").data.tinyworld.image_fsq_levels == (4, 4, 4)
+    with pytest.raises(ValueError, match="image_fsq_levels: expected one or more"):
+        demo().override(["data.tinyworld.image_fsq_levels=[]"])
+    with pytest.raises(ValueError, match="image_fsq_levels: expected an integer"):
+        demo().override(["data.tinyworld.image_fsq_levels=4,four"])
+
+
+def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
+    from trimdm.data.tinyworld.dataset import _hash, data_spec
+
+    base, coarse = demo().data, demo().override(["data.tinyworld.image_fsq_levels=4,4,4"]).data
+    assert data_spec(coarse)["image_tokenizer"]["fsq_levels"] == (4, 4, 4)
+    assert "image_fsq_levels" not in data_spec(base)["tinyworld"]  # hashed once, under image_tokenizer
+    assert data_spec(base)["image_tokenizer"]["fsq_levels"] == base.tinyworld.image_fsq_levels
+    assert _hash(data_spec(base)) != _hash(data_spec(coarse))

@@ -107,7 +107,8 @@ def speech_texts(captions: list[str], docs: list[str], n: int, seed: int) -> lis
 def image_config(tw):
     from trimdm.tokenizers.image import ImageTokenizerConfig
 
-    return ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels))
+    return ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels),
+                                fsq_levels=tuple(tw.image_fsq_levels))
 
 
 def audio_config(tw):
@@ -179,6 +180,15 @@ class TinyworldData:
         rule.write_text(json.dumps(self.manifest["audio_length_rule"], indent=2) + "\n")
 
 
+def data_spec(cfg) -> dict:
+    """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
+    it. The image FSQ levels are hashed once, inside image_tokenizer, so adding that knob kept the names
+    of directories prepared before it."""
+    tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k != "image_fsq_levels"}
+    return {"tinyworld": tinyworld, "text_vocab": cfg.text_vocab,
+            "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": asdict(audio_config(cfg.tinyworld))}
+
+
 def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root)."""
     from trimdm.tokenizers.audio import AudioCodec
@@ -186,9 +196,7 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     from trimdm.tokenizers.text import TextTokenizer
 
     tw = cfg.tinyworld
-    # the directory name hashes everything that shapes the data, tokenizer defaults included
-    spec = {"tinyworld": asdict(tw), "text_vocab": cfg.text_vocab, "image_tokenizer": asdict(image_config(tw)),
-            "audio_codec": asdict(audio_config(tw))}
+    spec = data_spec(cfg)
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
