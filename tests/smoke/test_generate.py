@@ -100,6 +100,9 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
     for v in gen["t2i"]["groups"].values():
         assert 0 <= v["accuracy"] <= 1 and 0 <= v["chance"] <= 1 and v["n"] >= 1
     assert 0 <= gen["i2t"]["accuracy"] <= 1 and gen["t2s"]["cer"] >= 0 and gen["s2t"]["cer"] >= 0
+    for r in (*gen["t2i"]["groups"].values(), gen["i2t"]):  # every wrong item has at least one kind of error
+        wrong = round(r["n"] * (1 - r["accuracy"]))
+        assert max(r["errors"].values(), default=0) <= wrong <= sum(r["errors"].values())
     assert np.isfinite(gen["fid_image"]) and np.isfinite(gen["fad_audio"])
     assert (run / gen["t2i"]["grid"]).exists() and (run / gen["t2s"]["samples"][0]["wav"]).exists()
     assert "judges" in result and (run / "report.html").exists() and (run / "report.md").exists()

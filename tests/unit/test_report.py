@@ -81,11 +81,13 @@ def full_eval(run):
         "judges": {"image": {"accuracy": 0.9375, "ceiling_on_reconstructions": 0.8438},
                    "speech": {"cer": 0.0625, "ceiling_cer": 0.1094}},
         "generation": {
-            "t2i": {"groups": {"seen_single": {"accuracy": 0.75, "n": 48, "chance": 0.125},
+            "t2i": {"groups": {"seen_single": {"accuracy": 0.75, "n": 48, "chance": 0.125,
+                                               "errors": {"shape": 9, "color": 5, "location": 0}},
                                "heldout_single": {"accuracy": 0.375, "n": 24, "chance": 0.125},
                                "two_object": {"accuracy": 0.1, "n": 20, "chance": 0.125}},
                     "grid": "samples/eval/t2i/grid.png", "samples": t2i_samples},
-            "i2t": {"accuracy": 0.5, "n": 16, "chance": 0.25, "samples": i2t},
+            "i2t": {"accuracy": 0.5, "n": 16, "chance": 0.25, "samples": i2t,
+                    "errors": {"shape": 6, "color": 3, "location": 0, "count": 7}},
             "t2s": {"cer": 0.45, "n": 12, "chance": 0.9, "samples": t2s},
             "s2t": {"cer": 0.95, "n": 12, "chance": 0.9, "samples": s2t},
             "fid_image": 41.25, "fad_audio": 3.875,
@@ -167,6 +169,10 @@ def test_every_number_appears(full):
         expected += [fmt(r["accuracy"]), fmt(r["questions"]), fmt(r["chance"])]
     texts = ["caption 2", "reference 1", "heard 0", "say 2", "transcript 1", "spoken 2", "utterance number 1",
              "a red ball 3", "colors.jsonl", "seen_single", "two_object"]
+    expected += ["What the wrong ones got wrong", "T2I seen_single"]
+    # the error-kind table: a column per kind found in any task (size is absent), zeros where a task lacks one
+    assert "| task | n | shape | color | location | count |" in md
+    assert "| T2I seen_single | 48 | 9 | 5 | 0 | 0 |" in md and "| I2T | 16 | 6 | 3 | 0 | 7 |" in md
     assert "7.125" in expected and "25,980" in expected and "0.8438" in expected  # fmt is not vacuous
     for s in expected + texts:
         assert s in md, s

@@ -20,6 +20,7 @@ from trimdm.data.tinyworld.scenes import (
     Scene,
     caption,
     caption_errors,
+    error_kind,
     has_heldout_pair,
     layout,
     parse_caption,
@@ -185,6 +186,22 @@ def test_parse_recovers_relations_and_detects_wrong_captions():
     with pytest.raises(ValueError):
         parse_caption("a red circle above it")
     assert parse_caption("nothing to see here") == []
+
+
+def test_every_error_message_has_its_kind():
+    scene = Scene((Obj("circle", "red", "small", 0, 0), Obj("square", "blue", "large", 2, 2)), "white", 0)
+    rest = " and a large blue square in the bottom right"
+    cases = {"a small green circle in the top left" + rest: {"color"},
+             "a large red circle in the top left" + rest: {"size"},
+             "a small red square in the top left" + rest: {"shape"},
+             "a small red circle at the top" + rest: {"location"},
+             "a small red circle to the right of a blue square": {"relation"},
+             "a small red circle in the top left": {"count"},
+             "a large green circle at the top" + rest: {"size", "color", "location"},
+             "a red circle above it": {"unreadable"}}
+    for text, kinds in cases.items():
+        errors = caption_errors(text, scene)
+        assert errors and {error_kind(e) for e in errors} == kinds, (text, errors)
 
 
 # --- rendering ---------------------------------------------------------------------------------------

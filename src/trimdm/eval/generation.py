@@ -5,6 +5,8 @@
   single-object captions of seen colour–shape pairs, single-object captions of held-out pairs (never
   seen together in training) and two-object captions.
 - I2T: caption each held-out image; correct when the caption's attributes are right for the true scene.
+  T2I groups and I2T also count, per kind of error (shape, colour, size, location, relation, number
+  of objects, unreadable), how many items have one: which attribute a model has not learned yet.
 - T2S: speak each held-out transcript; the speech judge transcribes it; character error rate (CER).
 - S2T: transcribe each held-out utterance; CER against its transcript.
 - Fréchet distances of generated against held-out real images and speech in the judges' feature
@@ -27,7 +29,7 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS, parse_caption, read_image_folder
+from trimdm.data.tinyworld.scenes import ERROR_KINDS, HELDOUT_PAIRS, error_kind, parse_caption, read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
 from trimdm.eval.judges.speech import cer, cer_and_se
@@ -86,6 +88,16 @@ def attribute_match(text: str, scene) -> float:
     return hits / total if total else 0.0
 
 
+def error_counts(errors: list[list[str]]) -> dict[str, int]:
+    """Per error kind (scenes.ERROR_KINDS), how many items have at least one error of that kind; an item
+    can count under several kinds, a right one under none."""
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    for errs in errors:
+        for kind in {error_kind(e) for e in errs}:
+            counts[kind] += 1
+    return counts
+
+
 def _se(values) -> float:
     """Standard error of a mean over items (nan for fewer than two)."""
     a = np.asarray(values, dtype=np.float64)
@@ -123,7 +135,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     captions = [items[i][1] for i in order]
     images, _ = tasks.t2i(captions, seed)
     read = image_judge.predict(np.stack(images))
-    correct = [not judge_caption(c, s) for c, s in zip(captions, read)]
+    errors = [judge_caption(c, s) for c, s in zip(captions, read)]
+    correct = [not e for e in errors]
     real_read = image_judge.predict(np.stack([items[i][0] for i in order]))
     groups, k = {}, 0
     for name, idx in chosen.items():
@@ -138,7 +151,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance),
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": float(np.mean(partial_chance)),
-                        "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance)}
+                        "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
+                        "errors": error_counts(errors[k:k + n])}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
     samples = []
@@ -162,7 +176,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     scenes = [items[i][2] for i in idx]
     refs = [items[i][1] for i in idx]
     made = tasks.i2t(real_images, seed)
-    ok = [not judge_caption(c, s) for c, s in zip(made, scenes)]
+    errors = [judge_caption(c, s) for c, s in zip(made, scenes)]
+    ok = [not e for e in errors]
     perm = _shuffled(len(idx), seed + 1)
     chance = np.mean([not judge_caption(refs[perm[j]], scenes[j]) for j in range(len(idx))])
     single = [j for j, s in enumerate(scenes) if len(s.objects) == 1]
@@ -180,7 +195,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                      "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                      "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
-                     "samples": i2t_samples}
+                     "errors": error_counts(errors), "samples": i2t_samples}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
     # -- T2S and S2T on held-out utterances ------------------------------------------------------------

@@ -474,6 +474,7 @@ def _generation(run: Path, gen: dict) -> list:
                      "\"beats chance\" for it needs a one-sided z-test p < 0.05 with the standard errors of the "
                      "CER and of its chance level over utterances."),
                 Table(SCORE_HEADER, rows)]
+    out += _error_kinds(gen)
     settings = gen.get("settings")
     if isinstance(settings, dict) and settings:
         srows = [[k, ", ".join(f"{a}={fmt(b)}" for a, b in _flatten(v))] if isinstance(v, dict) else [k, fmt(v)]
@@ -490,6 +491,22 @@ def _generation(run: Path, gen: dict) -> list:
         if samples:
             out += [Heading(title, 3)] + _sample_table(run, samples, cols)
     return out if len(out) > 1 else []
+
+
+def _error_kinds(gen: dict) -> list:
+    """Per task (and T2I group), how many of its items have each kind of error."""
+    t2i, i2t = gen.get("t2i") or {}, gen.get("i2t") or {}
+    scored = [(f"T2I {g}", r) for g, r in (t2i.get("groups") or {}).items()]
+    scored += [("I2T", i2t)] if isinstance(i2t, dict) else []
+    scored = [(label, r) for label, r in scored if isinstance(r, dict) and isinstance(r.get("errors"), dict)]
+    if not scored:
+        return []
+    kinds = list(dict.fromkeys(k for _, r in scored for k in r["errors"]))
+    rows = [[label, fmt(r.get("n"))] + [fmt(r["errors"].get(k, 0)) for k in kinds] for label, r in scored]
+    return [Heading("What the wrong ones got wrong", 3),
+            Para("Items with at least one error of each kind (an item can count under several kinds; the "
+                 "judge reads generated images, the true scene is used for captions)."),
+            Table(["task", "n"] + kinds, rows)]
 
 
 def _mark(correct) -> str:

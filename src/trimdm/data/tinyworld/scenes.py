@@ -451,6 +451,19 @@ def caption_errors(text: str, scene: Scene) -> list[str]:
     return errors
 
 
+# What a caption got wrong, by kind: an attribute of an object, a relation, the number of objects, or
+# nothing readable (a caption that does not parse, an image the judge cannot read as a scene).
+ERROR_KINDS: tuple[str, ...] = ("shape", "color", "size", "location", "relation", "count", "unreadable")
+
+
+def error_kind(message: str) -> str:
+    """The kind (ERROR_KINDS) of one message of caption_errors or of the image judge's judge_caption."""
+    m = re.match(r"object \d+: (shape|color|size|row|col|not) ", message)
+    if m:
+        return {"row": "location", "col": "location", "not": "relation"}.get(m.group(1), m.group(1))
+    return "count" if message.startswith("caption mentions ") else "unreadable"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Image folder: images/{i:06d}.png + captions.jsonl with {"file", "caption", "scene"?} per line
 
