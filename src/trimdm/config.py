@@ -101,6 +101,9 @@ class DiffusionConfig:
     antimask: str = "none"  # none | complement | crossmodal (SPEC §4)
     t_min: float = 1e-3  # τ clamp; with complement pairs both β and 1−β stay ≥ t_min
     conditional: float = 0.0  # fraction of paired rows noised in one modality only (masking.py)
+    # of those, the share with the text noised and the medium clean (I2T, S2T); the rest are media|text.
+    # A text|media row supervises only its ~10-30 text tokens, a media|text row its 64-380 media tokens.
+    text_given_media: float = 0.5
 
 
 @dataclass
@@ -174,6 +177,9 @@ class TrainConfig:
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
     eval_every: int = 0  # steps between held-out NELBO evaluations; 0: never during training
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    # a run directory or checkpoint whose model weights start this run (same data and model shape); the
+    # optimizer, schedule and data order start afresh. A checkpoint of this run's own wins (resume).
+    init: str = ""
 
 
 @dataclass
@@ -342,6 +348,8 @@ class Config:
             raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
         if not 0.0 <= dif.conditional <= 1.0:
             raise ValueError(f"diffusion.conditional={dif.conditional} must lie in [0, 1]")
+        if not 0.0 <= dif.text_given_media <= 1.0:
+            raise ValueError(f"diffusion.text_given_media={dif.text_given_media} must lie in [0, 1]")
         if not 0 < dif.t_min < 0.5:
             raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
         if o.lr_schedule not in ("cosine", "constant"):

@@ -51,6 +51,26 @@ def test_same_seed_is_bit_identical(reference, tmp_path, data_root):
     assert losses(tmp_path / "seed1") != losses(reference)
 
 
+def test_init_starts_from_another_runs_weights(reference, tmp_path, data_root):
+    from trimdm.train.trainer import Trainer
+
+    final = load_checkpoint(reference, with_optimizer=False)["model"]
+    cfg = tiny().override([f"data.root={data_root}", f"train.init={reference}", "optim.base.lr=1e-3"])
+    trainer = Trainer(cfg, tmp_path / "ft", log=lambda *a: None, progress=False)
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in final.items())
+    assert trainer.step == 0  # a fresh optimizer and schedule, not a resume
+    train(cfg, tmp_path / "ft", log=lambda *a: None)
+    first = losses(tmp_path / "ft")[1]
+    assert first < losses(reference)[1] - 0.5  # starts near where the reference ended, not from scratch
+    wider = tiny().override([f"data.root={data_root}", f"train.init={reference}", "model.d_model=96"])
+    with pytest.raises(ValueError, match="does not fit this run's model config"):
+        Trainer(wider, tmp_path / "wide", log=lambda *a: None, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        Trainer(tiny().override([f"data.root={data_root}", f"train.init={tmp_path / 'nothing'}"]), tmp_path / "n",
+                log=lambda *a: None, progress=False)
+
+
 def _wait_for(predicate, proc, timeout=120):
     t0 = time.time()
     while not predicate():

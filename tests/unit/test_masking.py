@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from trimdm.diffusion.masking import draw_noise, mask_batch, stratified_tau, tau_bounds
@@ -84,6 +85,19 @@ def test_conditional_rows_keep_one_modality_clean_and_text_rows_untouched():
     assert torch.equal(nb.masked_BL[2], TABLES.maskable(clean[2]))  # joint: everything maskable masked
     assert torch.equal(nb.masked_BL[6], TABLES.maskable(clean[6]))  # text row: mode ignored
     assert torch.equal(nb.maskable_BL[0], TABLES.maskable(clean[0]) & (m[0] == IMAGE))
+
+
+def test_conditional_direction_shares():
+    from trimdm.diffusion.masking import JOINT, MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA, conditional_modes
+
+    c = torch.tensor([0.05, 0.15, 0.25, 0.45, 0.55, 0.95], dtype=torch.float64)
+    # f = 0.5, s = 0.8: [0, 0.1) media|text, [0.1, 0.5) text|media, [0.5, 1) joint
+    assert conditional_modes(c, 0.5, 0.8).tolist() == [MEDIA_GIVEN_TEXT] + [TEXT_GIVEN_MEDIA] * 3 + [JOINT] * 2
+    assert conditional_modes(c, 0.5, 0.5).tolist() == conditional_modes(c, 0.5).tolist()  # the default split
+    assert conditional_modes(c, 1.0, 1.0).tolist() == [TEXT_GIVEN_MEDIA] * 6
+    assert conditional_modes(c, 1.0, 0.0).tolist() == [MEDIA_GIVEN_TEXT] * 6
+    with pytest.raises(ValueError, match="text_given_media"):
+        conditional_modes(c, 0.5, 1.5)
 
 
 def test_compact_parts_give_the_same_loss_as_the_whole_batch():

@@ -99,13 +99,16 @@ def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float,
 JOINT, MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA = 0, 1, 2
 
 
-def conditional_modes(c_B: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Per-row mode from one uniform: [0, f/2) media|text, [f/2, f) text|media, else joint."""
+def conditional_modes(c_B: torch.Tensor, fraction: float, text_share: float = 0.5) -> torch.Tensor:
+    """Per-row mode from one uniform: [0, f·(1−s)) media|text, [f·(1−s), f) text|media, else joint
+    (f = diffusion.conditional, s = diffusion.text_given_media)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"diffusion.conditional={fraction} must lie in [0, 1]")
+    if not 0.0 <= text_share <= 1.0:
+        raise ValueError(f"diffusion.text_given_media={text_share} must lie in [0, 1]")
     mode = torch.full(c_B.shape, JOINT, dtype=torch.long)
     mode[c_B < fraction] = TEXT_GIVEN_MEDIA
-    mode[c_B < fraction / 2] = MEDIA_GIVEN_TEXT
+    mode[c_B < fraction * (1.0 - text_share)] = MEDIA_GIVEN_TEXT
     return mode
 
 

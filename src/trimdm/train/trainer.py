@@ -115,7 +115,10 @@ class Trainer:
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
-        self.model = build_model(cfg, self.vocab).to(self.device)
+        self.model = build_model(cfg, self.vocab)
+        if t.init:
+            self.initial = init_weights_from(self.model, self.vocab, t.init)
+        self.model = self.model.to(self.device)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
         mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
@@ -174,7 +177,7 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, d, env = self.cfg, self.cfg.derived, self.env
         tau, u, c = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
-        mode = conditional_modes(c, cfg.diffusion.conditional)
+        mode = conditional_modes(c, cfg.diffusion.conditional, cfg.diffusion.text_given_media)
         clean = self.loader.next()  # this rank's clean rows, split into micro-batches below
         offset = env.rank * self.clean_rank
         batches = []
@@ -250,7 +253,8 @@ class Trainer:
         cfg, d, t = self.cfg, self.cfg.derived, self.cfg.train
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.resume()
+        if not self.resume() and cfg.train.init:
+            self.log(f"initialised the model from {self.initial} (train.init); optimizer and schedule start afresh")
         if self.env.is_main:
             cfg.to_json(self.out / "config.json")
             self.vocab.save(self.out / "vocab.json")
@@ -329,6 +333,25 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
             out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return out
+
+
+def init_weights_from(model: Transformer, vocab: JointVocab, path: str | Path) -> Path:
+    """Load the model weights of a run directory or checkpoint (`train.init`) into a fresh model: the
+    start of a fine-tune or a continued run under a changed recipe. The optimizer, schedule and data
+    order start afresh. The vocabulary and every parameter's shape must match. Returns the checkpoint."""
+    ckpt = load_checkpoint(path, with_optimizer=False)
+    if JointVocab.from_dict(ckpt["vocab"]) != vocab:
+        raise ValueError(f"train.init={path}: its vocabulary differs from this run's (another data set or "
+                         "tokenizer settings); initialise only from a run on the same prepared data")
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in ckpt["model"].items()
+           if k in own and v.shape != own[k].shape]
+    missing, extra = sorted(set(own) - set(ckpt["model"])), sorted(set(ckpt["model"]) - set(own))
+    if bad or missing or extra:
+        raise ValueError(f"train.init={path}: its model does not fit this run's model config "
+                         f"(shapes: {bad[:3]}; missing: {missing[:3]}; unexpected: {extra[:3]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in ckpt["model"].items()})
+    return ckpt["path"]
 
 
 def train(cfg: Config, out_dir: str | Path, log=print, progress: bool = True) -> dict:
