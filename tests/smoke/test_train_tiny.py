@@ -66,7 +66,7 @@ def test_init_starts_from_another_runs_weights(reference, tmp_path, data_root):
     wider = tiny().override([f"data.root={data_root}", f"train.init={reference}", "model.d_model=96"])
     with pytest.raises(ValueError, match="does not fit this run's model config"):
         Trainer(wider, tmp_path / "wide", log=lambda *a: None, progress=False)
-    with pytest.raises(ValueError, match="checkpoint"):
+    with pytest.raises(ValueError, match="train.init: .*no such run or checkpoint"):
         Trainer(tiny().override([f"data.root={data_root}", f"train.init={tmp_path / 'nothing'}"]), tmp_path / "n",
                 log=lambda *a: None, progress=False)
 

@@ -339,7 +339,10 @@ def init_weights_from(model: Transformer, vocab: JointVocab, path: str | Path) -
     """Load the model weights of a run directory or checkpoint (`train.init`) into a fresh model: the
     start of a fine-tune or a continued run under a changed recipe. The optimizer, schedule and data
     order start afresh. The vocabulary and every parameter's shape must match. Returns the checkpoint."""
-    ckpt = load_checkpoint(path, with_optimizer=False)
+    try:
+        ckpt = load_checkpoint(path, with_optimizer=False)
+    except ValueError as e:
+        raise ValueError(f"train.init: {e}") from None
     if JointVocab.from_dict(ckpt["vocab"]) != vocab:
         raise ValueError(f"train.init={path}: its vocabulary differs from this run's (another data set or "
                          "tokenizer settings); initialise only from a run on the same prepared data")
