@@ -100,6 +100,13 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
     for v in gen["t2i"]["groups"].values():
         assert 0 <= v["accuracy"] <= 1 and 0 <= v["chance"] <= 1 and v["n"] >= 1
     assert 0 <= gen["i2t"]["accuracy"] <= 1 and gen["t2s"]["cer"] >= 0 and gen["s2t"]["cer"] >= 0
+    single = gen["i2t"]["single"]
+    assert 1 <= single["n"] <= gen["i2t"]["n"] and 0 <= single["accuracy"] <= 1 and 0 <= single["chance"] <= 1
+    from trimdm.eval.summary import print_summary
+
+    lines = []
+    print_summary(result, out=lines.append)
+    assert any(line.startswith("I2T caption all right, single-object") for line in lines)
     for r in (*gen["t2i"]["groups"].values(), gen["i2t"]):  # every wrong item has at least one kind of error
         wrong = round(r["n"] * (1 - r["accuracy"]))
         assert max(r["errors"].values(), default=0) <= wrong <= sum(r["errors"].values())

@@ -5,6 +5,7 @@
   single-object captions of seen colour–shape pairs, single-object captions of held-out pairs (never
   seen together in training) and two-object captions.
 - I2T: caption each held-out image; correct when the caption's attributes are right for the true scene.
+  Reported over all images and over the single-object ones (`single`).
   T2I groups and I2T also count, per kind of error (shape, colour, size, location, relation, number
   of objects, unreadable), how many items have one: which attribute a model has not learned yet.
 - T2S: speak each held-out transcript; the speech judge transcribes it; character error rate (CER).
@@ -194,8 +195,12 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                      "attribute_match": float(np.mean(partial)),
                      "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
-                     "accuracy_single": float(np.mean([ok[j] for j in single])) if single else None,
                      "errors": error_counts(errors), "samples": i2t_samples}
+    if single:  # the single-object images alone, the I2T target; chance pairs them among themselves
+        swap = _shuffled(len(single), seed + 3)
+        result["i2t"]["single"] = {
+            "accuracy": float(np.mean([ok[j] for j in single])), "n": len(single),
+            "chance": float(np.mean([not judge_caption(refs[single[swap[i]]], scenes[j]) for i, j in enumerate(single)]))}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
     # -- T2S and S2T on held-out utterances ------------------------------------------------------------
