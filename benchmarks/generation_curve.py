@@ -1,10 +1,12 @@
 """Generation quality along a run: every kept checkpoint scored by the data set's judges. Prints JSON.
 
-    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16] [--tasks t2i,i2t,t2s]
+    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16]
+                                          [--tasks t2i,i2t,t2s; also i2t_single]
                                           [key=value sample overrides]
 
 Per checkpoint (step, tokens): T2I all-attributes-right on held-out single-object prompts, split into
-seen and held-out (colour, shape) compositions, I2T caption all right, T2S character error rate, with
+seen and held-out (colour, shape) compositions, I2T caption all right (val images in order; with
+`i2t_single`, also on single-object images alone, the issue's I2T target), T2S character error rate, with
 the run's sampling settings, the same prompts and seed at every checkpoint. With `train.ckpt_every`
 and `train.keep_checkpoints` this is the learning curve of the generation tasks, the quantity a recipe's
 token budget is sized by (tinyworld runs only: the judges score the samples).
@@ -44,8 +46,8 @@ def main() -> None:
     single = {"seen": [it for it, u in zip(held["image"], unseen) if not u][:args.prompts],
               "heldout": [it for it, u in zip(held["image"], unseen) if u][:args.prompts]}
     chosen = set(args.tasks.split(","))
-    if not chosen <= {"t2i", "i2t", "t2s"}:
-        raise SystemExit(f"--tasks {args.tasks}: choose from t2i, i2t, t2s")
+    if not chosen <= {"t2i", "i2t", "i2t_single", "t2s"}:
+        raise SystemExit(f"--tasks {args.tasks}: choose from t2i, i2t, i2t_single, t2s")
     points, settings = [], None
     for path in steps:
         t0 = time.time()
@@ -59,6 +61,9 @@ def main() -> None:
         if "i2t" in chosen:
             match, right = score_modality("text", tasks, {"text": held["text"][:args.prompts]}, judges, args.seed)
             point["i2t"], point["i2t_attribute_match"] = right, match
+        if "i2t_single" in chosen:  # held["image"] holds the single-object val scenes
+            match, right = score_modality("text", tasks, {"text": held["image"][:args.prompts]}, judges, args.seed)
+            point["i2t_single"], point["i2t_single_attribute_match"] = right, match
         if "t2s" in chosen:
             point["t2s_cer"], _ = score_modality("audio", tasks, {"audio": held["audio"][:args.utterances]}, judges,
                                                  args.seed)
