@@ -63,6 +63,8 @@ def test_init_starts_from_another_runs_weights(reference, tmp_path, data_root):
     train(cfg, tmp_path / "ft", log=lambda *a: None)
     first = losses(tmp_path / "ft")[1]
     assert first < losses(reference)[1] - 0.5  # starts near where the reference ended, not from scratch
+    again = Trainer(cfg, tmp_path / "ft", log=lambda *a: None, progress=False)
+    assert again.initial is None  # the run's own checkpoint wins: fit() resumes it, train.init is not read
     wider = tiny().override([f"data.root={data_root}", f"train.init={reference}", "model.d_model=96"])
     with pytest.raises(ValueError, match="does not fit this run's model config"):
         Trainer(wider, tmp_path / "wide", log=lambda *a: None, progress=False)

@@ -497,9 +497,8 @@ def _generation(run: Path, gen: dict) -> list:
 
 def _error_kinds(gen: dict) -> list:
     """Per task (and T2I group), how many of its items have each kind of error."""
-    t2i, i2t = gen.get("t2i") or {}, gen.get("i2t") or {}
-    scored = [(f"T2I {g}", r) for g, r in (t2i.get("groups") or {}).items()]
-    scored += [("I2T", i2t)] if isinstance(i2t, dict) else []
+    scored = [(f"T2I {g}", r) for g, r in ((gen.get("t2i") or {}).get("groups") or {}).items()]
+    scored += [("I2T", gen.get("i2t"))]
     scored = [(label, r) for label, r in scored if isinstance(r, dict) and isinstance(r.get("errors"), dict)]
     if not scored:
         return []

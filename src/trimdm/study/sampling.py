@@ -99,7 +99,7 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
         for key, values in grid.items():
             choices = sampling_choices(m, key)
             if choices is not None:
-                known = sampling_choices("audio", key)  # audio has every choice (order: joint | levels)
+                known = list(dict.fromkeys(c for mod in MODALITIES for c in sampling_choices(mod, key)))
                 if not set(values) <= set(known):
                     raise ValueError(f"grid {key}={values}: expected values among {' | '.join(known)}")
                 if len(choices) == 1:

@@ -116,8 +116,9 @@ class Trainer:
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
         self.model = build_model(cfg, self.vocab)
-        if t.init:
-            self.initial = init_weights_from(self.model, self.vocab, t.init)
+        # train.init only starts a new run: a checkpoint of the run's own is resumed in fit() instead
+        resuming = latest_checkpoint(self.out) is not None
+        self.initial = init_weights_from(self.model, self.vocab, t.init) if t.init and not resuming else None
         self.model = self.model.to(self.device)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
@@ -253,7 +254,8 @@ class Trainer:
         cfg, d, t = self.cfg, self.cfg.derived, self.cfg.train
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume() and cfg.train.init:
+        self.resume()
+        if self.initial is not None:
             self.log(f"initialised the model from {self.initial} (train.init); optimizer and schedule start afresh")
         if self.env.is_main:
             cfg.to_json(self.out / "config.json")
@@ -353,7 +355,7 @@ def init_weights_from(model: Transformer, vocab: JointVocab, path: str | Path) -
     if bad or missing or extra:
         raise ValueError(f"train.init={path}: its model does not fit this run's model config "
                          f"(shapes: {bad[:3]}; missing: {missing[:3]}; unexpected: {extra[:3]})")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in ckpt["model"].items()})
+    model.load_state_dict(ckpt["model"])  # copies cast to the model's dtype (bf16-shipped weights included)
     return ckpt["path"]
 
 
