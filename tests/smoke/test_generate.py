@@ -153,3 +153,17 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
     # the same draws for every text: a text scored alone gets the same estimate as in the pair
     alone = tasks._media_loglik("image", ["a blue square on the left"], image[0], seed=0)
     assert alone[0] == pytest.approx(scores[1], rel=1e-5)
+
+
+def test_i2t_tries_every_caption_length_of_the_training_data(tiny_tri_run):
+    from trimdm.data.tinyworld.scenes import read_image_folder
+    from trimdm.sample.tasks import Tasks
+    from trimdm.train.trainer import load_run
+
+    data_dir, run = tiny_tri_run
+    tasks = Tasks(load_run(run))
+    items, _ = read_image_folder(data_dir / "raw" / "images_train")
+    n = [len(tasks.encode_text(caption)) for _, caption, _ in items]
+    image = tasks.image_ids(np.zeros((1, 32, 32, 3), dtype=np.uint8))[0]
+    top = min(max(n), tasks.cfg.caption_len)  # the tiny BPE spells captions in up to ~50 tokens
+    assert min(n) < top and tasks.caption_lengths("image", image) == list(range(min(n), top + 1))

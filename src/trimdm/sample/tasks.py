@@ -15,9 +15,11 @@ tokenizers/audio/length_rule.json), or with `sample.audio_length=eos` as many wh
 holds, and positions after a revealed EOS_audio become padding (EOS-truncation). Captions and
 transcripts (i2t, s2t) come before their medium in the layout, so the medium's position tells the
 model how long the text is; a free-length span would be read as a long caption. They are decoded at a
-few candidate lengths n (speech: the inverted length rule ± 2 tokens; images: 6 to 24 tokens) and the
-text under which the model finds the medium most probable is kept (`_describe`): a short caption of a
-two-object scene is confident word by word but explains half the image.
+few candidate lengths n (speech: the inverted length rule ± 2 tokens; images: every length of the
+training captions, recorded with the run in tokenizers/image/caption_lengths.json) and the text under
+which the model finds the medium most probable is kept (`_describe`): a short caption of a two-object
+scene is confident word by word but explains half the image, and a canvas one token longer than the
+caption the model would write gets a filler word ("an image image of ...").
 
 Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
@@ -69,8 +71,11 @@ class Tasks:
         self.cfg = sample_cfg or loaded.cfg.sample
         self.seq_len = loaded.cfg.data.seq_len
         self.batch_size = batch_size
-        rule = Path(loaded.checkpoint).parent.parent / "tokenizers" / "audio" / "length_rule.json"
+        tokenizers = Path(loaded.checkpoint).parent.parent / "tokenizers"
+        rule = tokenizers / "audio" / "length_rule.json"
         self.length_rule = json.loads(rule.read_text()) if rule.exists() else None
+        spread = tokenizers / "image" / "caption_lengths.json"
+        self.caption_spread = json.loads(spread.read_text()) if spread.exists() else None
 
     @property
     def image_tokens(self) -> int:
@@ -222,12 +227,15 @@ class Tasks:
 
     def caption_lengths(self, modality: str, media: list[int]) -> list[int]:
         """Candidate text lengths for a medium: speech from the inverted audio length rule (± 2 tokens
-        around text ≈ (frames − a)/b), images a spread up to `caption_len`."""
+        around text ≈ (frames − a)/b), images every length of the training captions (a run saved
+        before they were recorded: a spread from 6 to 24), at most `caption_len`."""
         top = self._caption_len(len(media))
         if modality == "audio" and self.length_rule:
             r = self.length_rule
             centre = round((len(media) / self.vocab.audio_levels - r["intercept"]) / max(r["slope"], 1e-6))
             cands = [centre - 2, centre, centre + 2]
+        elif self.caption_spread:
+            cands = list(range(self.caption_spread["min"], self.caption_spread["max"] + 1))
         else:
             cands = [6, 9, 12, 16, 20, 24]
         return sorted({min(max(c, 1), top) for c in cands})

@@ -178,6 +178,10 @@ class TinyworldData:
         # the audio length rule travels with the codec: T2S canvases are sized from it (SPEC §8)
         rule = Path(run_dir) / "tokenizers" / "audio" / "length_rule.json"
         rule.write_text(json.dumps(self.manifest["audio_length_rule"], indent=2) + "\n")
+        # and the range of training caption lengths: I2T decodes a caption at every length in it
+        n = np.diff(self._shard("train.image_text.text").offsets)
+        lengths = {"min": int(n.min()), "max": int(n.max())}
+        (Path(run_dir) / "tokenizers" / "image" / "caption_lengths.json").write_text(json.dumps(lengths) + "\n")
 
 
 def data_spec(cfg) -> dict:
