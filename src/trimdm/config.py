@@ -234,9 +234,10 @@ class SampleConfig:
     gen_len: int = 64  # text tokens generated after a prompt (task text)
     caption_len: int = 32  # the longest i2t caption / s2t transcript tried (tasks.caption_lengths)
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
-    # i2t/s2t: draws per medium (each at a few candidate text lengths); of all texts proposed, the one
-    # under which the model finds the medium most probable is kept (Monte-Carlo log p(medium | text),
-    # `rerank_draws` shared mask draws)
+    # best of R draws: i2t/s2t draw R texts per medium (each at every candidate text length) and keep the
+    # one under which the model finds the medium most probable; t2i draws R images per caption and keeps
+    # the one under which it finds the caption most probable (Monte-Carlo log-likelihoods over
+    # `rerank_draws` shared mask draws); t2s always draws once
     rerank: int = 1
     rerank_draws: int = 16
     seed: int = 0

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import soundfile as sf
 from PIL import Image
 
@@ -147,12 +148,31 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
     # per draw (seed), the texts decoded at each candidate length; one repeat across draws
     proposals = {0: ["a red circle"], 1: ["a blue square on the left", "a red circle"]}
     monkeypatch.setattr(tasks, "_describe_once", lambda modality, media, seed: [proposals[seed]])
-    scores = tasks._media_loglik("image", ["a red circle", "a blue square on the left"], image[0], seed=0)
+    texts = ["a red circle", "a blue square on the left"]
+    scores = tasks._pair_loglik("image", texts, image * 2, "image", seed=0)
     assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]
-    assert tasks._describe("image", image, seed=0) == [["a red circle", "a blue square on the left"][scores.argmax()]]
+    assert tasks._describe("image", image, seed=0) == [texts[scores.argmax()]]
     # the same draws for every text: a text scored alone gets the same estimate as in the pair
-    alone = tasks._media_loglik("image", ["a blue square on the left"], image[0], seed=0)
+    alone = tasks._pair_loglik("image", texts[1:], image, "image", seed=0)
     assert alone[0] == pytest.approx(scores[1], rel=1e-5)
+
+
+def test_t2i_keeps_the_image_under_which_the_caption_is_most_probable(tiny_tri_run):
+    from trimdm.sample.tasks import Tasks
+    from trimdm.train.trainer import load_run
+
+    _, run = tiny_tri_run
+    loaded = load_run(run)
+    captions = ["a red circle in the centre", "a large blue square on the left", "a cyan cross at the top"]
+    one = Tasks(loaded)
+    draws = [one.t2i(captions, seed=5 + r)[1] for r in range(3)]  # what R = 3 draws, seeds 5, 6, 7
+    tasks = Tasks(loaded, loaded.cfg.override(["sample.rerank=3", "sample.rerank_draws=4"], only="sample").sample)
+    _, kept = tasks.t2i(captions, seed=5)
+    for i, caption in enumerate(captions):
+        media = [tasks.span(d[i], "image") for d in draws]
+        scores = tasks._pair_loglik("image", [caption] * 3, media, "text", seed=5)
+        assert len(set(scores.tolist())) == 3
+        assert torch.equal(kept[i], draws[int(scores.argmax())][i])
 
 
 def test_i2t_tries_every_caption_length_of_the_training_data(tiny_tri_run):

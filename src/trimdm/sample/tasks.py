@@ -24,6 +24,12 @@ caption the model would write gets a filler word ("an image image of ...").
 Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
 
+Best of R (`sample.rerank` = R). i2t and s2t keep, of R draws at every candidate length, the text under
+which the model finds the medium most probable; t2i keeps, of R images, the one under which it finds
+the caption most probable (`_best_of`). Each direction is judged by the other, with the Monte-Carlo
+likelihood of multiple choice. t2s draws once: the model's log p(text | speech) did not pick better
+speech (docs/sampling.md).
+
 Does not own the decoding loop (sampler.py) or file output (run.py).
 """
 from __future__ import annotations
@@ -209,8 +215,22 @@ class Tasks:
         self._need("image")
         pairs = [self.paired_canvas("image", self.encode_text(c, "caption"), None, media_len=self.image_tokens)
                  for c in captions]
-        out = self.run(self._canvas(pairs, "image", "caption + image"), seed)
+        out = self._best_of(self._canvas(pairs, "image", "caption + image"), captions, seed)
         return [self.image_of(r) for r in out], out
+
+    def _best_of(self, canvas: Canvas, texts: list[str], seed: int) -> torch.Tensor:
+        """Decode a media canvas `sample.rerank` = R times (seeds seed, seed+1, ...) and keep, per row, the
+        draw under which the model finds the row's text most probable (log p(text | medium))."""
+        draws = [self.run(canvas, seed + r) for r in range(self.cfg.rerank)]
+        if len(draws) == 1:
+            return draws[0]
+        modality = canvas.target
+        kept = []
+        for i, text in enumerate(texts):
+            media = [self.span(d[i], modality) for d in draws]
+            score = self._pair_loglik(modality, [text] * len(draws), media, "text", seed)
+            kept.append(draws[int(np.argmax(score))][i])
+        return torch.stack(kept)
 
     def t2s(self, texts: list[str], seed: int) -> tuple[list[np.ndarray], torch.Tensor]:
         self._need("audio")
@@ -243,7 +263,7 @@ class Tasks:
     def _describe(self, modality: str, media: list[list[int]], seed: int) -> list[str]:
         """Text for each medium. Each of `sample.rerank` = R draws (seeds seed, seed+1, ...) decodes a
         canvas per candidate length; of all the distinct texts proposed for an item, the one under which
-        the model finds the medium most probable is kept (`_media_loglik`): the medium-given-text
+        the model finds the medium most probable is kept (`_pair_loglik`): the medium-given-text
         direction (T2I, T2S), which a masked diffusion model learns first, judges the texts the
         text-given-medium direction proposed, and picks the length with them."""
         proposals = [[] for _ in media]
@@ -256,7 +276,7 @@ class Tasks:
             if len(cands) == 1:
                 out.append(cands[0])
                 continue
-            score = self._media_loglik(modality, cands, m, seed)
+            score = self._pair_loglik(modality, cands, [m] * len(cands), modality, seed)
             out.append(cands[int(np.argmax(score))])
         return out
 
@@ -272,19 +292,20 @@ class Tasks:
                 texts[i].append(self.text_of(r))
         return texts
 
-    def _media_loglik(self, modality: str, texts: list[str], media: list[int], seed: int) -> np.ndarray:
-        """Monte-Carlo estimate of log p(medium | text) for each text (the LLaDA estimator of
-        eval/multiple_choice.py, SPEC §9), with the same mask draws for every text so that their
-        differences carry little noise."""
+    def _pair_loglik(self, modality: str, texts: list[str], media: list[list[int]], of: str,
+                     seed: int) -> np.ndarray:
+        """Monte-Carlo estimate of log p(`of` | the other) for each (text, medium) pair, `of` the text or
+        the medium (the LLaDA estimator of eval/multiple_choice.py, SPEC §9). The candidates share the
+        answer's length and the same mask draws, so that their differences carry little noise."""
         from trimdm.eval.multiple_choice import mc_answer_loglik
 
         v = self.vocab
-        media_ids = np.asarray(media, dtype=np.int64)
         rows = torch.tensor(np.stack([
-            paired_row(v, modality, np.asarray(self.text_tok.encode(t), dtype=np.int64), media_ids, self.seq_len)
-            for t in texts]))
+            paired_row(v, modality, np.asarray(self.text_tok.encode(t), dtype=np.int64),
+                       np.asarray(m, dtype=np.int64), self.seq_len)
+            for t, m in zip(texts, media)]))
         tables = row_tables(v)
-        answer = (tables.modality(rows) == MODALITIES.index(modality)) & tables.maskable(rows)
+        answer = (tables.modality(rows) == MODALITIES.index(of)) & tables.maskable(rows)
         n_answer = int(answer[0].sum())
         rng = np.random.default_rng(seed)
         n = self.cfg.rerank_draws
