@@ -236,7 +236,7 @@ class SampleConfig:
     audio_length: str = "rule"  # rule: canvas from the data set's length rule | eos: EOS-truncation
     # best of R draws: i2t/s2t draw R texts per medium (each at every candidate text length) and keep the
     # one under which the model finds the medium most probable; t2i draws R images per caption and keeps
-    # the one under which it finds the caption most probable (Monte-Carlo log-likelihoods over
+    # the one it finds most probable for the caption (Monte-Carlo log p(medium | text) over
     # `rerank_draws` shared mask draws); t2s always draws once
     rerank: int = 1
     rerank_draws: int = 16

@@ -157,7 +157,7 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
     assert alone[0] == pytest.approx(scores[1], rel=1e-5)
 
 
-def test_t2i_keeps_the_image_under_which_the_caption_is_most_probable(tiny_tri_run):
+def test_t2i_keeps_the_image_most_probable_for_its_caption(tiny_tri_run):
     from trimdm.sample.tasks import Tasks
     from trimdm.train.trainer import load_run
 
@@ -170,7 +170,7 @@ def test_t2i_keeps_the_image_under_which_the_caption_is_most_probable(tiny_tri_r
     _, kept = tasks.t2i(captions, seed=5)
     for i, caption in enumerate(captions):
         media = [tasks.span(d[i], "image") for d in draws]
-        scores = tasks._pair_loglik("image", [caption] * 3, media, "text", seed=5)
+        scores = tasks._pair_loglik("image", [caption] * 3, media, "image", seed=5)
         assert len(set(scores.tolist())) == 3
         assert torch.equal(kept[i], draws[int(scores.argmax())][i])
 

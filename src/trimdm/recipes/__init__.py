@@ -84,9 +84,9 @@ def tinyworld() -> Config:
     tokens = 391_500_000
     cfg.train = TrainConfig(tokens=tokens, batch_size=256, log_every=50, eval_every=1500, ckpt_every=0)
     cfg.eval = EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=192, gen_utterances=48)
-    # best of 8: captions and transcripts (each at every candidate length) kept by log p(medium | text),
-    # images by log p(caption | image). On the H200 run (docs/sampling.md): I2T 47.9% -> 72.9% on 48
-    # single-object val images; T2I 87.5% -> 95.3% seen, 67.2% -> 73.4% held-out (64 prompts each).
+    # best of 8 by log p(medium | text): captions and transcripts (each at every candidate length), and
+    # images. On the H200 run (docs/sampling.md): I2T 47.9% -> 72.9% on 48 single-object val images; T2I
+    # 87.5% -> 93.8% seen, 67.2% -> 89.1% held-out (64 single-object prompts each).
     # Cheap on a GPU; 8x the i2t/s2t/t2i decoding on a CPU
     cfg.sample.rerank = 8
     cfg.sample.rerank_draws = 16

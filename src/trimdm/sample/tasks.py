@@ -25,10 +25,11 @@ Guidance. The unconditional canvas of a task is its canvas with the condition sp
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
 
 Best of R (`sample.rerank` = R). i2t and s2t keep, of R draws at every candidate length, the text under
-which the model finds the medium most probable; t2i keeps, of R images, the one under which it finds
-the caption most probable (`_best_of`). Each direction is judged by the other, with the Monte-Carlo
-likelihood of multiple choice. t2s draws once: the model's log p(text | speech) did not pick better
-speech (docs/sampling.md).
+which the model finds the medium most probable; t2i keeps, of R images, the one the model finds most
+probable for the caption (`_best_of`). Both judge with log p(medium | text), the direction a masked
+diffusion model learns first, estimated as in multiple choice. Judging images by log p(caption | image)
+instead picked worse on held-out compositions, and t2s draws once: neither direction's likelihood picked
+better speech (docs/sampling.md).
 
 Does not own the decoding loop (sampler.py) or file output (run.py).
 """
@@ -220,7 +221,7 @@ class Tasks:
 
     def _best_of(self, canvas: Canvas, texts: list[str], seed: int) -> torch.Tensor:
         """Decode a media canvas `sample.rerank` = R times (seeds seed, seed+1, ...) and keep, per row, the
-        draw under which the model finds the row's text most probable (log p(text | medium))."""
+        draw the model finds most probable given the row's text (log p(medium | text))."""
         draws = [self.run(canvas, seed + r) for r in range(self.cfg.rerank)]
         if len(draws) == 1:
             return draws[0]
@@ -228,7 +229,7 @@ class Tasks:
         kept = []
         for i, text in enumerate(texts):
             media = [self.span(d[i], modality) for d in draws]
-            score = self._pair_loglik(modality, [text] * len(draws), media, "text", seed)
+            score = self._pair_loglik(modality, [text] * len(draws), media, modality, seed)
             kept.append(draws[int(np.argmax(score))][i])
         return torch.stack(kept)
 
