@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import soundfile as sf
+import torch
 from PIL import Image
 
 from trimdm.sample.run import generate, generate_from_sidecar
@@ -155,6 +155,9 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
     # the same draws for every text: a text scored alone gets the same estimate as in the pair
     alone = tasks._pair_loglik("image", texts[1:], image, "image", seed=0)
     assert alone[0] == pytest.approx(scores[1], rel=1e-5)
+    # texts of different lengths cannot share the mask draws of a text answer
+    with pytest.raises(ValueError, match="must share the text's length"):
+        tasks._pair_loglik("image", texts, image * 2, "text", seed=0)
 
 
 def test_t2i_keeps_the_image_most_probable_for_its_caption(tiny_tri_run):

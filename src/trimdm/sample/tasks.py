@@ -308,6 +308,8 @@ class Tasks:
         tables = row_tables(v)
         answer = (tables.modality(rows) == MODALITIES.index(of)) & tables.maskable(rows)
         n_answer = int(answer[0].sum())
+        if not bool((answer.sum(1) == n_answer).all()):
+            raise ValueError(f"candidates scored as log p({of} | ...) must share the {of}'s length")
         rng = np.random.default_rng(seed)
         n = self.cfg.rerank_draws
         ll = mc_answer_loglik(self.loaded.model, v, rows, answer, rng.random(n), rng.random((n, n_answer)),
