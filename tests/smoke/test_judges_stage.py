@@ -9,11 +9,12 @@ utterances. Judges that learned nothing score attributes 0.20-0.46 (untrained, t
 margin of 0.13-0.15 for another machine's floating point.
 """
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from trimdm.data.prepare import prepare
+from trimdm.data.prepare import judges_in_background, prepare
 from trimdm.data.tinyworld import dataset
 from trimdm.data.tinyworld.scenes import read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
@@ -63,3 +64,40 @@ def test_the_stage_is_keyed_to_tokenizers_and_judge_defaults(tiny, monkeypatch):
     assert dataset._judges_upstream(tiny.directory) != manifest["upstream"]  # a changed default rebuilds it
     # the data directory's name hashes the data spec only: judge settings never move a data set
     assert "judge" not in (tiny.directory / "spec.json").read_text()
+
+
+def _without_judges(tiny, tmp_path):
+    """A copy of the prepared data set whose judges stage is gone, and its data config."""
+    copy = tmp_path / "data"
+    shutil.copytree(tiny.directory, copy / tiny.directory.name)
+    shutil.rmtree(copy / tiny.directory.name / "judges")
+    return copy / tiny.directory.name, tiny_tri().override([f"data.root={copy}"]).derive().data
+
+
+def test_judges_train_beside_the_body_and_match_the_stage_built_in_line(tiny, tmp_path):
+    directory, cfg = _without_judges(tiny, tmp_path)
+    prepare(cfg, log=lambda *a: None, judges=False)  # what the trainer asks for: no judges built
+    assert not (directory / "judges").exists()
+    with judges_in_background(cfg, log=lambda *a: None):
+        assert list(directory.glob("judges.tmp-*"))  # the workers are writing while the body runs
+    built = json.loads((directory / "judges" / "manifest.json").read_text())
+    inline = json.loads((tiny.directory / "judges" / "manifest.json").read_text())
+    assert built["upstream"] == inline["upstream"]
+    for kind in ("image", "speech"):  # single-thread workers: the same numbers as prepare's own stage
+        assert built[kind]["val"] == inline[kind]["val"]
+        assert built[kind]["reconstructed_val"] == inline[kind]["reconstructed_val"]
+    assert "| speech: character error rate |" in (directory / "prepare_report.md").read_text()
+
+
+def test_a_failing_body_stops_the_judges_and_leaves_no_stage(tiny, tmp_path, monkeypatch):
+    directory, cfg = _without_judges(tiny, tmp_path)
+    started = []
+    start = dataset._start_worker
+    monkeypatch.setattr(dataset, "_start_worker", lambda *a, **k: started.append(start(*a, **k)) or started[-1])
+    with pytest.raises(RuntimeError, match="training broke"):
+        with judges_in_background(cfg, log=lambda *a: None):
+            raise RuntimeError("training broke")
+    assert len(started) == 2 and all(proc.returncode is not None for proc in started)
+    assert not (directory / "judges").exists() and not list(directory.glob("judges.tmp-*"))
+    prepare(cfg, log=lambda *a: None)  # and the next prepare builds the stage as usual
+    assert (directory / "judges" / "manifest.json").exists()

@@ -108,10 +108,11 @@ class Trainer:
         self.clean_rank = clean_rows_per_batch(antimask, self.rank_rows)
         self.clean_micro = clean_rows_per_batch(antimask, self.micro)
 
-        self.data = prepare(cfg.data, log=self.log) if self.env.is_main else None
+        # training reads no judges: evaluation prepares them (or the demo, beside training)
+        self.data = prepare(cfg.data, log=self.log, judges=False) if self.env.is_main else None
         if self.env.active:  # rank 0 prepares; the others open the finished stages
             torch.distributed.barrier()
-            self.data = self.data or prepare(cfg.data, log=self.log)
+            self.data = self.data or prepare(cfg.data, log=self.log, judges=False)
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ import numpy as np
 
 from trimdm.data import kjv
 from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
+from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
 from trimdm.tokenizers.vocab import JointVocab
 
@@ -60,33 +62,51 @@ def _upstream(root: Path, stage: str) -> str:
     return _manifest_hash(root / {"tokenizers": "raw", "shards": "tokenizers"}[stage])
 
 
-def _built_from_raw(root: Path) -> bool:
+def _built_from_raw(root: Path, stages: tuple[str, ...]) -> bool:
     """Every stage after raw is complete and was built from the raw manifest that is there. Training and
     evaluation then read no training media, so a copy of the data set that keeps raw/manifest.json and
     the val folders but not the training media (e.g. shipped to a GPU machine) still loads."""
     if not (root / "raw" / MANIFEST).exists():
         return False
-    for stage in ("tokenizers", "shards", "judges"):
+    for stage in stages:
         manifest, _ = verify_stage(root / stage)
         if manifest is None or manifest.get("upstream") != _upstream(root, stage):
             return False
     return True
 
 
-def _ensure(directory: Path, build, upstream: str | None, log, strict: bool = False) -> dict:
+def _stale(directory: Path, upstream: str | None) -> tuple[dict | None, str]:
+    """(manifest, "") if the stage is current, else (None, why it must be built)."""
     manifest, reason = verify_stage(directory)
     if manifest is not None and upstream is not None and manifest.get("upstream") != upstream:
-        manifest, reason = None, "its input stage changed"
-    if manifest is None:
+        return None, "its input stage changed"
+    return manifest, reason
+
+
+class _Build:
+    """One stage being built under its temporary name; finish() writes its manifest and swaps it in."""
+
+    def __init__(self, directory: Path, upstream: str | None, reason: str, log):
         if directory.exists():
             log(f"prepare: rebuilding {directory} ({reason})")
-        t0 = time.time()
-        tmp = new_stage_dir(directory)
-        info = build(tmp)
-        finish_stage(tmp, directory, {**info, "upstream": upstream, "seconds": round(time.time() - t0, 1)})
-        manifest, reason = verify_stage(directory)
+        self.directory, self.upstream, self.log = directory, upstream, log
+        self.t0 = time.time()
+        self.tmp = new_stage_dir(directory)
+
+    def finish(self, info: dict) -> dict:
+        finish_stage(self.tmp, self.directory,
+                     {**info, "upstream": self.upstream, "seconds": round(time.time() - self.t0, 1)})
+        manifest, reason = verify_stage(self.directory)
         assert manifest is not None, reason
-        log(f"prepare: built {directory.name} in {manifest['seconds']}s")
+        self.log(f"prepare: built {self.directory.name} in {manifest['seconds']}s")
+        return manifest
+
+
+def _ensure(directory: Path, build, upstream: str | None, log) -> dict:
+    manifest, reason = _stale(directory, upstream)
+    if manifest is None:
+        stage = _Build(directory, upstream, reason, log)
+        manifest = stage.finish(build(stage.tmp))
     return manifest
 
 
@@ -193,8 +213,22 @@ def data_spec(cfg) -> dict:
             "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": asdict(audio_config(cfg.tinyworld))}
 
 
-def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
-    """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root)."""
+def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True) -> TinyworldData:
+    """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root). `judges=False` stops after
+    the shards: training never reads the judges (start_judges builds them beside it)."""
+    data, job = _prepare(cfg, log, strict, judges)
+    if job is not None:
+        job.finish()
+    return data
+
+
+def start_judges(cfg, log=print, strict: bool = False) -> JudgeTraining:
+    """Prepares every stage but the judges, which start training in their worker processes once the
+    tokenizers exist; returns while they train. finish() waits for them, cancel() stops them."""
+    return _prepare(cfg, log, strict, judges=True)[1]
+
+
+def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, JudgeTraining | None]:
     from trimdm.tokenizers.audio import AudioCodec
     from trimdm.tokenizers.image import ImageTokenizer
     from trimdm.tokenizers.text import TextTokenizer
@@ -203,19 +237,24 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False) -> TinyworldData:
     spec = data_spec(cfg)
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
-    (root / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-    if not _built_from_raw(root):
+    atomic_write_text(root / "spec.json", json.dumps(spec, indent=2) + "\n")
+    if not _built_from_raw(root, ("tokenizers", "shards", "judges") if judges else ("tokenizers", "shards")):
         _ensure(root / "raw", lambda tmp: _build_raw(tmp, tw, log), None, log)
     _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
             _upstream(root, "tokenizers"), log)
     tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),
                   "image": ImageTokenizer.load(root / "tokenizers" / "image"),
                   "audio": AudioCodec.load(root / "tokenizers" / "audio")}
-    shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
-                     _upstream(root, "shards"), log)
-    _ensure(root / "judges", lambda tmp: _build_judges(tmp, root, tw, log, strict), _upstream(root, "judges"), log)
-    write_report(root)
-    return TinyworldData(root, shards, tokenizers)
+    # the judges need the tokenizers (their ceiling is read on reconstructions), not the shards
+    job = JudgeTraining(root, tw, log, strict) if judges else None
+    try:
+        shards = _ensure(root / "shards", lambda tmp: _build_shards(tmp, root / "raw", tokenizers, cfg, log, strict),
+                         _upstream(root, "shards"), log)
+    except BaseException:
+        if job is not None:
+            job.cancel()
+        raise
+    return TinyworldData(root, shards, tokenizers), job
 
 
 # -- stage 1: raw -------------------------------------------------------------------------------------
@@ -338,23 +377,31 @@ def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
             "image": image, "audio": audio}
 
 
+WORKER_LOG = "worker.log"
+
+
 def _start_worker(kind: str, raw: Path, out: Path, tw, strict: bool,
                   tokenizers: Path | None = None) -> subprocess.Popen:
-    """A fresh single-thread process per tokenizer (or judge): two train at once, each deterministic."""
+    """A fresh single-thread process per tokenizer (or judge): two train at once, each deterministic.
+    Its output goes to OUT/worker.log, not a pipe, so that it never blocks while nobody reads (the
+    judges train beside the demo's model for minutes)."""
     out.mkdir(parents=True)
     args = json.dumps({"kind": kind, "raw": str(raw), "out": str(out), "tinyworld": asdict(tw), "strict": strict,
                        "tokenizers": str(tokenizers) if tokenizers else None})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "trimdm.data.tinyworld.dataset", args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(out / WORKER_LOG, "w") as logfile:
+        return subprocess.Popen([sys.executable, "-m", "trimdm.data.tinyworld.dataset", args], env=env,
+                                stdout=logfile, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish_worker(kind: str, proc: subprocess.Popen, out: Path) -> dict:
-    _, err = proc.communicate()
+    proc.wait()
+    log = out / WORKER_LOG
     if proc.returncode != 0:
-        last = [line for line in err.strip().splitlines() if line.strip()][-1:] or ["(no message)"]
+        last = [line for line in log.read_text().strip().splitlines() if line.strip()][-1:] or ["(no message)"]
         what = f"the {kind.replace('_', ' ')}" if kind.endswith("judge") else f"the {kind} tokenizer"
         raise ValueError(f"training {what} failed: {last[0]}")
+    log.unlink()
     return json.loads((out / "train_report.json").read_text())
 
 
@@ -431,16 +478,44 @@ def _judges_upstream(root: Path) -> str:
     return _hash({"tokenizers": _manifest_hash(root / "tokenizers"), "judges": settings()})
 
 
-def _build_judges(tmp: Path, root: Path, tw, log, strict: bool) -> dict:
-    """The image and the speech judge train at once in two single-thread processes."""
-    jobs = {kind: _start_worker(f"{kind}_judge", root / "raw", tmp / kind, tw, strict, root / "tokenizers")
+class JudgeTraining:
+    """The judges stage: the image and the speech judge train at once in two single-thread worker
+    processes, started here. finish() waits for them, moves the stage into place and writes the
+    prepare report; cancel() kills them and removes the unfinished stage. Nothing runs if the stage is
+    current."""
+
+    def __init__(self, root: Path, tw, log, strict: bool):
+        self.root, self.log = root, log
+        manifest, reason = _stale(root / "judges", _upstream(root, "judges"))
+        self.stage = None if manifest is not None else _Build(root / "judges", _upstream(root, "judges"), reason, log)
+        self.jobs = {} if self.stage is None else {
+            kind: _start_worker(f"{kind}_judge", root / "raw", self.stage.tmp / kind, tw, strict, root / "tokenizers")
             for kind in ("image", "speech")}
-    image, speech = (_finish_worker(f"{kind}_judge", jobs[kind], tmp / kind) for kind in ("image", "speech"))
-    log(f"prepare: image judge reads {image['val']['all_correct']:.1%} of val scenes exactly "
-        f"({image['reconstructed_val']['all_correct']:.1%} of their tokenizer reconstructions, "
-        f"{image['train']['train_seconds']:.0f}s); speech judge CER {speech['val']['cer']:.1%} "
-        f"({speech['reconstructed_val']['cer']:.1%} on codec reconstructions, {speech['train']['train_seconds']:.0f}s)")
-    return {"stage": "judges", "image": image, "speech": speech}
+
+    def finish(self) -> None:
+        if self.stage is not None:
+            tmp = self.stage.tmp
+            try:
+                image, speech = (_finish_worker(f"{k}_judge", self.jobs[k], tmp / k) for k in ("image", "speech"))
+            except BaseException:
+                self.cancel()
+                raise
+            self.log(f"prepare: image judge reads {image['val']['all_correct']:.1%} of val scenes exactly "
+                     f"({image['reconstructed_val']['all_correct']:.1%} of their tokenizer reconstructions, "
+                     f"{image['train']['train_seconds']:.0f}s); speech judge CER {speech['val']['cer']:.1%} "
+                     f"({speech['reconstructed_val']['cer']:.1%} on codec reconstructions, "
+                     f"{speech['train']['train_seconds']:.0f}s)")
+            self.stage.finish({"stage": "judges", "image": image, "speech": speech})
+            self.stage, self.jobs = None, {}
+        write_report(self.root)
+
+    def cancel(self) -> None:
+        for proc in self.jobs.values():
+            proc.kill()
+            proc.wait()
+        if self.stage is not None:
+            shutil.rmtree(self.stage.tmp, ignore_errors=True)
+        self.stage, self.jobs = None, {}
 
 
 def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
