@@ -21,6 +21,7 @@ from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges import image as ij
 from trimdm.eval.judges import speech as sj
 from trimdm.recipes import tiny_tri
+from trimdm.train.trainer import train
 
 IMAGE_ATTRIBUTES_MIN = 0.65
 SPEECH_CER_MAX = 0.85
@@ -67,19 +68,19 @@ def test_the_stage_is_keyed_to_tokenizers_and_judge_defaults(tiny, monkeypatch):
 
 
 def _without_judges(tiny, tmp_path):
-    """A copy of the prepared data set whose judges stage is gone, and its data config."""
+    """A copy of the prepared data set whose judges stage is gone, and a tiny_tri config on it."""
     copy = tmp_path / "data"
     shutil.copytree(tiny.directory, copy / tiny.directory.name)
     shutil.rmtree(copy / tiny.directory.name / "judges")
-    return copy / tiny.directory.name, tiny_tri().override([f"data.root={copy}"]).derive().data
+    return copy / tiny.directory.name, tiny_tri().override([f"data.root={copy}", "train.tokens=6144"]).derive()
 
 
-def test_judges_train_beside_the_body_and_match_the_stage_built_in_line(tiny, tmp_path):
+def test_judges_train_beside_the_model_and_match_the_stage_built_in_line(tiny, tmp_path):
     directory, cfg = _without_judges(tiny, tmp_path)
-    prepare(cfg, log=lambda *a: None, judges=False)  # what the trainer asks for: no judges built
-    assert not (directory / "judges").exists()
-    with judges_in_background(cfg, log=lambda *a: None):
-        assert list(directory.glob("judges.tmp-*"))  # the workers are writing while the body runs
+    with judges_in_background(cfg.data, log=lambda *a: None) as workers:
+        assert workers == 2 and list(directory.glob("judges.tmp-*"))  # writing while the body runs
+        train(cfg, tmp_path / "run", log=lambda *a: None, progress=False)  # reads no judge
+    assert (tmp_path / "run" / "checkpoints").is_dir()
     built = json.loads((directory / "judges" / "manifest.json").read_text())
     inline = json.loads((tiny.directory / "judges" / "manifest.json").read_text())
     assert built["upstream"] == inline["upstream"]
@@ -91,6 +92,7 @@ def test_judges_train_beside_the_body_and_match_the_stage_built_in_line(tiny, tm
 
 def test_a_failing_body_stops_the_judges_and_leaves_no_stage(tiny, tmp_path, monkeypatch):
     directory, cfg = _without_judges(tiny, tmp_path)
+    cfg = cfg.data
     started = []
     start = dataset._start_worker
     monkeypatch.setattr(dataset, "_start_worker", lambda *a, **k: started.append(start(*a, **k)) or started[-1])
