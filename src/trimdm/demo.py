@@ -29,10 +29,12 @@ def run_demo(out: Path, overrides: list[str], recipe: str = "demo") -> None:
     print(f"== trimdm demo: preparing {cfg.data.dataset} and training recipe '{recipe}' into {out}")
     # the judges train beside the model (eval is the first to read them), each on one core: the model
     # takes the cores they leave, at least one (torch threads competing for a core thrash, docs/design.md)
+    threads = torch.get_num_threads()
     with judges_in_background(cfg.data) as workers:
         if workers and not cfg.train.threads:
-            cfg.train.threads = max(1, torch.get_num_threads() - workers)
+            cfg.train.threads = max(1, threads - workers)
         train(cfg, out)
+    torch.set_num_threads(threads)  # evaluation gets every core back
     print(f"== evaluating ({time.time() - t0:.0f}s so far)")
     result = evaluate_run(out)
     print_summary(result)
