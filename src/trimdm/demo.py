@@ -1,8 +1,7 @@
 """`trimdm demo` / `make demo`: the main job on the embedded data, end to end on a CPU.
 
 Prepares tinyworld (cached after the first run: raw data, tokenizers, shards, judges), trains the
-`demo` recipe on text, image-text and audio-text (resuming if the run directory holds a checkpoint)
-while the judges train in two processes beside it (training runs on one thread and reads no judge),
+`demo` recipe on text, image-text and audio-text (resuming if the run directory holds a checkpoint),
 then evaluates: held-out NELBO per modality and the conditional NELBOs next to the text's unigram
 entropy, tokenizer reconstructions, and generation scored by the data set's judges (T2I, I2T, T2S,
 S2T, each next to its chance level). Writes RUN/eval.json, RUN/report.md and a self-contained
@@ -13,9 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-from trimdm.data.prepare import judges_in_background
+from trimdm.data.prepare import prepare
 from trimdm.eval.run import evaluate_run
 from trimdm.eval.summary import print_summary
 from trimdm.recipes import get_recipe
@@ -27,14 +24,8 @@ def run_demo(out: Path, overrides: list[str], recipe: str = "demo") -> None:
     t0 = time.time()
     cfg = get_recipe(recipe).override(list(overrides)).derive()
     print(f"== trimdm demo: preparing {cfg.data.dataset} and training recipe '{recipe}' into {out}")
-    # the judges train beside the model (eval is the first to read them), each on one core: the model
-    # takes the cores they leave, at least one (torch threads competing for a core thrash, docs/design.md)
-    threads = torch.get_num_threads()
-    with judges_in_background(cfg.data) as workers:
-        if workers and not cfg.train.threads:
-            cfg.train.threads = max(1, threads - workers)
-        train(cfg, out)
-    torch.set_num_threads(threads)  # evaluation gets every core back
+    prepare(cfg.data)  # every stage first (the judges train beside the shards): training gets both cores
+    train(cfg, out)
     print(f"== evaluating ({time.time() - t0:.0f}s so far)")
     result = evaluate_run(out)
     print_summary(result)

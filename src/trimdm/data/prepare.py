@@ -9,7 +9,6 @@ Text stage `kjv-bpe{V}[-docs{N}]`: chapters of the KJV -> BPE trained on the tra
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -55,32 +54,13 @@ class TextData:
 
 def prepare(cfg: DataConfig, log=print, judges: bool = True):
     """The prepared data set a run needs (built on first use, then read from its cache). `judges=False`
-    leaves out what only evaluation reads (tinyworld's judges): training passes it."""
+    leaves out what only evaluation reads (tinyworld's judges): training passes it, so that a fresh
+    `trimdm train` starts minutes sooner and `trimdm eval` builds the judges."""
     if cfg.dataset == "tinyworld":
         from trimdm.data.tinyworld.dataset import prepare_tinyworld
 
         return prepare_tinyworld(cfg, log=log, strict=cfg.strict, judges=judges)
     return prepare_text(cfg, log=log)
-
-
-@contextlib.contextmanager
-def judges_in_background(cfg: DataConfig, log=print):
-    """Prepares what training reads, then runs the body while the data set's judges train in their own
-    processes (the demo trains its model meanwhile); waits for them when the body ends and stops them
-    if it fails. Yields how many worker processes are training (0: no judges to build, e.g. KJV, or
-    current ones), so that the body can leave them their cores."""
-    if cfg.dataset != "tinyworld":
-        yield 0
-        return
-    from trimdm.data.tinyworld.dataset import start_judges
-
-    job = start_judges(cfg, log=log, strict=cfg.strict)
-    try:
-        yield len(job.jobs)
-    except BaseException:
-        job.cancel()
-        raise
-    job.finish()
 
 
 def text_stage_dir(cfg: DataConfig) -> Path:

@@ -215,17 +215,11 @@ def data_spec(cfg) -> dict:
 
 def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True) -> TinyworldData:
     """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root). `judges=False` stops after
-    the shards: training never reads the judges (start_judges builds them beside it)."""
+    the shards: training never reads the judges. The judges train beside the shards stage."""
     data, job = _prepare(cfg, log, strict, judges)
     if job is not None:
         job.finish()
     return data
-
-
-def start_judges(cfg, log=print, strict: bool = False) -> JudgeTraining:
-    """Prepares every stage but the judges, which start training in their worker processes once the
-    tokenizers exist; returns while they train. finish() waits for them, cancel() stops them."""
-    return _prepare(cfg, log, strict, judges=True)[1]
 
 
 def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, JudgeTraining | None]:
@@ -383,8 +377,8 @@ WORKER_LOG = "worker.log"
 def _start_worker(kind: str, raw: Path, out: Path, tw, strict: bool,
                   tokenizers: Path | None = None) -> subprocess.Popen:
     """A fresh single-thread process per tokenizer (or judge): two train at once, each deterministic.
-    Its output goes to OUT/worker.log, not a pipe, so that it never blocks while nobody reads (the
-    judges train beside the demo's model for minutes)."""
+    Its output goes to OUT/worker.log, not a pipe, so that it never blocks while nobody reads it (the
+    judges train while prepare builds the shards)."""
     out.mkdir(parents=True)
     args = json.dumps({"kind": kind, "raw": str(raw), "out": str(out), "tinyworld": asdict(tw), "strict": strict,
                        "tokenizers": str(tokenizers) if tokenizers else None})
@@ -480,9 +474,9 @@ def _judges_upstream(root: Path) -> str:
 
 class JudgeTraining:
     """The judges stage: the image and the speech judge train at once in two single-thread worker
-    processes, started here. finish() waits for them, moves the stage into place and writes the
-    prepare report; cancel() kills them and removes the unfinished stage. Nothing runs if the stage is
-    current."""
+    processes, started here (prepare builds the shards meanwhile). finish() waits for them, moves the
+    stage into place and writes the prepare report; cancel() kills them and removes the unfinished
+    stage. Nothing runs if the stage is current."""
 
     def __init__(self, root: Path, tw, log, strict: bool):
         self.root, self.log = root, log
