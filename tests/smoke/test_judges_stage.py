@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from trimdm.data.prepare import judges_in_background, prepare
+from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld import dataset
 from trimdm.data.tinyworld.scenes import read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
@@ -75,31 +75,35 @@ def _without_judges(tiny, tmp_path):
     return copy / tiny.directory.name, tiny_tri().override([f"data.root={copy}", "train.tokens=6144"]).derive()
 
 
-def test_judges_train_beside_the_model_and_match_the_stage_built_in_line(tiny, tmp_path):
+def test_training_prepares_no_judges_and_the_next_prepare_builds_the_same(tiny, tmp_path):
     directory, cfg = _without_judges(tiny, tmp_path)
-    with judges_in_background(cfg.data, log=lambda *a: None) as workers:
-        assert workers == 2 and list(directory.glob("judges.tmp-*"))  # writing while the body runs
-        train(cfg, tmp_path / "run", log=lambda *a: None, progress=False)  # reads no judge
-    assert (tmp_path / "run" / "checkpoints").is_dir()
+    train(cfg, tmp_path / "run", log=lambda *a: None, progress=False)
+    assert (tmp_path / "run" / "checkpoints").is_dir() and not (directory / "judges").exists()
+    prepare(cfg.data, log=lambda *a: None)  # what eval does first
     built = json.loads((directory / "judges" / "manifest.json").read_text())
     inline = json.loads((tiny.directory / "judges" / "manifest.json").read_text())
     assert built["upstream"] == inline["upstream"]
-    for kind in ("image", "speech"):  # single-thread workers: the same numbers as prepare's own stage
+    for kind in ("image", "speech"):  # single-thread workers: the same numbers as the first build
         assert built[kind]["val"] == inline[kind]["val"]
         assert built[kind]["reconstructed_val"] == inline[kind]["reconstructed_val"]
     assert "| speech: character error rate |" in (directory / "prepare_report.md").read_text()
 
 
-def test_a_failing_body_stops_the_judges_and_leaves_no_stage(tiny, tmp_path, monkeypatch):
+def test_a_failing_shards_stage_stops_the_judges_beside_it_and_leaves_no_stage(tiny, tmp_path, monkeypatch):
     directory, cfg = _without_judges(tiny, tmp_path)
-    cfg = cfg.data
+    (directory / "shards" / "manifest.json").unlink()  # the shards rebuild while the judges train
     started = []
     start = dataset._start_worker
     monkeypatch.setattr(dataset, "_start_worker", lambda *a, **k: started.append(start(*a, **k)) or started[-1])
-    with pytest.raises(RuntimeError, match="training broke"):
-        with judges_in_background(cfg, log=lambda *a: None):
-            raise RuntimeError("training broke")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shards broke")
+
+    monkeypatch.setattr(dataset, "_build_shards", broken)
+    with pytest.raises(RuntimeError, match="shards broke"):
+        prepare(cfg.data, log=lambda *a: None)
     assert len(started) == 2 and all(proc.returncode is not None for proc in started)
     assert not (directory / "judges").exists() and not list(directory.glob("judges.tmp-*"))
-    prepare(cfg, log=lambda *a: None)  # and the next prepare builds the stage as usual
-    assert (directory / "judges" / "manifest.json").exists()
+    monkeypatch.undo()
+    prepare(cfg.data, log=lambda *a: None)  # the next prepare builds both stages as usual
+    assert (directory / "judges" / "manifest.json").exists() and (directory / "shards" / "manifest.json").exists()
