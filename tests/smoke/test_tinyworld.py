@@ -140,3 +140,24 @@ def test_tri_modal_training_and_conditional_eval(prepared, tmp_path):
     assert set(result["nelbo"]) == {"text", "image", "audio"}
     assert set(result["conditional_nelbo"]) == {"image|text", "text|image", "audio|text", "text|audio"}
     assert np.isfinite([v["bits_per_token"] for v in result["conditional_nelbo"].values()]).all()
+
+
+def test_a_failing_tokenizers_stage_stops_both_workers(prepared, tmp_path, monkeypatch):
+    from trimdm.data.tinyworld import dataset
+    from trimdm.tokenizers.text import TextTokenizer
+
+    root, data, _ = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / data.directory.name / "tokenizers" / "manifest.json").unlink()
+    started = []
+    start = dataset._start_worker
+    monkeypatch.setattr(dataset, "_start_worker", lambda *a, **k: started.append(start(*a, **k)) or started[-1])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("BPE broke")
+
+    monkeypatch.setattr(TextTokenizer, "train", broken)  # fails while the image and audio workers train
+    with pytest.raises(RuntimeError, match="BPE broke"):
+        prepare(cfg_for(copy).data, log=lambda *a: None)
+    assert len(started) == 2 and all(proc.returncode is not None for proc in started)

@@ -360,10 +360,14 @@ def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
     tw = cfg.tinyworld
     _, captions, _, transcripts, read_report = _read_split(raw, "train", tw, strict)
     jobs = {kind: _start_worker(kind, raw, tmp / kind, tw, strict) for kind in ("image", "audio")}
-    docs = kjv.split(kjv.chapters())["train"]
-    text = TextTokenizer.train(docs + captions + transcripts, cfg.text_vocab)
-    text.save(tmp / "text")
-    image, audio = (_finish_worker(kind, jobs[kind], tmp / kind) for kind in ("image", "audio"))
+    try:
+        docs = kjv.split(kjv.chapters())["train"]
+        text = TextTokenizer.train(docs + captions + transcripts, cfg.text_vocab)
+        text.save(tmp / "text")
+        image, audio = (_finish_worker(kind, jobs[kind], tmp / kind) for kind in ("image", "audio"))
+    except BaseException:
+        _kill(jobs.values())  # the other worker must not go on training into a stage that will not land
+        raise
     log(f"prepare: image tokenizer PSNR {image['metrics']['psnr']:.2f} dB ({image['train_seconds']:.0f}s); "
         f"audio codec mel L1 {audio['metrics']['mel_l1_wave']:.3f}, STOI {audio['metrics']['stoi_codes']:.3f} "
         f"({audio['train_seconds']:.0f}s)")
@@ -397,6 +401,12 @@ def _finish_worker(kind: str, proc: subprocess.Popen, out: Path) -> dict:
         raise ValueError(f"training {what} failed: {last[0]}")
     log.unlink()
     return json.loads((out / "train_report.json").read_text())
+
+
+def _kill(procs) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def _worker_main(args: dict) -> None:
@@ -504,9 +514,7 @@ class JudgeTraining:
         write_report(self.root)
 
     def cancel(self) -> None:
-        for proc in self.jobs.values():
-            proc.kill()
-            proc.wait()
+        _kill(self.jobs.values())
         if self.stage is not None:
             shutil.rmtree(self.stage.tmp, ignore_errors=True)
         self.stage, self.jobs = None, {}
