@@ -108,7 +108,7 @@ class Trainer:
         self.clean_rank = clean_rows_per_batch(antimask, self.rank_rows)
         self.clean_micro = clean_rows_per_batch(antimask, self.micro)
 
-        # training reads no judges: evaluation prepares them (or the demo, beside training)
+        # training reads no judges: evaluation (or a full prepare) builds them
         self.data = prepare(cfg.data, log=self.log, judges=False) if self.env.is_main else None
         if self.env.active:  # rank 0 prepares; the others open the finished stages
             torch.distributed.barrier()

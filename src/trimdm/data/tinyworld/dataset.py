@@ -75,7 +75,7 @@ def _built_from_raw(root: Path, stages: tuple[str, ...]) -> bool:
     return True
 
 
-def _stale(directory: Path, upstream: str | None) -> tuple[dict | None, str]:
+def _current_manifest(directory: Path, upstream: str | None) -> tuple[dict | None, str]:
     """(manifest, "") if the stage is current, else (None, why it must be built)."""
     manifest, reason = verify_stage(directory)
     if manifest is not None and upstream is not None and manifest.get("upstream") != upstream:
@@ -103,7 +103,7 @@ class _Build:
 
 
 def _ensure(directory: Path, build, upstream: str | None, log) -> dict:
-    manifest, reason = _stale(directory, upstream)
+    manifest, reason = _current_manifest(directory, upstream)
     if manifest is None:
         stage = _Build(directory, upstream, reason, log)
         manifest = stage.finish(build(stage.tmp))
@@ -490,8 +490,9 @@ class JudgeTraining:
 
     def __init__(self, root: Path, tw, log, strict: bool):
         self.root, self.log = root, log
-        manifest, reason = _stale(root / "judges", _upstream(root, "judges"))
-        self.stage = None if manifest is not None else _Build(root / "judges", _upstream(root, "judges"), reason, log)
+        upstream = _upstream(root, "judges")
+        manifest, reason = _current_manifest(root / "judges", upstream)
+        self.stage = None if manifest is not None else _Build(root / "judges", upstream, reason, log)
         self.jobs = {} if self.stage is None else {
             kind: _start_worker(f"{kind}_judge", root / "raw", self.stage.tmp / kind, tw, strict, root / "tokenizers")
             for kind in ("image", "speech")}
