@@ -193,8 +193,12 @@ class Tasks:
         return self.media["image"].decode(ids - self.vocab.off_image)
 
     def wave_of(self, row: torch.Tensor) -> np.ndarray:
+        return self.wave_of_ids(self.span(row, "audio"))
+
+    def wave_of_ids(self, audio_ids: list[int]) -> np.ndarray:
+        """The codec's waveform of joint audio ids (whole frames; a trailing partial frame is dropped)."""
         K = self.vocab.audio_levels
-        ids = np.array(self.span(row, "audio"), dtype=np.int64)
+        ids = np.array(audio_ids, dtype=np.int64)
         ids = ids[:len(ids) // K * K]
         if len(ids) == 0:
             return np.zeros(0, dtype=np.float32)
