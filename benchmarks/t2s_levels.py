@@ -49,19 +49,10 @@ def main() -> None:
     v, K = tasks.vocab, tasks.vocab.audio_levels
     real = tasks.audio_ids(waves)
 
-    def given(levels: set[int]):
-        """T2S rows as `Tasks.t2s` builds them at the real recording's length, with the real tokens of
-        `levels` written into the audio span of the row and of its unconditional twin."""
-        pairs = []
-        for t, r in zip(texts, real):
-            row, uncond = tasks.paired_canvas("audio", tasks.encode_text(t, "text to speak"), None, media_len=len(r))
-            start = row.index(v.BOS_audio) + 1
-            for j, tok in enumerate(r):
-                if j % K in levels:
-                    row[start + j] = uncond[start + j] = tok
-            pairs.append((row, uncond))
-        rows = tasks.run(tasks._canvas(pairs, "audio", "text + speech"), args.seed)
-        return [tasks.wave_of(r) for r in rows]
+    def given(levels: set[int]) -> list[np.ndarray]:
+        """T2S at the real recording's length with the real codes of `levels` given."""
+        audio = [[tok if j % K in levels else v.MASK_audio for j, tok in enumerate(r)] for r in real]
+        return tasks.t2s(texts, args.seed, audio=audio)[0]
 
     result = {"real_speech": cer(judge.transcribe(waves), texts),
               "codec": cer(judge.transcribe([tasks.wave_of_ids(r) for r in real]), texts),

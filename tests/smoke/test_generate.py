@@ -190,3 +190,25 @@ def test_i2t_tries_every_caption_length_of_the_training_data(tiny_tri_run):
     image = tasks.image_ids(np.zeros((1, 32, 32, 3), dtype=np.uint8))[0]
     top = min(max(n), tasks.cfg.caption_len)  # the tiny BPE spells captions in up to ~50 tokens
     assert min(n) < top and tasks.caption_lengths("image", image) == list(range(min(n), top + 1))
+
+
+def test_t2s_keeps_given_audio_codes_and_fills_the_rest(tiny_tri_run):
+    from trimdm.sample.tasks import Tasks
+    from trimdm.train.trainer import load_run
+
+    _, run = tiny_tri_run
+    tasks = Tasks(load_run(run))
+    v, K = tasks.vocab, tasks.vocab.audio_levels
+    real = tasks.audio_ids([np.sin(np.arange(8000) * 0.05).astype(np.float32) * 0.3])[0]
+    given = [tok if j % K == 0 else v.MASK_audio for j, tok in enumerate(real)]  # the coarse level given
+    texts = ["a red circle"]
+    waves, rows = tasks.t2s(texts, seed=3, audio=[given])
+    out = tasks.span(rows[0], "audio")
+    assert len(out) == len(real)  # the given span sets the length, not the length rule
+    assert [out[j] for j in range(0, len(real), K)] == real[::K]
+    assert all(lo <= t < hi for t in out for lo, hi in [v.content_range("audio")])
+    assert len(waves[0]) > 0
+    _, rows = tasks.t2s(texts, seed=3, audio=[real])  # everything given: nothing changes
+    assert tasks.span(rows[0], "audio") == real
+    with pytest.raises(ValueError, match="2 given audio spans for 1 texts"):
+        tasks.t2s(texts, seed=3, audio=[real, real])

@@ -237,13 +237,24 @@ class Tasks:
             kept.append(draws[int(np.argmax(score))][i])
         return torch.stack(kept)
 
-    def t2s(self, texts: list[str], seed: int) -> tuple[list[np.ndarray], torch.Tensor]:
+    def t2s(self, texts: list[str], seed: int,
+            audio: list[list[int]] | None = None) -> tuple[list[np.ndarray], torch.Tensor]:
+        """Speech for each text. `audio` (one per text) fixes the audio span instead of the length rule:
+        joint audio ids, MASK_audio where generated; the given ids stay as they are in both the row and
+        its unconditional twin (benchmarks/t2s_levels.py gives the real codes of some levels)."""
         self._need("audio")
         K = self.vocab.audio_levels
+        if audio is not None and len(audio) != len(texts):
+            raise ValueError(f"t2s: {len(audio)} given audio spans for {len(texts)} texts")
         pairs = []
-        for t in texts:
+        for i, t in enumerate(texts):
             ids = self.encode_text(t, "text to speak")
-            pairs.append(self.paired_canvas("audio", ids, None, media_len=K * self.audio_frames(len(ids))))
+            n = len(audio[i]) if audio is not None else K * self.audio_frames(len(ids))
+            row, uncond = self.paired_canvas("audio", ids, None, media_len=n)
+            if audio is not None:
+                start = row.index(self.vocab.BOS_audio) + 1
+                row[start:start + n] = uncond[start:start + n] = audio[i]
+            pairs.append((row, uncond))
         out = self.run(self._canvas(pairs, "audio", "text + speech"), seed)
         return [self.wave_of(r) for r in out], out
 
