@@ -240,6 +240,12 @@ class SampleConfig:
     # `rerank_draws` shared mask draws); t2s always draws once
     rerank: int = 1
     rerank_draws: int = 16
+    # rounds of local search after the pick, for the tasks in `refine_tasks` (i2t, s2t): the chosen text
+    # and its one-token neighbours (each token replaced by one of the model's `refine_top` likeliest
+    # others there) compete under log p(text) + log p(medium | text) (Tasks._refine)
+    refine: int = 0
+    refine_top: int = 3
+    refine_tasks: tuple[str, ...] = ("i2t",)
     seed: int = 0
 
     def __getitem__(self, modality: str) -> ModalitySampling:
@@ -380,6 +386,11 @@ class Config:
                 value, allowed = getattr(self.sample[mod], key), sampling_choices(mod, key)
                 if value not in allowed:
                     raise ValueError(f"sample.{mod}.{key}={value!r}: expected {' | '.join(allowed)}")
+        if self.sample.refine < 0 or self.sample.refine_top < 1:
+            raise ValueError(f"sample.refine={self.sample.refine} must be >= 0 and sample.refine_top="
+                             f"{self.sample.refine_top} >= 1")
+        if not set(self.sample.refine_tasks) <= {"i2t", "s2t"}:
+            raise ValueError(f"sample.refine_tasks={','.join(self.sample.refine_tasks)}: choose among i2t, s2t")
         if self.sample.rerank < 1 or self.sample.rerank_draws < 1:
             raise ValueError(f"sample.rerank={self.sample.rerank} and sample.rerank_draws="
                              f"{self.sample.rerank_draws} must be >= 1")

@@ -160,6 +160,45 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
         tasks._pair_loglik("image", texts, image * 2, "text", seed=0)
 
 
+def test_refine_keeps_the_jointly_likeliest_one_token_neighbour(tiny_tri_run):
+    from trimdm.sample.tasks import Tasks
+    from trimdm.sequence.layout import paired_row
+    from trimdm.train.trainer import load_run
+
+    _, run = tiny_tri_run
+    loaded = load_run(run)
+    tasks = Tasks(loaded, loaded.cfg.override(["sample.refine=1", "sample.refine_top=2", "sample.rerank_draws=4"],
+                                              only="sample").sample)
+    v = tasks.vocab
+    images = tasks.image_ids(np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 200, np.uint8)]))
+    text = "a red circle"
+    ids = tasks.text_tok.encode(text).tolist()
+    near = tasks._neighbours("image", images[:1], [ids])[0]
+    # refine_top neighbours per token, each one token away, the model's likeliest other tokens there
+    assert len(near) == 2 * len(ids)
+    for n, i in zip(near, np.repeat(np.arange(len(ids)), 2)):
+        assert len(n) == len(ids) and [j for j in range(len(ids)) if n[j] != ids[j]] == [i]
+    row = torch.tensor(paired_row(v, "image", np.array(ids), np.array(images[0]), tasks.seq_len))
+    row[2] = v.MASK_text
+    lo, hi = v.content_range("text")
+    with torch.no_grad():
+        logits = loaded.model(row[None], torch.zeros(1, len(row), dtype=torch.bool),
+                              heads=[(row[None] == v.MASK_text, lo, hi, v.EOS_text)])[0][0, :hi - lo]
+    top = [t + lo for t in logits.topk(3).indices.tolist() if t + lo != ids[0]][:2]
+    assert [n[0] for n in near[:2]] == top
+    # the prior log p(text) does not see the medium; the medium cannot be scored while hidden
+    prior = [tasks._pair_loglik("image", [ids], [m], "text", seed=0, hide_media=True)[0] for m in images]
+    assert prior[0] == pytest.approx(prior[1], rel=1e-6)
+    with pytest.raises(ValueError, match="only log p\\(text\\)"):
+        tasks._pair_loglik("image", [ids], images[:1], "image", seed=0, hide_media=True)
+    # one round keeps the argmax of log p(text) + log p(image | text) over the text and its neighbours
+    cands = [ids] + [n for n in dict.fromkeys(map(tuple, near)) if list(n) != ids]
+    given = images[:1] * len(cands)
+    score = (tasks._pair_loglik("image", cands, given, "image", seed=3)
+             + tasks._pair_loglik("image", cands, given, "text", seed=3, hide_media=True))
+    assert tasks._refine("image", images[:1], [text], seed=3) == [tasks.text_tok.decode(list(cands[score.argmax()]))]
+
+
 def test_t2i_keeps_the_image_most_probable_for_its_caption(tiny_tri_run):
     from trimdm.sample.tasks import Tasks
     from trimdm.train.trainer import load_run

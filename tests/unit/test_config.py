@@ -39,6 +39,8 @@ def test_unknown_key_lists_close_matches():
     ("diffusion.schedule.text=quadratic", "unknown schedule"),
     ("train.tokens=10", "shorter than one optimizer step"),
     ("train.micro_batch_size=3", "must divide"),
+    ("sample.refine=-1", "sample.refine=-1 must be >= 0"),
+    ("sample.refine_tasks=i2t,t2i", "choose among i2t, s2t"),
 ])
 def test_bad_values_are_clear_errors(override, msg):
     with pytest.raises(ValueError, match=msg):

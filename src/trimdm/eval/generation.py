@@ -123,7 +123,11 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     raw = Path(data_dir) / "raw"
     items, _ = read_image_folder(raw / "images_val")
     image_judge, speech_judge = judges["image"], judges["speech"]
-    result: dict = {"settings": {m: vars(tasks.cfg[m]).copy() for m in ("text", "image", "audio")}}
+    c = tasks.cfg
+    result: dict = {"settings": {**{m: vars(c[m]).copy() for m in ("text", "image", "audio")},
+                                 "best of R": {"rerank": c.rerank, "rerank_draws": c.rerank_draws,
+                                               "refine": c.refine, "refine_top": c.refine_top,
+                                               "refine_tasks": ",".join(c.refine_tasks)}}}
 
     # -- T2I: an equal share of prompts per group, in split order -------------------------------------
     per_group = max(1, prompts // 3)

@@ -211,6 +211,8 @@ def _flatten(prefix: str, d: dict) -> list[str]:
     for k, v in d.items():
         if isinstance(v, dict):
             out += _flatten(f"{prefix}.{k}", v)
+        elif isinstance(v, (list, tuple)):  # a tuple setting, written as a JSON list
+            out.append(f"{prefix}.{k}={','.join(map(str, v))}")
         else:
             out.append(f"{prefix}.{k}={v}")
     return out
