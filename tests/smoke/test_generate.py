@@ -160,7 +160,7 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
         tasks._pair_loglik("image", texts, image * 2, "text", seed=0)
 
 
-def test_refine_keeps_the_neighbour_that_explains_the_medium_and_the_pair_better(tiny_tri_run, monkeypatch):
+def test_refine_keeps_the_jointly_likeliest_one_token_neighbour(tiny_tri_run, monkeypatch):
     from trimdm.sample.tasks import Tasks
     from trimdm.sequence.layout import paired_row
     from trimdm.train.trainer import load_run
@@ -191,15 +191,17 @@ def test_refine_keeps_the_neighbour_that_explains_the_medium_and_the_pair_better
     assert prior[0] == pytest.approx(prior[1], rel=1e-6)
     with pytest.raises(ValueError, match="only log p\\(text\\)"):
         tasks._pair_loglik("image", [ids], images[:1], "image", seed=0, hide_media=True)
-    # one round: of the neighbours that raise both log p(image | text) and the joint log p(text, image),
-    # the one with the highest joint; none: the text stays
+    # one round keeps the highest joint log p(text) + log p(image | text) of the text and its neighbours,
+    # not the highest log p(image | text); when no neighbour beats the text, the text stays
     near = [[5, 6], [7, 8], [9, 10]]
     medium, prior = np.array([0.0, 5.0, -1.0, 2.0]), np.array([0.0, -10.0, 8.0, 1.0])  # joint 0, -5, 7, 3
     monkeypatch.setattr(tasks, "_neighbours", lambda modality, media, ids: [near])
     monkeypatch.setattr(tasks, "_pair_loglik", lambda modality, cands, given, of, seed, hide_media=False:
                         (prior if hide_media else medium)[:len(cands)])
+    assert tasks._refine("image", images[:1], [text], seed=3) == [tasks.text_tok.decode([7, 8])]
+    prior[2] = 0.0
     assert tasks._refine("image", images[:1], [text], seed=3) == [tasks.text_tok.decode([9, 10])]
-    medium[3] = -1.0
+    prior[1:] = -100.0
     assert tasks._refine("image", images[:1], [text], seed=3) == [text]
 
 

@@ -300,14 +300,14 @@ class Tasks:
 
     def _refine(self, modality: str, media: list[list[int]], texts: list[str], seed: int) -> list[str]:
         """`sample.refine` rounds of local search around each chosen text (the tasks of
-        `sample.refine_tasks`). A one-token neighbour (`_neighbours`) replaces the text when the medium is
-        more probable under it, log p(medium | text), and so is the pair, log p(text) + log p(medium |
-        text); of several, the one with the likeliest pair. A round that changes no text ends the search.
-        Sampling rarely proposes a composition that training never showed ("a yellow square" when yellow
-        squares were held out): the text-given-medium direction follows the words it saw together, while
-        the medium-given-text direction still prefers the right one. The prior log p(text) (the row with
-        its medium masked) vetoes swaps of words the medium does not depend on, and the medium's own
-        term keeps the prior from promoting one (docs/sampling.md)."""
+        `sample.refine_tasks`): the text and its one-token neighbours (`_neighbours`) compete under the
+        joint log p(text) + log p(medium | text); the best is kept, and a round that changes no text ends
+        the search. Sampling rarely proposes a composition that training never showed ("a yellow
+        square" when yellow squares were held out): the text-given-medium direction follows the words
+        it saw together, while the medium-given-text direction still prefers the right one. The prior
+        log p(text) (the row with its medium masked) keeps the search from rewording the words the
+        medium does not depend on, which log p(medium | text) alone would swap on noise
+        (docs/sampling.md)."""
         ids = [self.text_tok.encode(t).tolist() for t in texts]
         for _ in range(self.cfg.refine):
             kept = []
@@ -317,10 +317,9 @@ class Tasks:
                     kept.append(cur)
                     continue
                 given = [m] * len(cands)
-                medium = self._pair_loglik(modality, cands, given, modality, seed)
-                joint = medium + self._pair_loglik(modality, cands, given, "text", seed, hide_media=True)
-                better = (medium > medium[0]) & (joint > joint[0])
-                kept.append(list(cands[int(np.argmax(np.where(better, joint, -np.inf)))]) if better.any() else cur)
+                joint = (self._pair_loglik(modality, cands, given, modality, seed)
+                         + self._pair_loglik(modality, cands, given, "text", seed, hide_media=True))
+                kept.append(list(cands[int(np.argmax(joint))]))  # the text itself (index 0) wins ties
             if kept == ids:
                 break
             ids = kept
