@@ -29,7 +29,9 @@ which the model finds the medium most probable; t2i keeps, of R images, the one 
 probable for the caption (`_best_of`). Both judge with log p(medium | text), the direction a masked
 diffusion model learns first, estimated as in multiple choice. Judging images by log p(caption | image)
 instead picked worse on held-out compositions, and t2s draws once: neither direction's likelihood picked
-better speech (docs/sampling.md).
+better speech (docs/sampling.md). After the pick, `sample.refine` rounds of local search (i2t by default)
+try every one-token change the model finds likely under the joint log p(text) + log p(medium | text)
+(`_refine`).
 
 Does not own the decoding loop (sampler.py) or file output (run.py).
 """
