@@ -187,8 +187,8 @@ def test_refine_keeps_the_jointly_likeliest_one_token_neighbour(tiny_tri_run, mo
     top = [t + lo for t in logits.topk(3).indices.tolist() if t + lo != ids[0]][:2]
     assert [n[0] for n in near[:2]] == top
     # the prior log p(text) does not see the medium; the medium cannot be scored while hidden
-    prior = [tasks._pair_loglik("image", [ids], [m], "text", seed=0, hide_media=True)[0] for m in images]
-    assert prior[0] == pytest.approx(prior[1], rel=1e-6)
+    priors = [tasks._pair_loglik("image", [ids], [m], "text", seed=0, hide_media=True)[0] for m in images]
+    assert priors[0] == pytest.approx(priors[1], rel=1e-6)
     with pytest.raises(ValueError, match="only log p\\(text\\)"):
         tasks._pair_loglik("image", [ids], images[:1], "image", seed=0, hide_media=True)
     # one round keeps the highest joint log p(text) + log p(image | text) of the text and its neighbours,

@@ -81,6 +81,27 @@ def answer_masks(level_u_N: np.ndarray, order_u_NA: np.ndarray, n_answer: int) -
 
 
 @torch.no_grad()
+@torch.no_grad()
+def masked_logits(model, tables: RowTables, clean_RL: torch.Tensor, noisy_RL: torch.Tensor, batch_size: int,
+                  device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+    """The model's logits at the positions where `noisy_RL` differs from `clean_RL` (masked), in batches:
+    yields (start row, clean rows cut to the batch's width, heads, logits per head), the heads being
+    `RowTables.output_heads` (the output slices the loss trains: audio per residual level), so what is
+    read is the model's own estimate."""
+    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
+                else nullcontext())
+    for start in range(0, len(clean_RL), batch_size):
+        c, x = clean_RL[start:start + batch_size], noisy_RL[start:start + batch_size]
+        pad = tables.pad(c)
+        width = int((~pad).any(0).nonzero().max()) + 1  # drop the trailing columns that are padding in every row
+        c, x, pad = c[:, :width], x[:, :width], pad[:, :width]
+        heads = tables.output_heads(x, x != c)
+        with autocast:
+            logits = model(x.to(device), pad.to(device), heads=[(sel.to(device), lo, hi, eos)
+                                                               for sel, lo, hi, eos, _ in heads])
+        yield start, c, heads, logits
+
+
 def mc_answer_loglik(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL: torch.Tensor,
                      level_u_N: np.ndarray, order_u_NA: np.ndarray, batch_size: int = 128,
                      device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -117,18 +138,8 @@ def mc_answer_loglik(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL:
         weight.append(torch.from_numpy(len(pos) / l_N))
     noisy_RL, clean_RL, weight_R = torch.cat(noisy), torch.cat(clean), torch.cat(weight)
     scores_R = torch.zeros(K * N, dtype=torch.float64)
-    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
-                else nullcontext())
-    for start in range(0, K * N, batch_size):
-        c, x = clean_RL[start:start + batch_size], noisy_RL[start:start + batch_size]
-        pad = tables.pad(c)
-        width = int((~pad).any(0).nonzero().max()) + 1  # drop the trailing columns that are padding in every row
-        c, x, pad = c[:, :width], x[:, :width], pad[:, :width]
-        # the output slices the loss trains (audio per residual level), so the estimate is the model's own
-        heads = tables.output_heads(x, x != c)
-        with autocast:
-            logits = model(x.to(device), pad.to(device), heads=[(sel.to(device), lo, hi, eos)
-                                                               for sel, lo, hi, eos, _ in heads])
+    for start, c, heads, logits in masked_logits(model, tables, clean_RL, noisy_RL, batch_size, device,
+                                                 autocast_dtype):
         for (sel, lo, hi, eos, _), lg in zip(heads, logits):
             logp = lg.to(torch.promote_types(lg.dtype, torch.float32)).log_softmax(-1).cpu()
             clean = c[sel]

@@ -37,7 +37,6 @@ Does not own the decoding loop (sampler.py) or file output (run.py).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,64 +296,62 @@ class Tasks:
                 continue
             score = self._pair_loglik(modality, cands, [m] * len(cands), modality, seed)
             out.append(cands[int(np.argmax(score))])
-        task = {"image": "i2t", "audio": "s2t"}[modality]
-        return self._refine(modality, media, out, seed) if task in self.cfg.refine_tasks else out
+        searched = self.cfg.refine and {"image": "i2t", "audio": "s2t"}[modality] in self.cfg.refine_tasks
+        return self._refine(modality, media, out, seed) if searched else out
 
     def _refine(self, modality: str, media: list[list[int]], texts: list[str], seed: int) -> list[str]:
         """`sample.refine` rounds of local search around each chosen text (the tasks of
         `sample.refine_tasks`): the text and its one-token neighbours (`_neighbours`) compete under the
-        joint log p(text) + log p(medium | text); the best is kept, and a round that changes no text ends
-        the search. Sampling rarely proposes a composition that training never showed ("a yellow
+        joint log p(text) + log p(medium | text); the best is kept. A later round searches only the texts
+        the round before changed, and a round that changes none ends the search. Sampling rarely proposes a composition that training never showed ("a yellow
         square" when yellow squares were held out): the text-given-medium direction follows the words
         it saw together, while the medium-given-text direction still prefers the right one. The prior
         log p(text) (the row with its medium masked) keeps the search from rewording the words the
         medium does not depend on, which log p(medium | text) alone would swap on noise
         (docs/sampling.md)."""
         ids = [self.text_tok.encode(t).tolist() for t in texts]
+        active = list(range(len(ids)))  # a text that kept itself would find the same neighbours and scores again
         for _ in range(self.cfg.refine):
-            kept = []
-            for m, cur, near in zip(media, ids, self._neighbours(modality, media, ids)):
-                cands = [cur] + [c for c in dict.fromkeys(map(tuple, near)) if list(c) != cur]
+            moved = []
+            near = self._neighbours(modality, [media[j] for j in active], [ids[j] for j in active])
+            for j, nj in zip(active, near):
+                cands = [ids[j]] + [c for c in dict.fromkeys(map(tuple, nj)) if list(c) != ids[j]]
                 if len(cands) == 1:
-                    kept.append(cur)
                     continue
-                given = [m] * len(cands)
+                given = [media[j]] * len(cands)
                 joint = (self._pair_loglik(modality, cands, given, modality, seed)
                          + self._pair_loglik(modality, cands, given, "text", seed, hide_media=True))
-                kept.append(list(cands[int(np.argmax(joint))]))  # the text itself (index 0) wins ties
-            if kept == ids:
+                best = int(np.argmax(joint))  # the text itself (index 0) wins ties
+                if best:
+                    ids[j] = list(cands[best])
+                    moved.append(j)
+            if not moved:
                 break
-            ids = kept
+            active = moved
         return [self.text_tok.decode(t) for t in ids]
 
-    @torch.no_grad()
     def _neighbours(self, modality: str, media: list[list[int]], ids: list[list[int]]) -> list[list[list[int]]]:
         """Per text (BPE ids), the texts one token away: each token masked alone, in the row with its
         medium, and replaced by each of the model's `sample.refine_top` likeliest other tokens there."""
-        v, tables = self.vocab, row_tables(self.vocab)
-        lo, hi = v.content_range("text")
-        rows, where = [], []
+        from trimdm.eval.multiple_choice import masked_logits
+
+        v = self.vocab
+        clean, where = [], []
         for j, (t, m) in enumerate(zip(ids, media)):
             row = paired_row(v, modality, np.asarray(t, dtype=np.int64), np.asarray(m, dtype=np.int64), self.seq_len)
-            for i in range(len(t)):  # text token i sits at row index 2 + i (after TASK and BOS_text)
-                rows.append(np.where(np.arange(len(row)) == 2 + i, v.MASK_text, row))
-                where.append((j, i))
+            clean += [row] * len(t)
+            where += [(j, i) for i in range(len(t))]
         out: list[list[list[int]]] = [[] for _ in ids]
-        if not rows:
+        if not clean:
             return out
-        x_RL, device = torch.tensor(np.stack(rows)), self.loaded.device
-        autocast = (torch.autocast(device.type, dtype=self.loaded.autocast_dtype)
-                    if self.loaded.autocast_dtype is not None else contextlib.nullcontext())
+        clean_RL = torch.tensor(np.stack(clean))
+        noisy_RL = clean_RL.clone()
+        noisy_RL[torch.arange(len(where)), torch.tensor([2 + i for _, i in where])] = v.MASK_text  # after TASK, BOS
         top = []
-        for a in range(0, len(x_RL), 128):
-            x = x_RL[a:a + 128]
-            pad = tables.pad(x)
-            width = int((~pad).any(0).nonzero().max()) + 1
-            x, pad = x[:, :width], pad[:, :width]
-            sel = x == v.MASK_text  # one position per row: the head's rows follow the batch's
-            with autocast:
-                logits = self.loaded.model(x.to(device), pad.to(device), heads=[(sel.to(device), lo, hi, v.EOS_text)])[0]
-            top.append(logits[:, :hi - lo].float().topk(self.cfg.refine_top + 1, dim=-1).indices.cpu() + lo)
+        for _, _, heads, logits in masked_logits(self.loaded.model, row_tables(v), clean_RL, noisy_RL, 128,
+                                                 self.loaded.device, self.loaded.autocast_dtype):
+            (_, lo, hi, _, _), = heads  # one masked text position per row: the head's rows follow the batch's
+            top.append(logits[0][:, :hi - lo].float().topk(self.cfg.refine_top + 1, dim=-1).indices.cpu() + lo)
         for (j, i), cands in zip(where, torch.cat(top).tolist()):
             for c in [c for c in cands if c != ids[j][i]][:self.cfg.refine_top]:
                 out[j].append(ids[j][:i] + [c] + ids[j][i + 1:])
