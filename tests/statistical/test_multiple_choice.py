@@ -6,7 +6,7 @@ passes). Models: `BagModel`, a stand-in whose logits at a position are a fixed p
 a sum over the visible tokens of the row (a simple, known, smooth dependence on the context), and a
 small random `Transformer` in float64. A context-free stand-in also checks the bound against the exact
 log-likelihood (for a factorised model the bound is tight). Tolerances are 4 standard errors of the
-Monte-Carlo estimate, with fixed seeds.
+Monte-Carlo estimate (`stratified_stderr`: the levels are stratified), with fixed seeds.
 """
 import itertools
 import math
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from trimdm.eval.multiple_choice import answer_masks, draw_uniforms, mc_answer_loglik, question_rows
+from trimdm.eval.multiple_choice import (answer_masks, draw_uniforms, mc_answer_loglik, question_rows,
+                                         stratified_stderr)
 from trimdm.model.transformer import Transformer, TransformerArgs
 from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab
@@ -83,10 +84,11 @@ def exact_bound(model, row_L, answer_L):
 
 
 def estimates(model, rows, answers, n, seed, shared=True):
+    """(K, n) per-sample estimates; shared draws come with their levels, for `stratified_stderr`."""
     width = int(answers.sum(1).max())
     if shared:
-        return mc_answer_loglik(model, VOCAB, rows, answers, *draw_uniforms(n, width, np.random.default_rng(seed)),
-                                batch_size=4096).numpy()
+        level_u, order_u = draw_uniforms(n, width, np.random.default_rng(seed))
+        return mc_answer_loglik(model, VOCAB, rows, answers, level_u, order_u, batch_size=4096).numpy(), level_u
     return np.stack([mc_answer_loglik(model, VOCAB, rows[k:k + 1], answers[k:k + 1],
                                       *draw_uniforms(n, width, np.random.default_rng([seed, k])),
                                       batch_size=4096).numpy()[0] for k in range(len(rows))])
@@ -106,6 +108,38 @@ def test_answer_masks_draw_l_uniformly_and_subsets_uniformly():
     assert freq[0] == 0
 
 
+def test_levels_are_stratified_in_random_order():
+    for n in (1, 7, 64):
+        level_u, _ = draw_uniforms(n, 3, np.random.default_rng(n))
+        assert (np.sort(np.floor(level_u * n)) == np.arange(n)).all()  # one sample in each slice of [0, 1)
+    assert not (np.diff(level_u) > 0).all()
+
+
+def test_stratified_levels_reduce_the_variance_of_the_mean_and_their_stderr_sees_it():
+    """Option 3 (ℓ = 6) under a bag model with a strong context: the mean of n = 6 samples varies less
+    across repetitions with stratified levels than with i.i.d. ones; `stratified_stderr`, which reads
+    the within-stratum variance from neighbouring strata, does not understate the stratified variance
+    and reports less than the i.i.d. one."""
+    model = BagModel(coupling=2.0)
+    rows, answers = candidates("text")
+    rows, answers = rows[3:], answers[3:]
+    reps, n = 1600, 6
+    rng = np.random.default_rng(0)
+    strat, iid, se2 = [], [], []
+    for _ in range(reps):
+        level_u, order_u = draw_uniforms(n, 6, rng)
+        est = mc_answer_loglik(model, VOCAB, rows, answers, level_u, order_u, batch_size=4096).numpy()[0]
+        strat.append(est.mean())
+        se2.append(stratified_stderr(est, level_u) ** 2)
+        iid.append(mc_answer_loglik(model, VOCAB, rows, answers, rng.random(n), order_u, batch_size=4096).numpy()[0].mean())
+    v_strat, se_strat = _variance_and_se(np.array(strat))
+    v_iid, se_iid = _variance_and_se(np.array(iid))
+    assert v_iid - v_strat > 4 * math.hypot(se_strat, se_iid), (v_strat, v_iid)
+    reported, se_reported = float(np.mean(se2)), float(np.std(se2, ddof=1)) / math.sqrt(reps)
+    assert reported > v_strat - 4 * math.hypot(se_strat, se_reported), (reported, v_strat)
+    assert reported < v_iid - 4 * math.hypot(se_iid, se_reported), (reported, v_iid)
+
+
 def test_options_of_equal_length_get_identical_masks():
     level_u, order_u = draw_uniforms(50, 6, np.random.default_rng(1))
     a, _ = answer_masks(level_u, order_u, 4)
@@ -120,14 +154,14 @@ def test_estimator_is_unbiased_and_ranks_like_the_exact_bound(model_name, kind):
     rows, answers = candidates(kind)
     exact = np.array([exact_bound(model, rows[k], answers[k]) for k in range(len(rows))])
     n = 4000
-    est = estimates(model, rows, answers, n, seed=7)
-    mean, se = est.mean(1), est.std(1, ddof=1) / math.sqrt(n)
+    est, level_u = estimates(model, rows, answers, n, seed=7)
+    mean, se = est.mean(1), np.array([stratified_stderr(e, level_u) for e in est])
     assert (np.abs(mean - exact) < 4 * se).all(), (mean, exact, se)
     # ranking: every pair whose exact gap is resolvable (> 4 SE of the estimated difference) is ordered
     # as the exact bound orders it; most pairs of the toy are resolvable, so this has power
     resolvable = 0
     for a, b in itertools.combinations(range(len(rows)), 2):
-        se_diff = (est[a] - est[b]).std(ddof=1) / math.sqrt(n)
+        se_diff = stratified_stderr(est[a] - est[b], level_u)
         if abs(exact[a] - exact[b]) > 4 * se_diff:
             resolvable += 1
             assert np.sign(mean[a] - mean[b]) == np.sign(exact[a] - exact[b]), (a, b, mean, exact)
@@ -139,12 +173,12 @@ def test_bound_is_the_exact_likelihood_for_a_factorised_model():
     rows, answers = candidates("text")
     logq = model.pos.log_softmax(-1)
     n = 4000
-    est = estimates(model, rows, answers, n, seed=11)
+    est, level_u = estimates(model, rows, answers, n, seed=11)
     for k in range(len(rows)):
         pos = answers[k].nonzero().squeeze(1)
         exact = float(logq[pos, VOCAB.to_local("text", rows[k, pos])].sum())  # log p(a | c), exactly
         assert exact_bound(model, rows[k], answers[k]) == pytest.approx(exact, abs=1e-12)
-        se = est[k].std(ddof=1) / math.sqrt(n)
+        se = stratified_stderr(est[k], level_u)
         assert se > 0 and abs(est[k].mean() - exact) < 4 * se
 
 
@@ -165,7 +199,7 @@ def test_shared_draws_reduce_the_variance_of_option_differences(pair):
     rows, answers = candidates("text")
     n = 8000
     a, b = pair
-    shared, independent = estimates(model, rows, answers, n, 5), estimates(model, rows, answers, n, 6, shared=False)
+    shared, independent = estimates(model, rows, answers, n, 5)[0], estimates(model, rows, answers, n, 6, shared=False)
     v_shared, se_shared = _variance_and_se(shared[a] - shared[b])
     v_indep, se_indep = _variance_and_se(independent[a] - independent[b])
     assert v_indep - v_shared > 4 * math.hypot(se_shared, se_indep), (v_shared, v_indep)

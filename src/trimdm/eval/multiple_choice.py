@@ -12,7 +12,9 @@ Estimator. For a context c and an answer a of ℓ tokens, LLaDA's Eq. (6) bounds
 (the MDM ELBO of the answer with the context clean, written with the number of masked tokens in place
 of the continuous time). One sample draws l, masks l answer positions chosen uniformly without
 replacement by their own modality's MASK token, and scores the masked ones; the mean of n samples is
-an unbiased estimate of the bound, and its standard error is std/√n.
+an unbiased estimate of the bound. The n levels are stratified (one per slice of [0, 1), so the
+mask ratios are covered evenly), and the standard error is read from neighbouring strata
+(`stratified_stderr`).
 
 Common random numbers: the options of one question share their draws. Sample s has one uniform
 u_s ∈ [0, 1) and one vector v_s of uniforms, and an option of ℓ tokens maps them to
@@ -60,10 +62,30 @@ MEDIA_KEYS = ("image", "audio")
 
 # -- the estimator -------------------------------------------------------------------------------------
 def draw_uniforms(n_samples: int, max_answer: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The shared draws of one question: level_u_N (which l) and order_u_NA (which positions)."""
+    """The shared draws of one question: level_u_N (which l) and order_u_NA (which positions).
+
+    The levels are stratified: sample n falls in its own slice [k/N, (k+1)/N) of [0, 1), the slices in
+    random order. Each sample alone is still uniform, so the mean stays unbiased, but the N samples
+    cover the mask ratios evenly instead of by chance; the ratio is most of the estimate's variance."""
     if n_samples < 1 or max_answer < 1:
         raise ValueError(f"need n_samples >= 1 and max_answer >= 1, got {n_samples}, {max_answer}")
-    return rng.random(n_samples), rng.random((n_samples, max_answer))
+    level_u_N = (rng.permutation(n_samples) + rng.random(n_samples)) / n_samples
+    return level_u_N, rng.random((n_samples, max_answer))
+
+
+def stratified_stderr(est_N: np.ndarray, level_u_N: np.ndarray) -> float:
+    """Standard error of the mean of per-sample estimates drawn on stratified levels (`draw_uniforms`).
+
+    With one sample per stratum the within-stratum variance is read from neighbours: the samples are
+    sorted by level and paired, and Var(mean) ≈ Σ_pairs (y_a − y_b)² / (2·pairs·N). A difference also
+    holds the two strata's difference in mean, so the estimate errs high, a little (neighbouring strata
+    mostly map to the same l). std/√N, the i.i.d. formula, would ignore the stratification's gain."""
+    n = len(est_N)
+    if n < 2:
+        return math.nan
+    y = np.asarray(est_N, np.float64)[np.argsort(level_u_N, kind="stable")]
+    d = y[1:2 * (n // 2):2] - y[0:2 * (n // 2):2]
+    return math.sqrt(float((d ** 2).sum()) / (2 * (n // 2) * n))
 
 
 def answer_masks(level_u_N: np.ndarray, order_u_NA: np.ndarray, n_answer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +102,6 @@ def answer_masks(level_u_N: np.ndarray, order_u_NA: np.ndarray, n_answer: int) -
     return ranks_NA < l_N[:, None], l_N
 
 
-@torch.no_grad()
 @torch.no_grad()
 def masked_logits(model, tables: RowTables, clean_RL: torch.Tensor, noisy_RL: torch.Tensor, batch_size: int,
                   device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
@@ -319,7 +340,7 @@ def run_multiple_choice(loaded, path: str | Path, n_samples: int = 64, seed: int
         est_KN = mc_answer_loglik(loaded.model, loaded.vocab, rows_KL, answer_KL, level_u, order_u, batch_size,
                                   loaded.device, loaded.autocast_dtype).numpy()
         mean = est_KN.mean(1)
-        se = est_KN.std(1, ddof=1) / math.sqrt(n_samples) if n_samples > 1 else np.full(len(mean), math.nan)
+        se = np.array([stratified_stderr(e, level_u) for e in est_KN])
         pred, pred_tok = int(np.argmax(mean)), int(np.argmax(mean / n_answer))
         runner_up = int(np.argsort(-mean, kind="stable")[1])
         diff = est_KN[pred] - est_KN[runner_up]  # shared draws: the SE of the margin is small
@@ -328,7 +349,7 @@ def run_multiple_choice(loaded, path: str | Path, n_samples: int = 64, seed: int
                     "correct_per_token": pred_tok == q.answer, "loglik": mean.tolist(), "stderr": se.tolist(),
                     "per_token": (mean / n_answer).tolist(), "answer_tokens": n_answer.tolist(),
                     "margin": float(diff.mean()),
-                    "margin_stderr": float(diff.std(ddof=1) / math.sqrt(n_samples)) if n_samples > 1 else math.nan})
+                    "margin_stderr": stratified_stderr(diff, level_u)})
     loaded.model.train(was_training)
     by_kind = {}
     for kind in ("text", "image", "audio"):

@@ -376,7 +376,7 @@ class Tasks:
         ids. With `hide_media`, the medium's span is MASK: log p(text), the text's prior in that task's
         rows. The candidates share the answer's length and the same mask draws, so that their
         differences carry little noise."""
-        from trimdm.eval.multiple_choice import mc_answer_loglik
+        from trimdm.eval.multiple_choice import draw_uniforms, mc_answer_loglik
 
         v = self.vocab
         if hide_media and of != "text":
@@ -393,9 +393,8 @@ class Tasks:
         n_answer = int(answer[0].sum())
         if not bool((answer.sum(1) == n_answer).all()):
             raise ValueError(f"candidates scored as log p({of} | ...) must share the {of}'s length")
-        rng = np.random.default_rng(seed)
-        n = self.cfg.rerank_draws
-        ll = mc_answer_loglik(self.loaded.model, v, rows, answer, rng.random(n), rng.random((n, n_answer)),
+        uniforms = draw_uniforms(self.cfg.rerank_draws, n_answer, np.random.default_rng(seed))
+        ll = mc_answer_loglik(self.loaded.model, v, rows, answer, *uniforms,
                               device=self.loaded.device, autocast_dtype=self.loaded.autocast_dtype)
         return ll.mean(1).numpy()
 
