@@ -103,6 +103,19 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
     assert 0 <= gen["i2t"]["accuracy"] <= 1 and gen["t2s"]["cer"] >= 0 and gen["s2t"]["cer"] >= 0
     single = gen["i2t"]["single"]
     assert 1 <= single["n"] <= gen["i2t"]["n"] and 0 <= single["accuracy"] <= 1 and 0 <= single["chance"] <= 1
+    items = gen["i2t"]["items"]  # every caption, with its group: the subsets' figures are theirs
+    assert len(items) == gen["i2t"]["n"] and np.mean([x["correct"] for x in items]) == pytest.approx(gen["i2t"]["accuracy"])
+    for key, groups in (("single", {"seen_single", "heldout_single"}), ("single_heldout", {"heldout_single"})):
+        sub = [x["correct"] for x in items if x["group"] in groups]
+        assert (key in gen["i2t"]) == bool(sub), key
+        if sub:
+            assert gen["i2t"][key]["n"] == len(sub) and gen["i2t"][key]["accuracy"] == pytest.approx(np.mean(sub))
+    from trimdm.eval.judges.speech import cer
+
+    assert cer([x["heard"] for x in gen["t2s"]["items"]], [x["prompt"] for x in gen["t2s"]["items"]]) == \
+        pytest.approx(gen["t2s"]["cer"]) and len(gen["t2s"]["items"]) == gen["t2s"]["n"]
+    assert cer([x["transcript"] for x in gen["s2t"]["items"]], [x["reference"] for x in gen["s2t"]["items"]]) == \
+        pytest.approx(gen["s2t"]["cer"]) and len(gen["s2t"]["items"]) == gen["s2t"]["n"]
     from trimdm.eval.summary import print_summary
 
     lines = []

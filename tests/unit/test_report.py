@@ -88,6 +88,7 @@ def full_eval(run):
                     "grid": "samples/eval/t2i/grid.png", "samples": t2i_samples},
             "i2t": {"accuracy": 0.5, "n": 16, "chance": 0.25, "samples": i2t,
                     "single": {"accuracy": 0.5625, "n": 9, "chance": 0.0625},
+                    "single_heldout": {"accuracy": 0.25, "n": 4, "chance": 0.125},
                     "errors": {"shape": 6, "color": 3, "location": 0, "count": 7}},
             "t2s": {"cer": 0.45, "n": 12, "chance": 0.9, "samples": t2s},
             "s2t": {"cer": 0.95, "n": 12, "chance": 0.9, "samples": s2t},
@@ -161,9 +162,9 @@ def test_every_number_appears(full):
     expected += [fmt(v) for v in (*rec["image_metrics"].values(), *rec["audio_metrics"].values())]
     expected += [fmt(v) for d in ev["judges"].values() for v in d.values()]
     gen = ev["generation"]
-    for r in (*gen["t2i"]["groups"].values(), gen["i2t"], gen["i2t"]["single"]):
+    for r in (*gen["t2i"]["groups"].values(), gen["i2t"], gen["i2t"]["single"], gen["i2t"]["single_heldout"]):
         expected += [fmt(r["accuracy"]), fmt(r["n"]), fmt(r["chance"])]
-    expected += ["image→text (single-object)"]
+    expected += ["image→text (single-object)", "image→text (single-object, held-out pair)"]
     for r in (gen["t2s"], gen["s2t"]):
         expected += [fmt(r["cer"]), fmt(r["n"]), fmt(r["chance"])]
     expected += [fmt(gen["fid_image"]), fmt(gen["fad_audio"]), "steps=48", "cfg=2.5", "temperature=0.7"]

@@ -199,12 +199,18 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                      "attribute_match": float(np.mean(partial)),
                      "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
-                     "errors": error_counts(errors), "samples": i2t_samples}
-    if single:  # the single-object images alone, the I2T target; chance pairs them among themselves
-        swap = _shuffled(len(single), seed + 3)
-        result["i2t"]["single"] = {
-            "accuracy": float(np.mean([ok[j] for j in single])), "n": len(single),
-            "chance": float(np.mean([not judge_caption(refs[single[swap[i]]], scenes[j]) for i, j in enumerate(single)]))}
+                     "errors": error_counts(errors), "samples": i2t_samples,
+                     "items": [{"caption": m, "reference": r, "correct": o, "group": _group(sc)}
+                               for m, r, o, sc in zip(made, refs, ok, scenes)]}
+    # the single-object images alone (the I2T target), and those of a held-out colour-shape pair;
+    # chance pairs each subset's references among themselves
+    heldout = [j for j in single if _group(scenes[j]) == "heldout_single"]
+    for key, sub, salt in (("single", single, 3), ("single_heldout", heldout, 4)):
+        if sub:
+            swap = _shuffled(len(sub), seed + salt)
+            result["i2t"][key] = {
+                "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
+                "chance": float(np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j]) for i, j in enumerate(sub)]))}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
     # -- T2S and S2T on held-out utterances ------------------------------------------------------------
@@ -226,7 +232,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     err, err_se = cer_and_se(heard, texts)
     chance, chance_se = cer_and_se(heard_real, shuffled)
     result["t2s"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
-                     "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples}
+                     "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
+                     "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
     feats_fake = speech_judge.features([w if len(w) else np.zeros(rate // 10, np.float32) for w in spoken])
     result["fad_audio"] = frechet(feats_real, feats_fake, feats_real.shape[1])
@@ -243,7 +250,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     err, err_se = cer_and_se(transcripts, texts)
     chance, chance_se = cer_and_se(shuffled, texts)
     result["s2t"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
-                     "samples": s2t_samples}
+                     "samples": s2t_samples,
+                     "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
         f"({time.time() - t0:.0f}s)")
     result["seconds"] = round(time.time() - t0, 1)

@@ -465,8 +465,9 @@ def _generation(run: Path, gen: dict) -> list:
                                         ("t2s", "text→speech", "cer", False), ("s2t", "speech→text", "cer", False)):
         if isinstance(gen.get(task), dict) and metric in gen[task]:
             rows.append(_score_row(label, metric, gen[task], higher))
-            if isinstance(gen[task].get("single"), dict):
-                rows.append(_score_row(f"{label} (single-object)", metric, gen[task]["single"], higher))
+            for key, sub in (("single", "single-object"), ("single_heldout", "single-object, held-out pair")):
+                if isinstance(gen[task].get(key), dict):
+                    rows.append(_score_row(f"{label} ({sub})", metric, gen[task][key], higher))
     for key, label in (("fid_image", "FID (image)"), ("fad_audio", "FAD (audio)")):
         if key in gen:
             rows.append([label, key.split("_")[0].upper(), fmt(gen[key]), "—", "—", "— (lower is better)"])

@@ -19,8 +19,9 @@ def print_summary(result: dict, out=print) -> None:
         out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
         rows.append(("I2T caption all right", gen["i2t"]))
-        if isinstance(gen["i2t"].get("single"), dict):
-            rows.append(("I2T caption all right, single-object", gen["i2t"]["single"]))
+        for key, label in (("single", "single-object"), ("single_heldout", "single held-out pair")):
+            if isinstance(gen["i2t"].get(key), dict):
+                rows.append((f"I2T caption all right, {label}", gen["i2t"][key]))
         for label, v in rows:
             out(f"{label:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
                 f"{vs_chance(v['accuracy'], v['chance'], v['n'])}")
