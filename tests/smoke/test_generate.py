@@ -104,7 +104,8 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
     single = gen["i2t"]["single"]
     assert 1 <= single["n"] <= gen["i2t"]["n"] and 0 <= single["accuracy"] <= 1 and 0 <= single["chance"] <= 1
     items = gen["i2t"]["items"]  # every caption, with its group: the subsets' figures are theirs
-    assert len(items) == gen["i2t"]["n"] and np.mean([x["correct"] for x in items]) == pytest.approx(gen["i2t"]["accuracy"])
+    assert len(items) == gen["i2t"]["n"]
+    assert np.mean([x["correct"] for x in items]) == pytest.approx(gen["i2t"]["accuracy"])
     for key, groups in (("single", {"seen_single", "heldout_single"}), ("single_heldout", {"heldout_single"})):
         sub = [x["correct"] for x in items if x["group"] in groups]
         assert (key in gen["i2t"]) == bool(sub), key
@@ -175,7 +176,7 @@ def test_rerank_keeps_the_text_under_which_the_medium_is_most_probable(tiny_tri_
 
 def test_refine_keeps_the_jointly_likeliest_one_token_neighbour(tiny_tri_run, monkeypatch):
     from trimdm.sample.tasks import Tasks
-    from trimdm.sequence.layout import paired_row
+    from trimdm.sequence.layout import PAIRED_TEXT_START, paired_row
     from trimdm.train.trainer import load_run
 
     _, run = tiny_tri_run
@@ -192,7 +193,7 @@ def test_refine_keeps_the_jointly_likeliest_one_token_neighbour(tiny_tri_run, mo
     for n, i in zip(near, np.repeat(np.arange(len(ids)), 2)):
         assert len(n) == len(ids) and [j for j in range(len(ids)) if n[j] != ids[j]] == [i]
     row = torch.tensor(paired_row(v, "image", np.array(ids), np.array(images[0]), tasks.seq_len))
-    row[2] = v.MASK_text
+    row[PAIRED_TEXT_START] = v.MASK_text
     lo, hi = v.content_range("text")
     with torch.no_grad():
         logits = loaded.model(row[None], torch.zeros(1, len(row), dtype=torch.bool),

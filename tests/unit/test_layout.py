@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trimdm.sequence.layout import PackedText, RowTables, paired_row
+from trimdm.sequence.layout import PAIRED_TEXT_START, PackedText, RowTables, paired_row
 from trimdm.tokenizers.vocab import JointVocab
 
 V = JointVocab(n_text=50, n_image=16, audio_levels=2, audio_codebook=8)
@@ -30,6 +30,7 @@ def test_paired_row_layout_and_padding():
     assert row.tolist()[:12] == [V.TASK_image_text, V.BOS_text, 3, 4, 5, V.EOS_text, V.BOS_image,
                                  50, 51, 65, V.EOS_image, V.PAD_text]
     assert (row[11:] == V.PAD_text).all()
+    assert row[PAIRED_TEXT_START:PAIRED_TEXT_START + len(text)].tolist() == text.tolist()
     tables = RowTables.from_vocab(V)
     ids = torch.from_numpy(row)[None]
     maskable = tables.maskable(ids)[0].tolist()

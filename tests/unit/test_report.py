@@ -164,7 +164,7 @@ def test_every_number_appears(full):
     gen = ev["generation"]
     for r in (*gen["t2i"]["groups"].values(), gen["i2t"], gen["i2t"]["single"], gen["i2t"]["single_heldout"]):
         expected += [fmt(r["accuracy"]), fmt(r["n"]), fmt(r["chance"])]
-    expected += ["image→text (single-object)", "image→text (single-object, held-out pair)"]
+    expected += ["image→text (single-object)", "image→text (held-out single)"]
     for r in (gen["t2s"], gen["s2t"]):
         expected += [fmt(r["cer"]), fmt(r["n"]), fmt(r["chance"])]
     expected += [fmt(gen["fid_image"]), fmt(gen["fad_audio"]), "steps=48", "cfg=2.5", "temperature=0.7"]

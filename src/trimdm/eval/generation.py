@@ -185,6 +185,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     ok = [not e for e in errors]
     perm = _shuffled(len(idx), seed + 1)
     chance = np.mean([not judge_caption(refs[perm[j]], scenes[j]) for j in range(len(idx))])
+    groups = [_group(s) for s in scenes]
     single = [j for j, s in enumerate(scenes) if len(s.objects) == 1]
     (out_dir / "i2t").mkdir(parents=True, exist_ok=True)
     i2t_samples = []
@@ -200,11 +201,11 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                      "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                      "errors": error_counts(errors), "samples": i2t_samples,
-                     "items": [{"caption": m, "reference": r, "correct": o, "group": _group(sc)}
-                               for m, r, o, sc in zip(made, refs, ok, scenes)]}
+                     "items": [{"caption": m, "reference": r, "correct": o, "group": g}
+                               for m, r, o, g in zip(made, refs, ok, groups)]}
     # the single-object images alone (the I2T target), and those of a held-out colour-shape pair;
     # chance pairs each subset's references among themselves
-    heldout = [j for j in single if _group(scenes[j]) == "heldout_single"]
+    heldout = [j for j in single if groups[j] == "heldout_single"]
     for key, sub, salt in (("single", single, 3), ("single_heldout", heldout, 4)):
         if sub:
             swap = _shuffled(len(sub), seed + salt)

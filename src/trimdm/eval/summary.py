@@ -1,7 +1,7 @@
 """A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
 from __future__ import annotations
 
-from trimdm.eval.report import difference_se, vs_chance
+from trimdm.eval.report import I2T_SUBSETS, difference_se, vs_chance
 
 
 def print_summary(result: dict, out=print) -> None:
@@ -19,7 +19,7 @@ def print_summary(result: dict, out=print) -> None:
         out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
         rows.append(("I2T caption all right", gen["i2t"]))
-        for key, label in (("single", "single-object"), ("single_heldout", "single held-out pair")):
+        for key, label in I2T_SUBSETS:
             if isinstance(gen["i2t"].get(key), dict):
                 rows.append((f"I2T caption all right, {label}", gen["i2t"][key]))
         for label, v in rows:

@@ -46,7 +46,7 @@ import torch
 
 from trimdm.diffusion.schedules import parse_schedule
 from trimdm.sample.sampler import decode, level_stages
-from trimdm.sequence.layout import paired_row, row_tables
+from trimdm.sequence.layout import PAIRED_TEXT_START, paired_row, row_tables
 from trimdm.tokenizers.vocab import MODALITIES
 
 TASKS = ("text", "t2i", "t2s", "i2t", "s2t", "infill")
@@ -303,9 +303,10 @@ class Tasks:
         """`sample.refine` rounds of local search around each chosen text (the tasks of
         `sample.refine_tasks`): the text and its one-token neighbours (`_neighbours`) compete under the
         joint log p(text) + log p(medium | text); the best is kept. A later round searches only the texts
-        the round before changed, and a round that changes none ends the search. Sampling rarely proposes a composition that training never showed ("a yellow
-        square" when yellow squares were held out): the text-given-medium direction follows the words
-        it saw together, while the medium-given-text direction still prefers the right one. The prior
+        the round before changed, and a round that changes none ends the search. Sampling rarely
+        proposes a composition that training never showed ("a yellow square" when yellow squares were
+        held out): the text-given-medium direction follows the words it saw together, while the
+        medium-given-text direction still prefers the right one. The prior
         log p(text) (the row with its medium masked) keeps the search from rewording the words the
         medium does not depend on, which log p(medium | text) alone would swap on noise
         (docs/sampling.md)."""
@@ -346,7 +347,7 @@ class Tasks:
             return out
         clean_RL = torch.tensor(np.stack(clean))
         noisy_RL = clean_RL.clone()
-        noisy_RL[torch.arange(len(where)), torch.tensor([2 + i for _, i in where])] = v.MASK_text  # after TASK, BOS
+        noisy_RL[torch.arange(len(where)), torch.tensor([PAIRED_TEXT_START + i for _, i in where])] = v.MASK_text
         top = []
         for _, _, heads, logits in masked_logits(self.loaded.model, row_tables(v), clean_RL, noisy_RL, 128,
                                                  self.loaded.device, self.loaded.autocast_dtype):

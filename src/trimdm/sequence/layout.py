@@ -63,6 +63,9 @@ class PackedText:
         return np.concatenate([task, out], axis=1)
 
 
+PAIRED_TEXT_START = 2  # a paired row's text follows TASK_m and BOS_text
+
+
 def paired_row(vocab: JointVocab, modality: str, text_ids: np.ndarray, media_ids: np.ndarray,
                seq_len: int) -> np.ndarray:
     """`TASK_m BOS_text text EOS_text BOS_m media EOS_m PAD_text...` of length seq_len.
