@@ -171,6 +171,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     parallel: str = "ddp"  # ddp | fsdp, used when launched by torchrun with more than one process
+    # torch.compile each transformer block (shapes dynamic: compaction varies the row length); for GPUs,
+    # where a small model is bound by kernel launches. No gain on this CPU, and 15-25 s to compile
+    compile: bool = False
     noise_scale_every: int = 10  # steps between gradient-noise-scale measurements; 0: never
     peak_tflops: float = 0.0  # hardware peak for MFU; 0: measure a matmul peak at start
     log_every: int = 10  # steps between metrics.jsonl lines

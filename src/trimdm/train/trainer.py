@@ -33,7 +33,7 @@ from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import clean_rows_per_batch, compact, conditional_modes, draw_noise, mask_batch, tau_bounds
 from trimdm.diffusion.schedules import Schedule, parse_schedule
 from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
-from trimdm.distributed.parallelize import full_state, load_full_state, parallelize
+from trimdm.distributed.parallelize import compile_blocks, full_state, load_full_state, parallelize
 from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.model.flops import param_counts, train_flops_per_token
 from trimdm.model.transformer import Transformer, TransformerArgs
@@ -121,6 +121,8 @@ class Trainer:
         resuming = latest_checkpoint(self.out) is not None
         self.initial = init_weights_from(self.model, self.vocab, t.init) if t.init and not resuming else None
         self.model = self.model.to(self.device)
+        if t.compile:
+            compile_blocks(self.model)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
         self.optimizer = build_optimizer(self.net, cfg)
         mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
