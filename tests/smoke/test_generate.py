@@ -111,12 +111,22 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
         assert (key in gen["i2t"]) == bool(sub), key
         if sub:
             assert gen["i2t"][key]["n"] == len(sub) and gen["i2t"][key]["accuracy"] == pytest.approx(np.mean(sub))
-    from trimdm.eval.judges.speech import cer
+    from trimdm.eval.judges.speech import cer, normalize_text
 
     assert cer([x["heard"] for x in gen["t2s"]["items"]], [x["prompt"] for x in gen["t2s"]["items"]]) == \
         pytest.approx(gen["t2s"]["cer"]) and len(gen["t2s"]["items"]) == gen["t2s"]["n"]
     assert cer([x["transcript"] for x in gen["s2t"]["items"]], [x["reference"] for x in gen["s2t"]["items"]]) == \
         pytest.approx(gen["s2t"]["cer"]) and len(gen["s2t"]["items"]) == gen["s2t"]["n"]
+    # the pairing test: the model's own outputs against every other item's reference
+    for task, hyp, ref in (("t2s", "heard", "prompt"), ("s2t", "transcript", "reference")):
+        hyps, refs = [x[hyp] for x in gen[task]["items"]], [x[ref] for x in gen[task]["items"]]
+        n = len(hyps)
+        others = [cer([hyps[i]], [refs[j]]) * len(normalize_text(refs[j])) for i in range(n) for j in range(n) if i != j]
+        total = sum(len(normalize_text(r)) for r in refs)
+        assert gen[task]["shuffled"] == pytest.approx(sum(others) / (n - 1) / total)
+        assert 1 / 1000 <= gen[task]["shuffled_p"] <= 1
+    for r in (*gen["t2i"]["groups"].values(), gen["i2t"]):
+        assert {"shuffled", "shuffled_p", "attribute_match_shuffled", "attribute_match_shuffled_p"} <= r.keys()
     from trimdm.eval.summary import print_summary
 
     lines = []

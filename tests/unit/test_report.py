@@ -90,7 +90,7 @@ def full_eval(run):
                     "single": {"accuracy": 0.5625, "n": 9, "chance": 0.0625},
                     "single_heldout": {"accuracy": 0.25, "n": 4, "chance": 0.125},
                     "errors": {"shape": 6, "color": 3, "location": 0, "count": 7}},
-            "t2s": {"cer": 0.45, "n": 12, "chance": 0.9, "samples": t2s},
+            "t2s": {"cer": 0.45, "n": 12, "chance": 0.9, "samples": t2s, "shuffled": 0.8125, "shuffled_p": 0.001},
             "s2t": {"cer": 0.95, "n": 12, "chance": 0.9, "samples": s2t},
             "fid_image": 41.25, "fad_audio": 3.875,
             "settings": {"t2i": {"steps": 48, "cfg": 2.5}, "s2t": {"steps": 32, "temperature": 0.7}}},
@@ -190,9 +190,10 @@ def test_chance_flags(full):
         return line
 
     assert "| yes (p=" in row("text→image (seen_single)")
-    assert row("text→image (two_object)").endswith("| no |")  # 0.1 < chance 0.125
+    assert row("text→image (two_object)").endswith("| no | — |")  # 0.1 < chance 0.125; no pairing test
     assert "| yes" in row("text→speech")  # CER 0.45 < chance 0.9
-    assert row("speech→text").endswith("| no |")  # CER 0.95 > chance 0.9
+    assert row("text→speech").endswith("| 0.8125, p=0.001 |")  # the pairing test, where eval recorded one
+    assert row("speech→text").endswith("| no | — |")  # CER 0.95 > chance 0.9
     assert "| yes (p=" in row("colors.jsonl")
     assert "above chance, not significant" in row("shapes.jsonl")  # 3/10 against 0.25
 

@@ -18,6 +18,13 @@ Chance levels come from the same judges and data, with the pairing broken: a hel
 scored against a caption of another scene of the same group (T2I), a real caption of another scene
 (I2T), a real utterance read against another transcript (T2S), another transcript (S2T). They are what
 a model that ignores its condition but draws perfect media or text would get.
+
+The pairing test asks the other question, whether the outputs depend on their inputs at all: every
+output is scored against every item's reference, and the metric of the true pairing is compared with
+the metric of random pairings (`pairing_test`: `shuffled` is its mean over pairings of each output with
+another item's reference, `shuffled_p` the one-sided Monte-Carlo permutation p-value). It controls for
+the model's own output style (a transcript of frequent words, a favourite colour), which the chance
+levels above, built from real data, do not.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from trimdm.data.tinyworld.scenes import ERROR_KINDS, HELDOUT_PAIRS, error_kind, parse_caption, read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
-from trimdm.eval.judges.speech import cer, cer_and_se
+from trimdm.eval.judges.speech import cer, cer_and_se, pairwise_edits
 from trimdm.sample.tasks import Tasks
 from trimdm.tokenizers.image import save_image_grid
 
@@ -113,6 +120,44 @@ def _shuffled(n: int, seed: int) -> np.ndarray:
     return out
 
 
+def pairing_test(score_NN: np.ndarray, denom: float, higher_is_better: bool, seed: int,
+                 rounds: int = 999) -> dict:
+    """Permutation test of a conditional task. score_NN[i, j] scores output i against reference j so
+    that a pairing π has the metric sum_i score_NN[i, π(i)] / denom (an accuracy: 0/1 scores and
+    denom n; a CER: edit counts and the total reference length, which no pairing changes). Returns
+    `shuffled`, the metric's mean over pairings that give no output its own reference, and
+    `shuffled_p`, (1 + b) / (1 + rounds) with b the random pairings at least as good as the true one
+    (Phipson & Smyth 2010: an exact test's p-value, never 0). nan for fewer than two items."""
+    n = len(score_NN)
+    if n < 2:
+        return {"shuffled": float("nan"), "shuffled_p": float("nan")}
+    observed = float(np.trace(score_NN)) / denom
+    shuffled = float(score_NN.sum() - np.trace(score_NN)) / (n - 1) / denom
+    perms = np.argsort(np.random.default_rng(seed).random((rounds, n)), axis=1)
+    stats = score_NN[np.arange(n), perms].sum(axis=1) / denom
+    as_good = stats >= observed - 1e-12 if higher_is_better else stats <= observed + 1e-12
+    return {"shuffled": shuffled, "shuffled_p": float((1 + as_good.sum()) / (1 + rounds))}
+
+
+def _caption_tests(captions: list[str], scenes: list, outputs: str, seed: int) -> dict:
+    """`pairing_test` of the all-right accuracy and of the attribute match of caption–scene pairs; the
+    outputs are the `captions` (I2T: caption i against scene j) or the `scenes` (T2I: the scene the
+    judge read in image i against caption j)."""
+    n = len(captions)
+    ok, partial = np.zeros((n, n)), np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            caption, scene = (captions[a], scenes[b]) if outputs == "captions" else (captions[b], scenes[a])
+            ok[a, b], partial[a, b] = not judge_caption(caption, scene), attribute_match(caption, scene)
+    acc, am = pairing_test(ok, n, True, seed), pairing_test(partial, n, True, seed + 1)
+    return {**acc, "attribute_match_shuffled": am["shuffled"], "attribute_match_shuffled_p": am["shuffled_p"]}
+
+
+def _cer_test(hyps: list[str], refs: list[str], seed: int) -> dict:
+    edits, lengths = pairwise_edits(hyps, refs)
+    return pairing_test(edits, float(lengths.sum()), False, seed)
+
+
 def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prompts: int, utterances: int,
                        seed: int = 0, log=print, sample=None) -> dict:
     """Every generation metric of a run; writes the samples it scores under RUN/samples/eval/. `sample`:
@@ -157,6 +202,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": float(np.mean(partial_chance)),
                         "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
+                        **_caption_tests(captions[k:k + n], read[k:k + n], "scenes", seed),
                         "errors": error_counts(errors[k:k + n])}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
@@ -200,6 +246,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                      "attribute_match": float(np.mean(partial)),
                      "attribute_match_chance": float(np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
+                     **_caption_tests(made, scenes, "captions", seed + 1),
                      "errors": error_counts(errors), "samples": i2t_samples,
                      "items": [{"caption": m, "reference": r, "correct": o, "group": g}
                                for m, r, o, g in zip(made, refs, ok, groups)]}
@@ -211,7 +258,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
             swap = _shuffled(len(sub), seed + salt)
             result["i2t"][key] = {
                 "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
-                "chance": float(np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j]) for i, j in enumerate(sub)]))}
+                "chance": float(np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j]) for i, j in enumerate(sub)])),
+                **_caption_tests([made[j] for j in sub], [scenes[j] for j in sub], "captions", seed + salt)}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
     # -- T2S and S2T on held-out utterances ------------------------------------------------------------
@@ -233,6 +281,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     err, err_se = cer_and_se(heard, texts)
     chance, chance_se = cer_and_se(heard_real, shuffled)
     result["t2s"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
+                     **_cer_test(heard, texts, seed + 2),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
                      "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
@@ -251,6 +300,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     err, err_se = cer_and_se(transcripts, texts)
     chance, chance_se = cer_and_se(shuffled, texts)
     result["s2t"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
+                     **_cer_test(transcripts, texts, seed + 3),
                      "samples": s2t_samples,
                      "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "

@@ -444,13 +444,23 @@ def _likelihood(ev: dict) -> list:
     return out
 
 
+def pairing(r: dict, metric: str, percent: bool = False) -> str:
+    """The pairing test eval records beside a metric (eval/generation.py:pairing_test): the metric with
+    the outputs paired with other items' references, and the one-sided permutation p-value."""
+    key = "" if metric in ("accuracy", "cer") else f"{metric}_"
+    shuffled, p = r.get(f"{key}shuffled"), r.get(f"{key}shuffled_p")
+    if not isinstance(shuffled, (int, float)) or not isinstance(p, (int, float)) or math.isnan(p):
+        return "—"
+    return f"{shuffled:.1%} p={p:.2g}" if percent else f"{fmt(shuffled)}, p={p:.2g}"
+
+
 def _score_row(task: str, metric: str, r: dict, higher_is_better: bool) -> list:
     value, chance, n = r.get(metric), r.get("chance"), r.get("n")
     return [task, metric, fmt(value), fmt(n), fmt(chance),
-            vs_chance(value, chance, n, higher_is_better, se=difference_se(r, metric))]
+            vs_chance(value, chance, n, higher_is_better, se=difference_se(r, metric)), pairing(r, metric)]
 
 
-SCORE_HEADER = ["task", "metric", "value", "n", "chance", "beats chance"]
+SCORE_HEADER = ["task", "metric", "value", "n", "chance", "beats chance", "outputs shuffled, pairing p"]
 # subsets of I2T that eval.json may hold (eval/generation.py), with the label they are shown under
 I2T_SUBSETS = (("single", "single-object"), ("single_heldout", "held-out single"))
 
@@ -472,12 +482,15 @@ def _generation(run: Path, gen: dict) -> list:
                     rows.append(_score_row(f"{label} ({sub})", metric, gen[task][key], higher))
     for key, label in (("fid_image", "FID (image)"), ("fad_audio", "FAD (audio)")):
         if key in gen:
-            rows.append([label, key.split("_")[0].upper(), fmt(gen[key]), "—", "—", "— (lower is better)"])
+            rows.append([label, key.split("_")[0].upper(), fmt(gen[key]), "—", "—", "— (lower is better)", "—"])
     if rows:
         out += [Para("Accuracies are judged by the offline judges; \"beats chance\" for an accuracy needs a one-sided "
                      "exact binomial test p < 0.05. CER is the character error rate (lower is better); "
                      "\"beats chance\" for it needs a one-sided z-test p < 0.05 with the standard errors of the "
-                     "CER and of its chance level over utterances."),
+                     "CER and of its chance level over utterances. The chance levels pair real media or text with "
+                     "another item's reference. The last column asks whether the outputs depend on their inputs: "
+                     "the metric of the model's own outputs paired with other items' references, and the "
+                     "one-sided permutation p-value of the true pairing against 999 random ones."),
                 Table(SCORE_HEADER, rows)]
     out += _error_kinds(gen)
     settings = gen.get("settings")

@@ -1,7 +1,7 @@
 """A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
 from __future__ import annotations
 
-from trimdm.eval.report import I2T_SUBSETS, difference_se, vs_chance
+from trimdm.eval.report import I2T_SUBSETS, difference_se, pairing, vs_chance
 
 
 def print_summary(result: dict, out=print) -> None:
@@ -16,7 +16,8 @@ def print_summary(result: dict, out=print) -> None:
         out(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
     gen = result.get("generation")
     if gen:
-        out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)")
+        out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)"
+            "  | outputs shuffled, pairing p")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
         rows.append(("I2T caption all right", gen["i2t"]))
         for key, label in I2T_SUBSETS:
@@ -24,18 +25,19 @@ def print_summary(result: dict, out=print) -> None:
                 rows.append((f"I2T caption all right, {label}", gen["i2t"][key]))
         for label, v in rows:
             out(f"{label:<44}{v['accuracy']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
-                f"{vs_chance(v['accuracy'], v['chance'], v['n'])}")
+                f"{vs_chance(v['accuracy'], v['chance'], v['n'])}  | {pairing(v, 'accuracy', percent=True)}")
         for label, v in rows:
             if "attribute_match" in v:
                 label = label.replace("all attributes right", "attribute match").replace("all right", "attribute match")
                 verdict = vs_chance(v["attribute_match"], v["attribute_match_chance"],
                                     se=difference_se(v, "attribute_match"))
                 out(f"{label:<44}{v['attribute_match']:>10.1%}{v['attribute_match_chance']:>10.1%}{v['n']:>6}  "
-                    f"{verdict}")
+                    f"{verdict}  | {pairing(v, 'attribute_match', percent=True)}")
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
             v = gen[task]
             out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
-                f"{vs_chance(v['cer'], v['chance'], higher_is_better=False, se=difference_se(v, 'cer'))}")
+                f"{vs_chance(v['cer'], v['chance'], higher_is_better=False, se=difference_se(v, 'cer'))}"
+                f"  | {pairing(v, 'cer', percent=True)}")
         out(f"Fréchet distance in judge features: images {gen['fid_image']:.2f}, speech {gen['fad_audio']:.2f}")
     for mc in result.get("multiple_choice", []):
         out(f"multiple choice {mc['file']}: accuracy {mc['accuracy']:.1%} on {mc['questions']} questions "

@@ -95,6 +95,16 @@ def cer_and_se(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, float]:
     return rate, float(np.sqrt((resid ** 2).sum() * n / (n - 1)) / c.sum())
 
 
+def pairwise_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(edit distance of every hypothesis i to every reference j as an (n, n) array, reference lengths):
+    the CER of any pairing π is E[i, π(i)] summed over i, over the lengths summed."""
+    n = len(hyps)
+    if len(refs) != n:
+        raise ValueError(f"need as many hypotheses as references, got {n} and {len(refs)}")
+    e, _ = _edits([h for h in hyps for _ in refs], [r for _ in hyps for r in refs])
+    return e.reshape(n, n), _edits(refs, refs)[1]
+
+
 def encode_text(text: str) -> list[int]:
     return [ALPHABET.index(c) + 1 for c in normalize_text(text)]
 
