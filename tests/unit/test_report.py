@@ -279,3 +279,4 @@ def test_vs_chance_words():
     assert vs_chance(0.6, 0.8, higher_is_better=False, se=0.2).startswith("below chance, not significant (z=1.0")
     assert vs_chance(0.30, 0.25, 100, se=0.1).startswith("above chance, not significant (z=0.5")  # se wins
     assert vs_chance(None, 0.5) == "—"
+    assert vs_chance(1.0, float("nan"), 1) == "—"  # one item: no chance level

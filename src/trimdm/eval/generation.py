@@ -112,6 +112,11 @@ def _se(values) -> float:
     return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
 
 
+def _chance(n: int, value) -> float:
+    """A chance level pairs each item with another: none exists for a single item (nan)."""
+    return float(value) if n > 1 else float("nan")
+
+
 def _shuffled(n: int, seed: int) -> np.ndarray:
     """A cyclic shift of a random order: for n ≥ 2 nothing maps to itself (n = 1 cannot be paired)."""
     order = np.random.default_rng(seed).permutation(n)
@@ -198,9 +203,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         chance = np.mean([not judge_caption(captions[k + perm[j]], real_read[k + j]) for j in range(n)])
         partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
         partial_chance = [attribute_match(captions[k + perm[j]], real_read[k + j]) for j in range(n)]
-        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": float(chance),
+        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": _chance(n, chance),
                         "attribute_match": float(np.mean(partial)),
-                        "attribute_match_chance": float(np.mean(partial_chance)),
+                        "attribute_match_chance": _chance(n, np.mean(partial_chance)),
                         "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                         **_caption_tests(captions[k:k + n], read[k:k + n], "scenes", seed),
                         "errors": error_counts(errors[k:k + n])}
@@ -242,9 +247,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                             "correct": bool(ok[j])})
     partial = [attribute_match(c, sc) for c, sc in zip(made, scenes)]
     partial_chance = [attribute_match(refs[perm[j]], scenes[j]) for j in range(len(idx))]
-    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": float(chance),
+    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": _chance(len(idx), chance),
                      "attribute_match": float(np.mean(partial)),
-                     "attribute_match_chance": float(np.mean(partial_chance)),
+                     "attribute_match_chance": _chance(len(idx), np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
                      **_caption_tests(made, scenes, "captions", seed + 1),
                      "errors": error_counts(errors), "samples": i2t_samples,
@@ -258,7 +263,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
             swap = _shuffled(len(sub), seed + salt)
             result["i2t"][key] = {
                 "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
-                "chance": float(np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j]) for i, j in enumerate(sub)])),
+                "chance": _chance(len(sub), np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j])
+                                                     for i, j in enumerate(sub)])),
                 **_caption_tests([made[j] for j in sub], [scenes[j] for j in sub], "captions", seed + salt)}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
@@ -280,7 +286,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     shuffled = [texts[p] for p in perm]
     err, err_se = cer_and_se(heard, texts)
     chance, chance_se = cer_and_se(heard_real, shuffled)
-    result["t2s"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
+    result["t2s"] = {"cer": err, "n": len(texts), "chance": _chance(len(texts), chance), "cer_se": err_se,
+                     "chance_se": chance_se,
                      **_cer_test(heard, texts, seed + 2),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
                      "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
@@ -299,7 +306,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
     err, err_se = cer_and_se(transcripts, texts)
     chance, chance_se = cer_and_se(shuffled, texts)
-    result["s2t"] = {"cer": err, "n": len(texts), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
+    result["s2t"] = {"cer": err, "n": len(texts), "chance": _chance(len(texts), chance), "cer_se": err_se,
+                     "chance_se": chance_se,
                      **_cer_test(transcripts, texts, seed + 3),
                      "samples": s2t_samples,
                      "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}

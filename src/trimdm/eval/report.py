@@ -155,8 +155,8 @@ def vs_chance(value, chance, n=None, higher_is_better: bool = True, se=None) -> 
     standard error of value − chance, both estimated over items: CER, attribute match) a z-test; else,
     for an accuracy over n independent trials, the exact binomial test against chance (H0: accuracy =
     chance). Without either, a bare comparison, marked as untested."""
-    if not isinstance(value, (int, float)) or not isinstance(chance, (int, float)):
-        return "—"
+    if not isinstance(value, (int, float)) or not isinstance(chance, (int, float)) or math.isnan(chance):
+        return "—"  # nan: a single item has no other to pair with
     if not (value > chance if higher_is_better else value < chance):
         return "no"
     if isinstance(se, (int, float)) and math.isfinite(se) and se > 0:
