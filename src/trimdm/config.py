@@ -78,6 +78,7 @@ class TinyworldConfig:
     audio_batch: int = 16
     audio_channels: int = 256  # codec encoder/decoder width
     audio_blocks: int = 4  # residual blocks in each of the codec's encoder and decoder
+    audio_emit_levels: int = 0  # codec levels in the token stream, coarsest first (0: all 4; AudioCodecConfig)
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 

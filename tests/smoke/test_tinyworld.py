@@ -161,3 +161,19 @@ def test_a_failing_tokenizers_stage_stops_both_workers(prepared, tmp_path, monke
     with pytest.raises(RuntimeError, match="BPE broke"):
         prepare(cfg_for(copy).data, log=lambda *a: None)
     assert len(started) == 2 and all(proc.returncode is not None for proc in started)
+
+
+def test_fewer_codec_levels_in_the_token_stream(prepared, tmp_path):
+    """data.tinyworld.audio_emit_levels=2: the codec's two coarsest levels are the audio tokens (its own
+    directory; all levels, or the default, keep the default's), half the tokens per frame."""
+    root, data, _ = prepared
+    assert prepare(cfg_for(root, "data.tinyworld.audio_emit_levels=4").data, log=lambda *a: None).directory == \
+        data.directory
+    two = prepare(cfg_for(root, "data.tinyworld.audio_emit_levels=2").data, log=lambda *a: None)
+    assert two.directory != data.directory
+    assert two.vocab().audio_levels == 2 and data.vocab().audio_levels == 4
+    for split in ("train", "val"):
+        a, b = two._shard(f"{split}.audio_text.audio"), data._shard(f"{split}.audio_text.audio")
+        for i in range(3):
+            full, coarse = b.doc(i).reshape(-1, 4), a.doc(i).reshape(-1, 2)
+            assert np.array_equal(coarse, full[:, :2])  # the same codec, its coarsest two levels

@@ -137,6 +137,34 @@ def test_both_quantizers_train_encode_and_decode(quantizer):
     assert codec.decode(codes).shape == (25 * 640,)
 
 
+@pytest.mark.parametrize("quantizer", ["rfsq", "rvq"])
+def test_emitted_levels_are_the_coarsest_and_decode_as_their_sum(quantizer, tmp_path):
+    import dataclasses
+
+    cfg = tiny(quantizer=quantizer, rvq_codebook_size=64)
+    waves = [chirpy(1.0, seed=s) for s in range(4)]
+    full, _ = train_audio_codec(waves, [], cfg, steps=3, batch_size=4, seed=0, log=None, crop_seconds=0.5)
+    two = AudioCodec(dataclasses.replace(cfg, emit_levels=2), full.net)
+    assert two.codebook_sizes == full.codebook_sizes[:2] and two.rate == 50.0
+    codes = two.encode(waves[1])
+    all_codes = full.encode(waves[1])
+    assert np.array_equal(codes, all_codes[:, :2])
+    # decoding = the decoder applied to the first two levels' residuals alone
+    q = full.net.quantizer
+    with torch.no_grad():
+        per_level = q.get_codes_from_indices(torch.from_numpy(all_codes)[None])  # (K, 1, F, d)
+        latent = q.project_out(per_level[:2].sum(0))
+        expected = full.net.decode_latent(latent)[0].numpy()
+    np.testing.assert_allclose(two.decode_mel(codes), expected, atol=1e-5)
+    assert not np.allclose(two.decode_mel(codes), full.decode_mel(all_codes), atol=1e-3)  # the fine levels matter
+    with pytest.raises(ValueError, match=r"shape \(frames, 2\)"):
+        two.decode(all_codes)
+    two.save(tmp_path)
+    assert AudioCodec.load(tmp_path).cfg.emit_levels == 2
+    with pytest.raises(ValueError, match="emit_levels"):
+        tiny(emit_levels=5)
+
+
 def test_save_load_roundtrip_gives_identical_codes(tmp_path):
     cfg = tiny(quantizer="rvq", rvq_codebook_size=32)  # rvq: EMA codebook buffers must travel too
     waves = [chirpy(1.0, seed=s) for s in range(3)]

@@ -134,7 +134,7 @@ def image_config(tw):
 def audio_config(tw):
     from trimdm.tokenizers.audio import AudioCodecConfig
 
-    return AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks)
+    return AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks, emit_levels=tw.audio_emit_levels)
 
 
 @dataclass
@@ -206,11 +206,14 @@ class TinyworldData:
 
 def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
-    it. The image FSQ levels are hashed once, inside image_tokenizer, so adding that knob kept the names
-    of directories prepared before it."""
-    tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k != "image_fsq_levels"}
+    it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
+    emitted levels only when not all, so adding them kept the names of directories prepared before."""
+    tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
+    codec = asdict(audio_config(cfg.tinyworld))
+    if codec["emit_levels"] in (0, codec["levels"]):
+        del codec["emit_levels"]
     return {"tinyworld": tinyworld, "text_vocab": cfg.text_vocab,
-            "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": asdict(audio_config(cfg.tinyworld))}
+            "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": codec}
 
 
 def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True) -> TinyworldData:
