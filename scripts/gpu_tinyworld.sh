@@ -84,13 +84,13 @@ run() {
   [[ -d gpu/init ]] && init=(train.init=gpu/init)
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
   local t0=$SECONDS rc=0
-  timeout -s TERM "${TRAIN_S:-420}" python3 -m trimdm train --recipe tinyworld --out runs/gpu \
+  timeout -s TERM -k 60 "${TRAIN_S:-420}" python3 -m trimdm train --recipe tinyworld --out runs/gpu \
     train.batch_size=256 train.tokens="$tokens" "${init[@]}" "$@" || rc=$?
   echo "train: exit $rc after $((SECONDS - t0)) s"
   [[ -e runs/gpu/checkpoints/latest ]] || die "training wrote no checkpoint"
   t0=$SECONDS rc=0
   # shellcheck disable=SC2086
-  timeout -s TERM "${EVAL_S:-150}" python3 -m trimdm eval --run runs/gpu ${EVAL_ARGS:-} || rc=$?
+  timeout -s TERM -k 10 "${EVAL_S:-150}" python3 -m trimdm eval --run runs/gpu ${EVAL_ARGS:-} || rc=$?
   echo "eval: exit $rc after $((SECONDS - t0)) s"
   # the final weights and everything the report needs; optimizer and rng states stay behind
   tar -cf - --exclude='optimizer.safetensors' --exclude='rng.safetensors' runs/gpu | xz -T0 -3 |
