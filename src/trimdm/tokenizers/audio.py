@@ -307,7 +307,8 @@ def _as_wave(wave) -> np.ndarray:
 
 
 class AudioCodec:
-    """Speech at `cfg.sample_rate` <-> int64 codes of shape (frames, K), column k in [0, C)."""
+    """Speech at `cfg.sample_rate` <-> int64 codes of shape (frames, K'), column k in [0, C): the
+    coarsest K' = `cfg.emitted` of the K residual levels."""
 
     modality = "audio"
 
