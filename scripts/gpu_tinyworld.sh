@@ -19,6 +19,8 @@
 #            and EVAL_S (default 150) bound the two in seconds: training stopped by SIGTERM saves a
 #            checkpoint, and the run is packed whether or not its eval finished (eval it here then).
 #            One device command may run 600 s: keep TRAIN_S + EVAL_S + ~30 s of packing under it.
+#            THROUGHPUT=STEPS first times STEPS training steps of the same configuration eagerly and
+#            with train.compile=true (benchmarks/train_throughput.py) into OUT/throughput.json.
 #   here:  scripts/gpu_tinyworld.sh fetch FILES_DIR RUN_DIR
 #            joins the parts into RUN_DIR (weights, metrics, eval.json, report); the run reads the
 #            data set from data/ as every other run does
@@ -83,6 +85,12 @@ run() {
   local init=()
   [[ -d gpu/init ]] && init=(train.init=gpu/init)
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
+  if [[ -n ${THROUGHPUT:-} ]]; then  # what train.compile buys on this machine, before training
+    for compiled in false true; do
+      python3 benchmarks/train_throughput.py --configs tinyworld --steps "$THROUGHPUT" train.batch_size=256 \
+        "$@" train.compile=$compiled | tee -a "$out/throughput.json" || echo "throughput (compile=$compiled) failed"
+    done
+  fi
   local t0=$SECONDS rc=0
   timeout -s TERM -k 60 "${TRAIN_S:-420}" python3 -m trimdm train --recipe tinyworld --out runs/gpu \
     train.batch_size=256 train.tokens="$tokens" "${init[@]}" "$@" || rc=$?
