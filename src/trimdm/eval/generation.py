@@ -144,17 +144,23 @@ def pairing_test(score_NN: np.ndarray, denom: float, higher_is_better: bool, see
     return {"shuffled": shuffled, "shuffled_p": float((1 + as_good.sum()) / (1 + rounds))}
 
 
-def _caption_tests(captions: list[str], scenes: list, outputs: str, seed: int) -> dict:
-    """`pairing_test` of the all-right accuracy and of the attribute match of caption–scene pairs; the
-    outputs are the `captions` (I2T: caption i against scene j) or the `scenes` (T2I: the scene the
-    judge read in image i against caption j)."""
+def _caption_scores(captions: list[str], scenes: list, outputs: str) -> tuple[np.ndarray, np.ndarray]:
+    """(all right, attribute match) of every caption–scene pair as (n, n) arrays indexed [output,
+    reference]; the outputs are the `captions` (I2T: caption i against scene j) or the `scenes` (T2I: the
+    scene the judge read in image i against caption j)."""
     n = len(captions)
     ok, partial = np.zeros((n, n)), np.zeros((n, n))
     for a in range(n):
         for b in range(n):
             caption, scene = (captions[a], scenes[b]) if outputs == "captions" else (captions[b], scenes[a])
             ok[a, b], partial[a, b] = not judge_caption(caption, scene), attribute_match(caption, scene)
-    acc, am = pairing_test(ok, n, True, seed), pairing_test(partial, n, True, seed + 1)
+    return ok, partial
+
+
+def _caption_tests(ok_NN: np.ndarray, partial_NN: np.ndarray, seed: int) -> dict:
+    """`pairing_test` of the all-right accuracy and of the attribute match (`_caption_scores`)."""
+    n = len(ok_NN)
+    acc, am = pairing_test(ok_NN, n, True, seed), pairing_test(partial_NN, n, True, seed + 1)
     return {**acc, "attribute_match_shuffled": am["shuffled"], "attribute_match_shuffled_p": am["shuffled_p"]}
 
 
@@ -207,7 +213,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": _chance(n, np.mean(partial_chance)),
                         "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
-                        **_caption_tests(captions[k:k + n], read[k:k + n], "scenes", seed),
+                        **_caption_tests(*_caption_scores(captions[k:k + n], read[k:k + n], "scenes"), seed),
                         "errors": error_counts(errors[k:k + n])}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
@@ -245,13 +251,14 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         Image.fromarray(real_images[j]).save(out_dir / name)
         i2t_samples.append({"png": f"samples/eval/{name}", "caption": made[j], "reference": refs[j],
                             "correct": bool(ok[j])})
-    partial = [attribute_match(c, sc) for c, sc in zip(made, scenes)]
+    scores = _caption_scores(made, scenes, "captions")  # every caption against every scene: the pairing test
+    partial = np.diag(scores[1])
     partial_chance = [attribute_match(refs[perm[j]], scenes[j]) for j in range(len(idx))]
     result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": _chance(len(idx), chance),
                      "attribute_match": float(np.mean(partial)),
                      "attribute_match_chance": _chance(len(idx), np.mean(partial_chance)),
                      "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
-                     **_caption_tests(made, scenes, "captions", seed + 1),
+                     **_caption_tests(*scores, seed + 1),
                      "errors": error_counts(errors), "samples": i2t_samples,
                      "items": [{"caption": m, "reference": r, "correct": o, "group": g}
                                for m, r, o, g in zip(made, refs, ok, groups)]}
@@ -265,7 +272,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                 "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
                 "chance": _chance(len(sub), np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j])
                                                      for i, j in enumerate(sub)])),
-                **_caption_tests([made[j] for j in sub], [scenes[j] for j in sub], "captions", seed + salt)}
+                **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed + salt)}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
     # -- T2S and S2T on held-out utterances ------------------------------------------------------------

@@ -67,13 +67,18 @@ def _edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def _edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(edit distance, reference length) per utterance, both texts normalised."""
+def _normalized(hyps: Sequence[str], refs: Sequence[str]) -> tuple[list[str], list[str]]:
     if len(hyps) != len(refs):
         raise ValueError(f"need as many hypotheses as references, got {len(hyps)} and {len(refs)}")
     h, r = [normalize_text(x) for x in hyps], [normalize_text(x) for x in refs]
     if sum(len(x) for x in r) == 0:
         raise ValueError("the references hold no characters after normalisation")
+    return h, r
+
+
+def _edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(edit distance, reference length) per utterance, both texts normalised."""
+    h, r = _normalized(hyps, refs)
     return (np.array([_edit_distance(a, b) for a, b in zip(h, r)], dtype=np.float64),
             np.array([len(x) for x in r], dtype=np.float64))
 
@@ -98,11 +103,9 @@ def cer_and_se(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, float]:
 def pairwise_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(edit distance of every hypothesis i to every reference j as an (n, n) array, reference lengths):
     the CER of any pairing π is E[i, π(i)] summed over i, over the lengths summed."""
-    n = len(hyps)
-    if len(refs) != n:
-        raise ValueError(f"need as many hypotheses as references, got {n} and {len(refs)}")
-    e, _ = _edits([h for h in hyps for _ in refs], [r for _ in hyps for r in refs])
-    return e.reshape(n, n), _edits(refs, refs)[1]
+    h, r = _normalized(hyps, refs)
+    edits = np.array([[_edit_distance(a, b) for b in r] for a in h], dtype=np.float64).reshape(len(h), len(r))
+    return edits, np.array([len(x) for x in r], dtype=np.float64)
 
 
 def encode_text(text: str) -> list[int]:
