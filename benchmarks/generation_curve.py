@@ -1,15 +1,15 @@
 """Generation quality along a run: every kept checkpoint scored by the data set's judges. Prints JSON.
 
     python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16]
-                                          [--tasks t2i,i2t,t2s; also i2t_single]
+                                          [--tasks t2i,i2t,t2s; also i2t_single] [--steps 1000,5000]
                                           [key=value sample overrides]
 
 Per checkpoint (step, tokens): T2I all-attributes-right on held-out single-object prompts, split into
 seen and held-out (colour, shape) compositions, I2T caption all right (val images in order; with
 `i2t_single`, also on single-object images alone, the issue's I2T target), T2S character error rate, with
-the run's sampling settings, the same prompts and seed at every checkpoint. With `train.ckpt_every`
-and `train.keep_checkpoints` this is the learning curve of the generation tasks, the quantity a recipe's
-token budget is sized by (tinyworld runs only: the judges score the samples).
+the run's sampling settings, the same prompts and seed at every checkpoint (or at the `--steps` chosen).
+With `train.ckpt_every` and `train.keep_checkpoints` this is the learning curve of the generation tasks,
+the quantity a recipe's token budget is sized by (tinyworld runs only: the judges score the samples).
 """
 from __future__ import annotations
 
@@ -33,11 +33,22 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", default="t2i,i2t,t2s", help="comma-separated subset of t2i, i2t, t2s")
+    ap.add_argument("--steps", default="", help="comma-separated checkpoint steps to score (default: every one)")
     ap.add_argument("overrides", nargs="*", help="sample.* overrides")
     args = ap.parse_args()
     steps = sorted(Path(args.run, "checkpoints").glob("step_*"))
     if not steps:
         raise SystemExit(f"{args.run}: no checkpoints/step_* to score")
+    if args.steps:
+        kept = {int(p.name.split("_")[1]): p for p in steps}
+        try:
+            wanted = [int(s) for s in args.steps.split(",")]
+        except ValueError:
+            raise SystemExit(f"--steps {args.steps}: expected comma-separated integers") from None
+        missing = [s for s in wanted if s not in kept]
+        if missing:
+            raise SystemExit(f"{args.run}: no checkpoint at step {missing} (kept: {sorted(kept)})")
+        steps = [kept[s] for s in sorted(set(wanted))]
     first = load_run(steps[0])
     data = prepare(first.cfg.data)  # every checkpoint of a run shares its data set
     judges = data.judges()
