@@ -36,20 +36,20 @@ def main() -> None:
     ap.add_argument("--steps", default="", help="comma-separated checkpoint steps to score (default: every one)")
     ap.add_argument("overrides", nargs="*", help="sample.* overrides")
     args = ap.parse_args()
-    steps = sorted(Path(args.run, "checkpoints").glob("step_*"))
+    steps = dict(sorted((int(p.name.split("_")[1]), p) for p in Path(args.run, "checkpoints").glob("step_*")))
     if not steps:
         raise SystemExit(f"{args.run}: no checkpoints/step_* to score")
     if args.steps:
-        kept = {int(p.name.split("_")[1]): p for p in steps}
         try:
-            wanted = [int(s) for s in args.steps.split(",")]
+            wanted = sorted({int(s) for s in args.steps.split(",")})
         except ValueError:
             raise SystemExit(f"--steps {args.steps}: expected comma-separated integers") from None
-        missing = [s for s in wanted if s not in kept]
+        missing = [s for s in wanted if s not in steps]
         if missing:
-            raise SystemExit(f"{args.run}: no checkpoint at step {missing} (kept: {sorted(kept)})")
-        steps = [kept[s] for s in sorted(set(wanted))]
-    first = load_run(steps[0])
+            raise SystemExit(f"{args.run}: no checkpoint at step {missing} (kept: {sorted(steps)})")
+        steps = {s: steps[s] for s in wanted}
+    paths = list(steps.values())
+    first = load_run(paths[0])
     data = prepare(first.cfg.data)  # every checkpoint of a run shares its data set
     judges = data.judges()
     held = heldout_prompts(data.directory, 8 * args.prompts)
@@ -60,12 +60,12 @@ def main() -> None:
     if not chosen <= {"t2i", "i2t", "i2t_single", "t2s"}:
         raise SystemExit(f"--tasks {args.tasks}: choose from t2i, i2t, i2t_single, t2s")
     points, settings = [], None
-    for path in steps:
+    for step, path in steps.items():
         t0 = time.time()
-        loaded = first if path == steps[0] else load_run(path)
+        loaded = first if path == paths[0] else load_run(path)
         tasks = Tasks(loaded, loaded.cfg.override(list(args.overrides), only="sample").sample)
         settings = {m: dataclasses.asdict(tasks.cfg[m]) for m in ("text", "image", "audio")}
-        point = {"checkpoint": path.name, "step": int(path.name.split("_")[1])}
+        point = {"checkpoint": path.name, "step": step}
         for name, items in single.items() if "t2i" in chosen else ():
             match, right = score_modality("image", tasks, {"image": items}, judges, args.seed)
             point[f"t2i_{name}"], point[f"t2i_{name}_attribute_match"], point[f"t2i_{name}_n"] = right, match, len(items)

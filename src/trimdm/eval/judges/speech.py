@@ -104,7 +104,7 @@ def pairwise_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray
     """(edit distance of every hypothesis i to every reference j as an (n, n) array, reference lengths):
     the CER of any pairing π is E[i, π(i)] summed over i, over the lengths summed."""
     h, r = _normalized(hyps, refs)
-    edits = np.array([[_edit_distance(a, b) for b in r] for a in h], dtype=np.float64).reshape(len(h), len(r))
+    edits = np.array([[_edit_distance(a, b) for b in r] for a in h], dtype=np.float64)
     return edits, np.array([len(x) for x in r], dtype=np.float64)
 
 
