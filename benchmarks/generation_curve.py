@@ -48,8 +48,7 @@ def main() -> None:
         if missing:
             raise SystemExit(f"{args.run}: no checkpoint at step {missing} (kept: {sorted(steps)})")
         steps = {s: steps[s] for s in wanted}
-    paths = list(steps.values())
-    first = load_run(paths[0])
+    first = load_run(next(iter(steps.values())))
     data = prepare(first.cfg.data)  # every checkpoint of a run shares its data set
     judges = data.judges()
     held = heldout_prompts(data.directory, 8 * args.prompts)
@@ -60,9 +59,9 @@ def main() -> None:
     if not chosen <= {"t2i", "i2t", "i2t_single", "t2s"}:
         raise SystemExit(f"--tasks {args.tasks}: choose from t2i, i2t, i2t_single, t2s")
     points, settings = [], None
-    for step, path in steps.items():
+    for i, (step, path) in enumerate(steps.items()):
         t0 = time.time()
-        loaded = first if path == paths[0] else load_run(path)
+        loaded = first if i == 0 else load_run(path)
         tasks = Tasks(loaded, loaded.cfg.override(list(args.overrides), only="sample").sample)
         settings = {m: dataclasses.asdict(tasks.cfg[m]) for m in ("text", "image", "audio")}
         point = {"checkpoint": path.name, "step": step}
