@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
 
@@ -20,8 +21,15 @@ def fsync_file(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary sibling, fsync, then rename over `path`: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    """Write to a temporary sibling, fsync, then rename over `path`: readers see old or new, never half.
+
+    The sibling's name is unique to this call, so two writers of the same path (two runs checking one
+    prepared data set at once) each rename a whole file of their own; the last rename wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_text(text)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
