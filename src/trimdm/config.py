@@ -33,6 +33,17 @@ class PerModality:
 
 
 @dataclass
+class PerMedium:
+    """A number per medium of the paired rows. On the command line `x=v` sets both, `x.audio=v` one."""
+
+    image: float = 0.5
+    audio: float = 0.5
+
+    def __getitem__(self, medium: str) -> float:
+        return getattr(self, medium)
+
+
+@dataclass
 class ModelConfig:
     d_model: int = 256
     n_layers: int = 4
@@ -102,9 +113,10 @@ class DiffusionConfig:
     antimask: str = "none"  # none | complement | crossmodal (SPEC §4)
     t_min: float = 1e-3  # τ clamp; with complement pairs both β and 1−β stay ≥ t_min
     conditional: float = 0.0  # fraction of paired rows noised in one modality only (masking.py)
-    # of those, the share with the text noised and the medium clean (I2T, S2T); the rest are media|text.
-    # A text|media row supervises only its ~10-30 text tokens, a media|text row its 64-380 media tokens.
-    text_given_media: float = 0.5
+    # of those, the share with the text noised and the medium clean (I2T, S2T); the rest are media|text
+    # (T2I, T2S), per medium. A text|media row supervises only its ~10-30 text tokens, a media|text row its
+    # 64-380 media tokens. Each generation direction learns from its own rows (docs/generation.md).
+    text_given_media: PerMedium = field(default_factory=PerMedium)
 
 
 @dataclass
@@ -359,8 +371,10 @@ class Config:
             raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
         if not 0.0 <= dif.conditional <= 1.0:
             raise ValueError(f"diffusion.conditional={dif.conditional} must lie in [0, 1]")
-        if not 0.0 <= dif.text_given_media <= 1.0:
-            raise ValueError(f"diffusion.text_given_media={dif.text_given_media} must lie in [0, 1]")
+        for medium in ("image", "audio"):
+            if not 0.0 <= dif.text_given_media[medium] <= 1.0:
+                raise ValueError(f"diffusion.text_given_media.{medium}={dif.text_given_media[medium]} "
+                                 "must lie in [0, 1]")
         if not 0 < dif.t_min < 0.5:
             raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
         if o.lr_schedule not in ("cosine", "constant"):
@@ -453,7 +467,12 @@ def _hints(cls: type) -> dict[str, Any]:
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Read configs written by earlier versions: `sample.steps/schedule/temperature` (one setting for
     every modality) became the text row of the per-modality table, `sample.remasking` a per-modality
-    setting. Anything else unknown is still an error."""
+    setting, `diffusion.text_given_media` (one share for both media) a per-medium one. Anything else
+    unknown is still an error."""
+    diffusion = data.get("diffusion")
+    if isinstance(diffusion, dict) and isinstance(diffusion.get("text_given_media"), (int, float)):
+        share = diffusion["text_given_media"]
+        data = {**data, "diffusion": {**diffusion, "text_given_media": {"image": share, "audio": share}}}
     sample = data.get("sample")
     if not isinstance(sample, dict):
         return data
@@ -587,6 +606,10 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
         if tp is PerModality:  # x=v sets every modality at once
             value = _coerce(raw, str, key)
             setattr(node, last, PerModality(value, value, value))
+            return
+        if tp is PerMedium:  # x=v sets both media at once
+            value = _coerce(raw, float, key)
+            setattr(node, last, PerMedium(value, value))
             return
         raise ValueError(f"{key} is a config section; set one of its keys ({key}.<name>=...)")
     setattr(node, last, _coerce(raw, tp, key))

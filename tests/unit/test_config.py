@@ -1,6 +1,6 @@
 import pytest
 
-from trimdm.config import Config, PerModality
+from trimdm.config import Config, PerMedium, PerModality
 from trimdm.recipes import demo, tiny
 
 
@@ -18,6 +18,8 @@ def test_overrides_are_type_checked():
                            "model.n_layers=3", "model.n_heads=4", "train.batch_size=8"])
     assert cfg.train.tokens == 2_000_000 and isinstance(cfg.train.tokens, int)
     assert cfg.diffusion.schedule == PerModality("polynomial:2", "polynomial:2", "polynomial:2")
+    cfg = tiny().override(["diffusion.text_given_media=0.7", "diffusion.text_given_media.audio=0.1"])
+    assert cfg.diffusion.text_given_media == PerMedium(image=0.7, audio=0.1)
     with pytest.raises(ValueError, match="train.batch_size: expected an integer"):
         tiny().override(["train.batch_size=eight"])
     with pytest.raises(ValueError, match="train.tokens: expected an integer"):
@@ -40,6 +42,7 @@ def test_unknown_key_lists_close_matches():
     ("train.tokens=10", "shorter than one optimizer step"),
     ("train.micro_batch_size=3", "must divide"),
     ("sample.refine=-1", "sample.refine=-1 must be >= 0"),
+    ("diffusion.text_given_media.audio=1.5", "diffusion.text_given_media.audio=1.5 must lie in"),
     ("sample.refine_tasks=i2t,t2i", "choose among i2t, s2t"),
 ])
 def test_bad_values_are_clear_errors(override, msg):
@@ -68,6 +71,8 @@ def test_configs_of_earlier_versions_still_load():
     for m in ("text", "image", "audio"):
         d["sample"][m].pop("remasking")
     assert Config.from_dict(d).sample.image.remasking == "random"
+    d["diffusion"]["text_given_media"] = 0.3  # one share for both media, before it was per medium
+    assert Config.from_dict(d).diffusion.text_given_media == PerMedium(0.3, 0.3)
     d["sample"]["bogus"] = 1
     import pytest
 

@@ -100,6 +100,30 @@ def test_conditional_direction_shares():
         conditional_modes(c, 0.5, 1.5)
 
 
+def test_each_medium_takes_its_own_split():
+    from trimdm.config import PerMedium
+    from trimdm.diffusion.masking import JOINT, MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA, conditional_modes, text_shares
+
+    v = JointVocab(n_text=50, n_image=16, audio_levels=2, audio_codebook=8)
+    tables = RowTables.from_vocab(v)
+    rng = np.random.default_rng(2)
+    image = paired_row(v, "image", rng.integers(0, 50, 4), v.image_ids(rng.integers(0, 16, 9)), 30)
+    audio = paired_row(v, "audio", rng.integers(0, 50, 3), v.audio_ids(rng.integers(0, 8, (6, 2))), 30)
+    text = np.concatenate([[v.TASK_text], rng.integers(0, 50, 29)])
+    clean = torch.from_numpy(np.stack([image, audio, image, audio, text]))
+    shares = text_shares(clean, tables, PerMedium(image=0.5, audio=0.1))
+    assert shares.tolist() == [0.5, 0.1, 0.5, 0.1, 0.5]
+    # f = 0.8: image rows media|text below 0.4, audio rows below 0.72
+    c = torch.tensor([0.5, 0.5, 0.3, 0.9, 0.5], dtype=torch.float64)
+    assert conditional_modes(c, 0.8, shares).tolist() == [TEXT_GIVEN_MEDIA, MEDIA_GIVEN_TEXT, MEDIA_GIVEN_TEXT,
+                                                          JOINT, TEXT_GIVEN_MEDIA]
+    # one share for both media: the modes of a single float, whatever the rows hold
+    same = text_shares(clean, tables, PerMedium(0.3, 0.3))
+    assert torch.equal(conditional_modes(c, 0.8, same), conditional_modes(c, 0.8, 0.3))
+    with pytest.raises(ValueError, match="text_given_media"):
+        conditional_modes(c, 0.8, torch.tensor([0.5, 1.2, 0.5, 0.5, 0.5], dtype=torch.float64))
+
+
 def test_compact_parts_give_the_same_loss_as_the_whole_batch():
     from trimdm.diffusion.loss import diffusion_loss
     from trimdm.diffusion.masking import compact

@@ -14,7 +14,8 @@ antimask (the paper's anti-masking; our reconstruction, kept configurable):
               β'/(1−β)). A training objective variant; evaluation always uses the plain process.
 
 Conditional rows (`diffusion.conditional` = c): a paired row is, with probability c, noised in one
-modality only while the other stays clean (half media|text, half text|media), so its loss is the exact
+modality only while the other stays clean (media|text or text|media, the split per medium set by
+`diffusion.text_given_media`), so its loss is the exact
 NELBO estimator of the conditional likelihood that generation uses (T2I/T2S start from a clean caption
 and a fully masked medium, a state the joint process with one τ per row almost never visits); the rest
 of the rows keep the joint estimator. The objective is a fixed mixture of exact (conditional) ELBOs.
@@ -28,7 +29,7 @@ import torch
 
 from trimdm.diffusion.schedules import Schedule
 from trimdm.sequence.layout import RowTables
-from trimdm.tokenizers.vocab import TEXT
+from trimdm.tokenizers.vocab import AUDIO, TEXT
 
 ANTIMASK = ("none", "complement", "crossmodal")
 
@@ -99,17 +100,28 @@ def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float,
 JOINT, MEDIA_GIVEN_TEXT, TEXT_GIVEN_MEDIA = 0, 1, 2
 
 
-def conditional_modes(c_B: torch.Tensor, fraction: float, text_share: float = 0.5) -> torch.Tensor:
+def conditional_modes(c_B: torch.Tensor, fraction: float, text_share: float | torch.Tensor = 0.5) -> torch.Tensor:
     """Per-row mode from one uniform: [0, f·(1−s)) media|text, [f·(1−s), f) text|media, else joint
-    (f = diffusion.conditional, s = diffusion.text_given_media)."""
+    (f = diffusion.conditional, s = diffusion.text_given_media: one share, or one per row from
+    `text_shares`)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"diffusion.conditional={fraction} must lie in [0, 1]")
-    if not 0.0 <= text_share <= 1.0:
+    share = torch.as_tensor(text_share, dtype=torch.float64)
+    if bool((share < 0).any()) or bool((share > 1).any()):
         raise ValueError(f"diffusion.text_given_media={text_share} must lie in [0, 1]")
     mode = torch.full(c_B.shape, JOINT, dtype=torch.long)
     mode[c_B < fraction] = TEXT_GIVEN_MEDIA
-    mode[c_B < fraction * (1.0 - text_share)] = MEDIA_GIVEN_TEXT
+    mode[c_B < fraction * (1.0 - share)] = MEDIA_GIVEN_TEXT
     return mode
+
+
+def text_shares(clean_BL: torch.Tensor, tables: RowTables, shares) -> torch.Tensor:
+    """The text|media share of every row's conditional draw by the medium it holds (`shares`: the
+    config's PerMedium): audio rows take shares.audio, every other row shares.image (rows without
+    media ignore their mode)."""
+    has_audio = (tables.modality(clean_BL) == AUDIO).any(1)
+    share = lambda x: torch.tensor(float(x), dtype=torch.float64)  # noqa: E731  exact, not via float32
+    return torch.where(has_audio, share(shares.audio), share(shares.image))
 
 
 def mask_batch(clean_BL: torch.Tensor, tables: RowTables, schedules: list[Schedule], antimask: str,

@@ -30,7 +30,8 @@ from trimdm.config import MODALITIES, Config
 from trimdm.data.loader import MixtureLoader, row_shares
 from trimdm.data.prepare import prepare
 from trimdm.diffusion.loss import LossStats, diffusion_loss
-from trimdm.diffusion.masking import clean_rows_per_batch, compact, conditional_modes, draw_noise, mask_batch, tau_bounds
+from trimdm.diffusion.masking import (clean_rows_per_batch, compact, conditional_modes, draw_noise, mask_batch,
+                                      tau_bounds, text_shares)
 from trimdm.diffusion.schedules import Schedule, parse_schedule
 from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
 from trimdm.distributed.parallelize import compile_blocks, full_state, load_full_state, parallelize
@@ -181,15 +182,18 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, d, env = self.cfg, self.cfg.derived, self.env
         tau, u, c = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
-        mode = conditional_modes(c, cfg.diffusion.conditional, cfg.diffusion.text_given_media)
         clean = self.loader.next()  # this rank's clean rows, split into micro-batches below
         offset = env.rank * self.clean_rank
+        # each row's split by the medium it holds; with one share for both media the modes are those of
+        # the global draw sliced, whatever the row content
+        mode = conditional_modes(c[offset:offset + len(clean)], cfg.diffusion.conditional,
+                                 text_shares(clean, self.tables, cfg.diffusion.text_given_media))
         batches = []
         for k in range(self.accum):
             a, b = k * self.clean_micro, (k + 1) * self.clean_micro
             batches.append(mask_batch(clean[a:b], self.tables, self.schedules, cfg.diffusion.antimask,
                                       tau[offset + a:offset + b], u[offset + a:offset + b],
-                                      mode_B=mode[offset + a:offset + b]))
+                                      mode_B=mode[a:b]))
         counts = torch.tensor([float(nb.maskable_BL.sum()) for nb in batches], dtype=torch.float64)
         denominator = float(all_reduce_sum(counts.sum(), env))
         factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
