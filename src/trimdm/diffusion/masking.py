@@ -120,8 +120,7 @@ def text_shares(clean_BL: torch.Tensor, tables: RowTables, shares) -> torch.Tens
     config's PerMedium): audio rows take shares.audio, every other row shares.image (rows without
     media ignore their mode)."""
     has_audio = (tables.modality(clean_BL) == AUDIO).any(1)
-    share = lambda x: torch.tensor(float(x), dtype=torch.float64)  # noqa: E731  exact, not via float32
-    return torch.where(has_audio, share(shares.audio), share(shares.image))
+    return torch.tensor([shares.image, shares.audio], dtype=torch.float64)[has_audio.long()]
 
 
 def mask_batch(clean_BL: torch.Tensor, tables: RowTables, schedules: list[Schedule], antimask: str,
