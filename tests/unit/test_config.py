@@ -100,3 +100,17 @@ def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
     assert "image_fsq_levels" not in data_spec(base)["tinyworld"]  # hashed once, under image_tokenizer
     assert data_spec(base)["image_tokenizer"]["fsq_levels"] == base.tinyworld.image_fsq_levels
     assert _hash(data_spec(base)) != _hash(data_spec(coarse))
+
+
+def test_prepare_dtype_names_a_new_data_directory_only_when_not_fp32():
+    from trimdm.data.tinyworld.dataset import _hash, data_spec
+    from trimdm.recipes import tiny_tri
+
+    fp32, bf16 = tiny_tri().data, tiny_tri().override(["data.tinyworld.prepare_dtype=bf16"]).data
+    assert fp32.tinyworld.prepare_dtype == "fp32"
+    assert "prepare_dtype" not in data_spec(fp32)["tinyworld"]  # directories prepared before keep their names
+    assert data_spec(bf16)["tinyworld"]["prepare_dtype"] == "bf16"
+    assert _hash(data_spec(fp32)) != _hash(data_spec(bf16))
+    cfg = tiny_tri().override(["data.tinyworld.prepare_dtype=fp16"])
+    with pytest.raises(ValueError, match="data.tinyworld.prepare_dtype='fp16'"):
+        cfg.validate()

@@ -158,7 +158,8 @@ def test_image_judge_shapes_and_save_load_round_trip(tmp_path):
         judge.features(images.astype(np.float32))
 
 
-def test_image_judge_training_is_deterministic_and_uses_reconstructions():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_image_judge_training_is_deterministic_and_uses_reconstructions(bf16):
     scenes = _scenes(8)
     images = _images(scenes)
     t = ij.ImageJudgeTraining(min_steps=3, max_steps=3, recon_fraction=0.5)
@@ -168,11 +169,12 @@ def test_image_judge_training_is_deterministic_and_uses_reconstructions():
         calls.append(len(x))
         return 255 - x
 
-    a, rep = ij.train_image_judge(images, scenes, _small_image_cfg(), t, reconstruct=reconstruct)
-    b, _ = ij.train_image_judge(images, scenes, _small_image_cfg(), t, reconstruct=reconstruct)
+    a, rep = ij.train_image_judge(images, scenes, _small_image_cfg(), t, reconstruct=reconstruct, bf16=bf16)
+    b, _ = ij.train_image_judge(images, scenes, _small_image_cfg(), t, reconstruct=reconstruct, bf16=bf16)
     assert calls == [4, 4] and rep["reconstructions"] == 4 and rep["train_images"] == 8
     for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
         assert torch.equal(va, vb), k
+        assert not va.is_floating_point() or va.dtype == torch.float32, k
 
 
 def test_image_judge_rejects_bad_input(tmp_path):
@@ -232,13 +234,15 @@ def test_speech_judge_shapes_batching_and_save_load_round_trip(tmp_path):
     assert torch.equal(again.net.mel_mean, judge.net.mel_mean)
 
 
-def test_speech_judge_training_is_deterministic():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_speech_judge_training_is_deterministic(bf16):
     waves, texts = _waves(3), ["abc", "de", "f g"]
     t = sj.SpeechJudgeTraining(min_steps=2, max_steps=2)
-    a, _ = sj.train_speech_judge(waves, texts, _small_speech_cfg(), t)
-    b, _ = sj.train_speech_judge(waves, texts, _small_speech_cfg(), t)
+    a, _ = sj.train_speech_judge(waves, texts, _small_speech_cfg(), t, bf16=bf16)
+    b, _ = sj.train_speech_judge(waves, texts, _small_speech_cfg(), t, bf16=bf16)
     for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
         assert torch.equal(va, vb), k
+        assert not va.is_floating_point() or va.dtype == torch.float32, k
 
 
 def test_speech_judge_rejects_bad_input(tmp_path):

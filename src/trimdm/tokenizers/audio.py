@@ -287,7 +287,10 @@ class _CodecNet(nn.Module):
         return y * self.mel_std[:, None] + self.mel_mean[:, None]
 
     def forward(self, logmel_BMT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, codes, aux = self.quantize(self.encode_latent(logmel_BMT))
+        """Under autocast the convolutions run in low precision and the quantiser in fp32."""
+        z = self.encode_latent(logmel_BMT)
+        with torch.autocast(logmel_BMT.device.type, enabled=False):
+            q, codes, aux = self.quantize(z.float())
         return self.decode_latent(q), codes, aux
 
 
@@ -476,6 +479,7 @@ def train_audio_codec(
     lr: float = 2e-3,
     crop_seconds: float = 2.0,
     log_every: int = 100,
+    bf16: bool = False,
 ) -> tuple[AudioCodec, dict]:
     """Train a codec on random `crop_seconds` crops with L1 on log-mel (+ commitment loss for rvq).
 
@@ -484,7 +488,7 @@ def train_audio_codec(
     own randomness from torch's global generator, seeded inside a forked RNG state (the caller's is
     left untouched). AdamW with 5% linear warm-up and cosine decay to 10% of `lr`, gradient clip 1.
     The report holds the validation mel L1 (decoded log-mel vs original, natural-log units) before
-    and after training.
+    and after training. `bf16`: forward passes under bf16 autocast (fp32 weights, quantiser and loss).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
@@ -533,8 +537,9 @@ def train_audio_codec(
             x_BT = first_BT if step == 0 else _crops(waves_train, batch_size, crop, rng)
             with torch.no_grad():
                 target_BMT = net.front.log_mel(x_BT)
-            pred_BMT, _, aux = net(target_BMT)
-            rec = F.l1_loss((pred_BMT - net.mel_mean[:, None]) / net.mel_std[:, None],
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                pred_BMT, _, aux = net(target_BMT)
+            rec = F.l1_loss((pred_BMT.float() - net.mel_mean[:, None]) / net.mel_std[:, None],
                             (target_BMT - net.mel_mean[:, None]) / net.mel_std[:, None])
             loss = rec + aux
             for g in opt.param_groups:
@@ -552,7 +557,7 @@ def train_audio_codec(
         val_final = mel_l1_decoded(codec, waves_val) if waves_val else math.nan
     report = {
         "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "crop_seconds": crop / cfg.sample_rate,
-        "threads": torch.get_num_threads(), "train_seconds": train_seconds,
+        "threads": torch.get_num_threads(), "train_seconds": train_seconds, "bf16": bf16,
         "params": sum(p.numel() for p in net.parameters()),
         "train_l1_first": float(np.mean(losses[:min(10, steps)])),
         "train_l1_last": float(np.mean(losses[-min(log_every, steps):])),

@@ -248,7 +248,7 @@ class ImageAutoencoder(nn.Module):
     def quantize(self, z_BDhw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(quantised latents (B, D, h, w), codes (B, h*w) int64, auxiliary loss scalar)."""
         h, w = z_BDhw.shape[-2:]
-        z_BND = rearrange(z_BDhw, "b d h w -> b (h w) d")
+        z_BND = rearrange(z_BDhw.float(), "b d h w -> b (h w) d")
         if self.cfg.quantizer == "fsq":
             q_BND, idx_BN = self.quantizer(z_BND)
             aux = z_BND.new_zeros(())
@@ -266,8 +266,11 @@ class ImageAutoencoder(nn.Module):
         return rearrange(q_BND, "b (h w) d -> b d h w", h=g, w=g)
 
     def forward(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction in [-1, 1]-ish (B, 3, H, W), codes (B, h*w), auxiliary loss)."""
-        q, codes_BN, aux = self.quantize(self.encoder(x_B3HW))
+        """(reconstruction in [-1, 1]-ish (B, 3, H, W), codes (B, h*w), auxiliary loss). Under autocast
+        the convolutions run in low precision and the quantiser in fp32."""
+        z = self.encoder(x_B3HW)
+        with torch.autocast(x_B3HW.device.type, enabled=False):
+            q, codes_BN, aux = self.quantize(z)
         return self.decoder(q), codes_BN, aux
 
 
@@ -425,8 +428,10 @@ def train_image_tokenizer(
     batch_size: int,
     seed: int,
     log: Callable[[str], None] | None = print,
+    bf16: bool = False,
 ) -> tuple[ImageTokenizer, dict[str, Any]]:
-    """Train an autoencoder on uint8 (N, H, W, 3) images; returns the tokenizer and a report.
+    """Train an autoencoder on uint8 (N, H, W, 3) images; returns the tokenizer and a report. With
+    `bf16` the forward pass runs under bf16 autocast (fp32 weights, quantiser and loss).
 
     Deterministic for a seed at a fixed thread count: initialisation (and the VQ codebook's random
     re-seeding of dead codes) draws from torch's global RNG seeded here, inside fork_rng so the
@@ -466,8 +471,9 @@ def train_image_tokenizer(
                 g["lr"] = _lr_at(cfg, step, steps)
             idx = torch.randint(len(data), (batch_size,), generator=gen)
             x = _to_unit(data[idx])
-            y, _, aux = model(x)
-            rec = _recon_loss(cfg, y, x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y, _, aux = model(x)
+            rec = _recon_loss(cfg, y.float(), x)
             loss = rec + aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -492,6 +498,7 @@ def train_image_tokenizer(
         "train_images": int(len(images_train)),
         "train_seconds": train_seconds,
         "threads": torch.get_num_threads(),
+        "bf16": bf16,
         "history": history,
         "config": cfg.to_json(),
     }

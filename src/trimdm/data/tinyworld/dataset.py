@@ -207,8 +207,11 @@ class TinyworldData:
 def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
     it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
-    emitted levels only when not all, so adding them kept the names of directories prepared before."""
+    emitted levels only when not all and the preparing precision only when not fp32, so adding them kept
+    the names of directories prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
+    if tinyworld["prepare_dtype"] == "fp32":
+        del tinyworld["prepare_dtype"]
     codec = asdict(audio_config(cfg.tinyworld))
     if codec["emit_levels"] in (0, codec["levels"]):
         del codec["emit_levels"]
@@ -334,7 +337,7 @@ def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
     if len(images) == 0:
         raise ValueError(f"{raw}: no usable training images (see the read report)")
     image, _ = im.train_image_tokenizer(images, val, image_config(tw), tw.image_steps, tw.image_batch, tw.seed,
-                                        log=None)
+                                        log=None, bf16=tw.prepare_dtype == "bf16")
     image.save(Path(out))
     return {"metrics": im.reconstruction_metrics(image, val), "train_seconds": round(time.time() - t0, 1),
             "steps": tw.image_steps}
@@ -350,7 +353,7 @@ def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
     if len(waves) == 0:
         raise ValueError(f"{raw}: no usable training utterances (see the read report)")
     codec, _ = au.train_audio_codec(waves, val[:64], audio_config(tw), tw.audio_steps, tw.audio_batch, tw.seed,
-                                    log=None)
+                                    log=None, bf16=tw.prepare_dtype == "bf16")
     codec.save(Path(out))
     return {"metrics": au.reconstruction_metrics(codec, val[:32]), "train_seconds": round(time.time() - t0, 1),
             "steps": tw.audio_steps, "frames_per_second": codec.frames_per_second, "tokens_per_second": codec.rate}
@@ -540,7 +543,8 @@ def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) ->
     images, scenes = split("train")
     val_images, val_scenes = split("val")
     tokenizer = ImageTokenizer.load(Path(tokenizers) / "image")
-    judge, report = ij.train_image_judge(images, scenes, reconstruct=tokenizer.reconstruct)
+    judge, report = ij.train_image_judge(images, scenes, cfg=ij.ImageJudgeConfig(image_size=tw.image_size),
+                                         reconstruct=tokenizer.reconstruct, bf16=tw.prepare_dtype == "bf16")
     judge.save(Path(out))
     return {"train": report, "val": ij.attribute_accuracy(judge, val_images, val_scenes),
             "reconstructed_val": ij.attribute_accuracy(judge, tokenizer.reconstruct(val_images), val_scenes)}
@@ -561,7 +565,7 @@ def _train_speech_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -
 
     waves, texts = split("train")
     val_waves, val_texts = split("val")
-    judge, report = sj.train_speech_judge(waves, texts)
+    judge, report = sj.train_speech_judge(waves, texts, bf16=tw.prepare_dtype == "bf16")
     judge.save(Path(out))
     codec = AudioCodec.load(Path(tokenizers) / "audio")
     sub = val_waves[:RECON_UTTERANCES]

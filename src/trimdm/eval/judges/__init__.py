@@ -32,10 +32,11 @@ def settings() -> dict:
 
 
 def fit(net, training, steps: int, loss_at: Callable, say: Callable[[str], None], what: str, t0: float,
-        label: str = "loss") -> list[float]:
+        label: str = "loss", bf16: bool = False) -> list[float]:
     """The judges' training loop; returns the loss of every step. AdamW (no weight decay on vectors),
     warm-up over 5% of the steps, cosine decay to 1% of `training.lr`, gradient clip 1. `loss_at(step)`
-    draws that step's batch and returns its loss; progress goes to `say` ten times, timed from t0."""
+    draws that step's batch and returns its loss; progress goes to `say` ten times, timed from t0. With
+    `bf16` the forward pass runs under bf16 autocast (fp32 weights; the losses cast logits to fp32)."""
     decay = [p for p in net.parameters() if p.ndim >= 2]
     rest = [p for p in net.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": training.weight_decay},
@@ -46,7 +47,8 @@ def fit(net, training, steps: int, loss_at: Callable, say: Callable[[str], None]
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = training.lr * lr_factor(step, steps, warmup, "cosine", 0.01)
-        loss = loss_at(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -277,7 +277,7 @@ def _load_state(net: nn.Module, state: dict, directory) -> None:
 def _ce(logits_NK: torch.Tensor, target_N: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the targets >= 0; zero (not NaN) when a batch has none."""
     keep = target_N >= 0
-    return F.cross_entropy(logits_NK[keep], target_N[keep]) if keep.any() else logits_NK.sum() * 0.0
+    return F.cross_entropy(logits_NK[keep].float(), target_N[keep]) if keep.any() else logits_NK.sum() * 0.0
 
 
 def _loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -310,6 +310,7 @@ def train_image_judge(
     training: ImageJudgeTraining = ImageJudgeTraining(),
     log: Callable[[str], None] | None = None,
     reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
+    bf16: bool = False,
 ) -> tuple[ImageJudge, dict[str, Any]]:
     """Train on uint8 (N, H, W, 3) images and their true scenes; returns the judge and a report.
 
@@ -317,7 +318,7 @@ def train_image_judge(
     `recon_fraction` of the images as extra examples with the same scenes. Deterministic at a fixed
     thread count: initialisation from torch's generator seeded inside fork_rng (the caller's state is
     untouched), batches and channel permutations from their own generator. AdamW, 5% linear warm-up,
-    cosine decay to 1% of `lr`, gradient clip 1.
+    cosine decay to 1% of `lr`, gradient clip 1; `bf16`: forward passes under bf16 autocast.
     """
     images = _check_images(images, cfg.image_size)
     if len(images) != len(scenes) or len(images) == 0:
@@ -347,7 +348,7 @@ def train_image_judge(
                                        t.permute_fraction, gen)
             return _loss(net(x), tgt)
 
-        losses = fit(net, t, steps, loss_at, say, "image judge", t0)
+        losses = fit(net, t, steps, loss_at, say, "image judge", t0, bf16=bf16)
     judge = ImageJudge(cfg, net)
     report = {"steps": steps, "batch": batch, "train_images": len(images) - n_recon,
               "reconstructions": n_recon, "threads": torch.get_num_threads(),

@@ -349,12 +349,14 @@ def train_speech_judge(
     cfg: SpeechJudgeConfig = SpeechJudgeConfig(),
     training: SpeechJudgeTraining = SpeechJudgeTraining(),
     log: Callable[[str], None] | None = None,
+    bf16: bool = False,
 ) -> tuple[SpeechJudge, dict[str, Any]]:
     """Train with CTC on 16 kHz waves and their transcripts; returns the judge and a report.
 
     Utterances whose transcript is empty or longer than the CTC frames are left out (counted in the
     report). Deterministic at a fixed thread count (seeded generators; torch's
-    global one inside fork_rng). AdamW, 5% warm-up, cosine decay to 1% of `lr`, gradient clip 1.
+    global one inside fork_rng). AdamW, 5% warm-up, cosine decay to 1% of `lr`, gradient clip 1;
+    `bf16`: forward passes under bf16 autocast.
     """
     if len(waves) != len(texts) or len(waves) == 0:
         raise ValueError(f"need as many transcripts as waves (> 0), got {len(waves)} waves, {len(texts)} texts")
@@ -390,10 +392,10 @@ def train_speech_judge(
             x = _spec_augment(x, mel_len, t, cfg.log_floor, gen)
             _, logits = net(x, mel_len)
             tgt = [targets[i] for i in idx]
-            return F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.cat(tgt), net.out_lengths(mel_len),
+            return F.ctc_loss(logits.float().log_softmax(-1).transpose(0, 1), torch.cat(tgt), net.out_lengths(mel_len),
                               torch.tensor([len(y) for y in tgt]), blank=0, reduction="mean", zero_infinity=True)
 
-        losses = fit(net, t, steps, loss_at, say, "speech judge", t0, label="ctc")
+        losses = fit(net, t, steps, loss_at, say, "speech judge", t0, label="ctc", bf16=bf16)
     net.eval()
     report = {"steps": steps, "batch": batch, "train_utterances": len(waves),
               "kept": len(mels), "threads": torch.get_num_threads(), "feature_seconds": round(feat_seconds, 1),
