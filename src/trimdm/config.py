@@ -93,6 +93,10 @@ class TinyworldConfig:
     # precision of the tokenizers' and judges' training: fp32 | bf16 (autocast, fp32 weights; ~1.6x faster
     # on a CPU with bf16 matmul; docs/data.md)
     prepare_dtype: str = "fp32"
+    # the scene vocabulary the scenes draw from: subsets of scenes.SIZES and scenes.BACKGROUNDS (a smaller
+    # world for a short run; colours, shapes and cells stay whole, so held-out compositions still exist)
+    sizes: tuple[str, ...] = ("small", "large")
+    backgrounds: tuple[str, ...] = ("white", "cream", "light grey", "dark grey")
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 
@@ -370,6 +374,13 @@ class Config:
             raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
         if dat.tinyworld.prepare_dtype not in ("bf16", "fp32"):
             raise ValueError(f"data.tinyworld.prepare_dtype={dat.tinyworld.prepare_dtype!r}: expected 'bf16' or 'fp32'")
+        from trimdm.data.tinyworld.scenes import BACKGROUNDS, SIZES
+
+        for key, known in (("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS))):
+            chosen = getattr(dat.tinyworld, key)
+            if len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
+                raise ValueError(f"data.tinyworld.{key}={','.join(chosen)}: expected distinct values among "
+                                 f"{', '.join(known)}")
         if dif.antimask not in ("none", "complement", "crossmodal"):
             raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
         if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:

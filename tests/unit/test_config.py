@@ -102,15 +102,24 @@ def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
     assert _hash(data_spec(base)) != _hash(data_spec(coarse))
 
 
-def test_prepare_dtype_names_a_new_data_directory_only_when_not_fp32():
+@pytest.mark.parametrize("key, value", [("prepare_dtype", "bf16"), ("sizes", "large"),
+                                        ("backgrounds", "white,light grey")])
+def test_later_tinyworld_knobs_name_a_new_data_directory_only_when_not_their_defaults(key, value):
     from trimdm.data.tinyworld.dataset import _hash, data_spec
     from trimdm.recipes import tiny_tri
 
-    fp32, bf16 = tiny_tri().data, tiny_tri().override(["data.tinyworld.prepare_dtype=bf16"]).data
-    assert fp32.tinyworld.prepare_dtype == "fp32"
-    assert "prepare_dtype" not in data_spec(fp32)["tinyworld"]  # directories prepared before keep their names
-    assert data_spec(bf16)["tinyworld"]["prepare_dtype"] == "bf16"
-    assert _hash(data_spec(fp32)) != _hash(data_spec(bf16))
+    base, changed = tiny_tri().data, tiny_tri().override([f"data.tinyworld.{key}={value}"]).data
+    assert key not in data_spec(base)["tinyworld"]  # directories prepared before keep their names
+    assert key in data_spec(changed)["tinyworld"]
+    assert _hash(data_spec(base)) != _hash(data_spec(changed))
+
+
+def test_prepare_dtype_is_checked():
+    from trimdm.recipes import tiny_tri
+
     cfg = tiny_tri().override(["data.tinyworld.prepare_dtype=fp16"])
     with pytest.raises(ValueError, match="data.tinyworld.prepare_dtype='fp16'"):
         cfg.validate()
+    for bad in ("sizes=huge", "backgrounds=white,white"):
+        with pytest.raises(ValueError, match=f"data.tinyworld.{bad}: expected distinct values among"):
+            tiny_tri().override([f"data.tinyworld.{bad}"]).validate()

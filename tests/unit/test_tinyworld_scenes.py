@@ -88,6 +88,16 @@ def test_object_count_and_cells():
     assert {s.background for s in mixed} == set(BACKGROUNDS)
 
 
+def test_a_smaller_world_draws_only_its_sizes_and_backgrounds():
+    small = sample_scenes(500, "val", 0, sizes=("large",), backgrounds=("white", "dark grey"))
+    assert {o.size for s in small for o in s.objects} == {"large"}
+    assert {s.background for s in small} == {"white", "dark grey"}
+    assert any(has_heldout_pair(s) for s in small)  # colours, shapes and cells stay whole
+    # naming every size and background is the default: the same scenes as every earlier version
+    assert sample_scenes(50, "train", 3, sizes=("small", "large"), backgrounds=tuple(BACKGROUNDS)) == \
+        sample_scenes(50, "train", 3)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -97,6 +107,10 @@ def test_object_count_and_cells():
         dict(n=3, split="train", seed=0, two_object_fraction=1.5),
         dict(n=3, split="train", seed=0, heldout_fraction=0.3),
         dict(n=3, split="val", seed=0, heldout_fraction=-0.1),
+        dict(n=3, split="train", seed=0, sizes=()),
+        dict(n=3, split="train", seed=0, sizes=("huge",)),
+        dict(n=3, split="train", seed=0, backgrounds=("white", "white")),
+        dict(n=3, split="train", seed=0, backgrounds=("black",)),
     ],
 )
 def test_sample_scenes_rejects_bad_arguments(kwargs):

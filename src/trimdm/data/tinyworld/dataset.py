@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from trimdm.data import kjv
+from trimdm.data.tinyworld.scenes import BACKGROUNDS, SIZES
 from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
 from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
@@ -207,11 +208,12 @@ class TinyworldData:
 def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
     it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
-    emitted levels only when not all and the preparing precision only when not fp32, so adding them kept
-    the names of directories prepared before."""
+    emitted levels only when not all, and the preparing precision and the scene vocabulary only when not
+    the defaults, so adding them kept the names of directories prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
-    if tinyworld["prepare_dtype"] == "fp32":
-        del tinyworld["prepare_dtype"]
+    for key, old in (("prepare_dtype", "fp32"), ("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS))):
+        if tinyworld[key] == old:
+            del tinyworld[key]
     codec = asdict(audio_config(cfg.tinyworld))
     if codec["emit_levels"] in (0, codec["levels"]):
         del codec["emit_levels"]
@@ -283,7 +285,8 @@ def _build_raw(tmp: Path, tw, log) -> dict:
     info = {"images": {}, "speech": {}}
     for i, (split, (n_scenes, n_utt)) in enumerate(counts.items()):
         t0 = time.time()
-        scenes = sc.sample_scenes(n_scenes, split, tw.seed, two_object_fraction=tw.two_object_fraction)
+        scenes = sc.sample_scenes(n_scenes, split, tw.seed, two_object_fraction=tw.two_object_fraction,
+                                  sizes=tuple(tw.sizes), backgrounds=tuple(tw.backgrounds))
         sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size, seed=tw.seed + i)
         captions = [json.loads(line)["caption"] for line in
                     (tmp / f"images_{split}" / "captions.jsonl").read_text().splitlines()]

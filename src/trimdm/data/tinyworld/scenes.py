@@ -180,12 +180,19 @@ def sample_scenes(
     seed: int,
     two_object_fraction: float = 0.5,
     heldout_fraction: float | None = None,
+    sizes: tuple[str, ...] = SIZES,
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS),
 ) -> list[Scene]:
     """n scenes of `split`; scene i depends only on (split, seed, i).
 
     heldout_fraction: share of val/test scenes that contain a held-out (colour, shape) pair; None means
     DEFAULT_HELDOUT_FRACTION. Train scenes never contain one, so for train it must be None or 0.
+    sizes, backgrounds: the subsets of SIZES and BACKGROUNDS the scenes draw from (a smaller world);
+    with all of them the draws are those of every earlier version.
     """
+    for name, chosen, known in (("sizes", sizes, SIZES), ("backgrounds", backgrounds, tuple(BACKGROUNDS))):
+        if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
+            raise ValueError(f"{name} must be distinct values among {known}, got {chosen!r}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if split not in SPLITS:
@@ -214,12 +221,12 @@ def sample_scenes(
         if has_heldout:
             pairs[rng.integers(n_obj)] = HELDOUT_PAIRS[rng.integers(len(HELDOUT_PAIRS))]
         cells = rng.choice(9, size=n_obj, replace=False)
-        sizes = rng.integers(len(SIZES), size=n_obj)
+        drawn = rng.integers(len(sizes), size=n_obj)
         objects = tuple(
-            Obj(shape=s, color=c, size=SIZES[z], row=int(cell) // 3, col=int(cell) % 3)
-            for (c, s), cell, z in zip(pairs, cells, sizes)
+            Obj(shape=s, color=c, size=sizes[z], row=int(cell) // 3, col=int(cell) % 3)
+            for (c, s), cell, z in zip(pairs, cells, drawn)
         )
-        background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+        background = backgrounds[rng.integers(len(backgrounds))]
         scenes.append(Scene(objects=objects, background=background, seed=int(rng.integers(2**63 - 1))))
     return scenes
 
