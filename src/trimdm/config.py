@@ -91,12 +91,13 @@ class TinyworldConfig:
     audio_blocks: int = 4  # residual blocks in each of the codec's encoder and decoder
     audio_emit_levels: int = 0  # codec levels in the token stream, coarsest first (0: all 4; AudioCodecConfig)
     # precision of the tokenizers' and judges' training: fp32 | bf16 (autocast, fp32 weights; ~1.6x faster
-    # on a CPU with bf16 matmul; docs/data.md)
+    # on a CPU with bf16 matmul; docs/generation.md, "Preparing in bf16")
     prepare_dtype: str = "fp32"
-    # the scene vocabulary the scenes draw from: subsets of scenes.SIZES and scenes.BACKGROUNDS (a smaller
-    # world for a short run; colours, shapes and cells stay whole, so held-out compositions still exist)
+    # the scene vocabulary the scenes draw from: subsets of scenes.SIZES, .BACKGROUNDS and .COLORS (a
+    # smaller world for a short run; shapes and cells stay whole, and the colours must keep a held-out pair)
     sizes: tuple[str, ...] = ("small", "large")
     backgrounds: tuple[str, ...] = ("white", "cream", "light grey", "dark grey")
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "cyan")
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 
@@ -374,9 +375,9 @@ class Config:
             raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
         if dat.tinyworld.prepare_dtype not in ("bf16", "fp32"):
             raise ValueError(f"data.tinyworld.prepare_dtype={dat.tinyworld.prepare_dtype!r}: expected 'bf16' or 'fp32'")
-        from trimdm.data.tinyworld.scenes import BACKGROUNDS, SIZES
+        from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
 
-        for key, known in (("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS))):
+        for key, known in (("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS)), ("colors", tuple(COLORS))):
             chosen = getattr(dat.tinyworld, key)
             if len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
                 raise ValueError(f"data.tinyworld.{key}={','.join(chosen)}: expected distinct values among "

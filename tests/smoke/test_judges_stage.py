@@ -20,6 +20,7 @@ from trimdm.data.tinyworld.scenes import read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges import image as ij
 from trimdm.eval.judges import speech as sj
+from trimdm.eval.multiple_choice import write_tinyworld_mc
 from trimdm.recipes import tiny_tri
 from trimdm.train.trainer import train
 
@@ -107,3 +108,26 @@ def test_a_failing_shards_stage_stops_the_judges_beside_it_and_leaves_no_stage(t
     monkeypatch.undo()
     prepare(cfg.data, log=lambda *a: None)  # the next prepare builds both stages as usual
     assert (directory / "judges" / "manifest.json").exists() and (directory / "shards" / "manifest.json").exists()
+
+
+def test_a_smaller_world_at_another_size_prepares_in_bf16(data_root, tmp_path):
+    """The demo's kind of data set: a smaller scene vocabulary, 24-pixel images (the judge is built at
+    the data set's size) and tokenizers and judges trained under bf16 autocast; multiple-choice
+    distractors stay inside its world."""
+    cfg = tiny_tri().override([f"data.root={data_root}", "data.tinyworld.image_size=24",
+                               "data.tinyworld.prepare_dtype=bf16", "data.tinyworld.sizes=large",
+                               "data.tinyworld.backgrounds=white", "data.tinyworld.colors=red,green,blue"])
+    data = prepare(cfg.derive().data, log=lambda *a: None)
+    items, _ = read_image_folder(data.directory / "raw" / "images_val")
+    images, scenes = np.stack([i for i, _, _ in items]), [s for _, _, s in items]
+    assert images.shape[1:] == (24, 24, 3)
+    assert {s.background for s in scenes} == {"white"}
+    assert {o.size for s in scenes for o in s.objects} == {"large"}
+    assert {o.color for s in scenes for o in s.objects} <= {"red", "green", "blue"}
+    judges = data.judges()
+    assert judges["image"].cfg.image_size == 24
+    report = data.judge_report()["image"]["val"]
+    assert ij.attribute_accuracy(judges["image"], images, scenes) == pytest.approx(report)
+    path = write_tinyworld_mc(data.directory, tmp_path / "mc.jsonl", n_image=12, n_audio=0, seed=0)
+    words = {w for line in path.read_text().splitlines() for o in json.loads(line)["options"] for w in o.split()}
+    assert not words & {"small", "yellow", "purple", "cyan"} and {"red", "green", "blue"} & words

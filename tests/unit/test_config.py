@@ -103,7 +103,7 @@ def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
 
 
 @pytest.mark.parametrize("key, value", [("prepare_dtype", "bf16"), ("sizes", "large"),
-                                        ("backgrounds", "white,light grey")])
+                                        ("backgrounds", "white,light grey"), ("colors", "red,blue")])
 def test_later_tinyworld_knobs_name_a_new_data_directory_only_when_not_their_defaults(key, value):
     from trimdm.data.tinyworld.dataset import _hash, data_spec
     from trimdm.recipes import tiny_tri
@@ -120,6 +120,6 @@ def test_prepare_dtype_is_checked():
     cfg = tiny_tri().override(["data.tinyworld.prepare_dtype=fp16"])
     with pytest.raises(ValueError, match="data.tinyworld.prepare_dtype='fp16'"):
         cfg.validate()
-    for bad in ("sizes=huge", "backgrounds=white,white"):
+    for bad in ("sizes=huge", "backgrounds=white,white", "colors=red,pink"):
         with pytest.raises(ValueError, match=f"data.tinyworld.{bad}: expected distinct values among"):
             tiny_tri().override([f"data.tinyworld.{bad}"]).validate()

@@ -88,14 +88,19 @@ def test_object_count_and_cells():
     assert {s.background for s in mixed} == set(BACKGROUNDS)
 
 
-def test_a_smaller_world_draws_only_its_sizes_and_backgrounds():
-    small = sample_scenes(500, "val", 0, sizes=("large",), backgrounds=("white", "dark grey"))
+def test_a_smaller_world_draws_only_its_sizes_backgrounds_and_colours():
+    small = sample_scenes(500, "val", 0, sizes=("large",), backgrounds=("white", "dark grey"),
+                          colors=("red", "green", "cyan"))
     assert {o.size for s in small for o in s.objects} == {"large"}
     assert {s.background for s in small} == {"white", "dark grey"}
-    assert any(has_heldout_pair(s) for s in small)  # colours, shapes and cells stay whole
-    # naming every size and background is the default: the same scenes as every earlier version
-    assert sample_scenes(50, "train", 3, sizes=("small", "large"), backgrounds=tuple(BACKGROUNDS)) == \
-        sample_scenes(50, "train", 3)
+    assert {o.color for s in small for o in s.objects} == {"red", "green", "cyan"}
+    assert {(o.color, o.shape) for s in small for o in s.objects if has_heldout_pair(s)} >= {
+        ("red", "triangle"), ("green", "cross")}  # the held-out pairs of the kept colours remain
+    assert {o.shape for s in sample_scenes(500, "train", 0, colors=("red", "green", "cyan"))
+            for o in s.objects} == set(SHAPES)
+    # naming every size, background and colour is the default: the scenes of every earlier version
+    assert sample_scenes(50, "train", 3, sizes=("small", "large"), backgrounds=tuple(BACKGROUNDS),
+                         colors=tuple(COLORS)) == sample_scenes(50, "train", 3)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +116,7 @@ def test_a_smaller_world_draws_only_its_sizes_and_backgrounds():
         dict(n=3, split="train", seed=0, sizes=("huge",)),
         dict(n=3, split="train", seed=0, backgrounds=("white", "white")),
         dict(n=3, split="train", seed=0, backgrounds=("black",)),
+        dict(n=3, split="train", seed=0, colors=("purple", "cyan")),  # keeps no held-out pair
     ],
 )
 def test_sample_scenes_rejects_bad_arguments(kwargs):

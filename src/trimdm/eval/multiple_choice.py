@@ -385,14 +385,27 @@ def _swap_word(caption: str, words, rng: np.random.Generator) -> str | None:
     return caption[:hit.start()] + others[int(rng.integers(len(others)))] + caption[hit.end():]
 
 
-def _caption_distractors(record: dict, n: int, rng: np.random.Generator) -> list[str]:
-    """n false captions, each the true one with one attribute changed (colour, shape, size or location),
-    cycling through the attributes in a random order; each is checked false against the scene."""
+def _world(data_dir: Path) -> dict[str, tuple[str, ...]]:
+    """The colours and sizes a prepared tinyworld set draws from: its spec.json names them when they are
+    a smaller world's (data.tinyworld.colors / .sizes), else the whole scene vocabulary."""
+    from trimdm.data.tinyworld import scenes as sc
+
+    spec_path = Path(data_dir) / "spec.json"
+    tw = json.loads(spec_path.read_text()).get("tinyworld", {}) if spec_path.exists() else {}
+    return {"colors": tuple(tw.get("colors", sc.COLORS)), "sizes": tuple(tw.get("sizes", sc.SIZES))}
+
+
+def _caption_distractors(record: dict, n: int, rng: np.random.Generator, world: dict | None = None) -> list[str]:
+    """n false captions, each the true one with one attribute changed (colour, shape, size or location)
+    to another value of the data set's world, cycling through the attributes in a random order; each is
+    checked false against the scene."""
     from trimdm.data.tinyworld import scenes as sc
 
     scene = sc.Scene.from_json(record["scene"])
     truth = record["caption"]
-    attributes = [tuple(sc.COLORS), sc.SHAPES, sc.SIZES, tuple(sc.LOCATIONS.values())]
+    world = world or {"colors": tuple(sc.COLORS), "sizes": sc.SIZES}
+    attributes = [a for a in (world["colors"], sc.SHAPES, world["sizes"], tuple(sc.LOCATIONS.values()))
+                  if len(a) > 1]
     order = rng.permutation(len(attributes))
     out: list[str] = []
     for attempt in range(50 * n):
@@ -413,7 +426,8 @@ def write_tinyworld_mc(data_dir: str | Path, out_path: str | Path, n_image: int 
 
     data_dir: the prepared directory (`tinyworld-<hash>`, holding raw/images_val and raw/speech_val).
     Image questions: the scene's caption and n_options − 1 captions that differ from it in one attribute
-    (colour, shape, size or location word), each checked false for the scene. Audio questions: the
+    (colour, shape, size or location word, among those of the set's world), each checked false for the
+    scene. Audio questions: the
     utterance's transcript and n_options − 1 other distinct transcripts of the split, drawn at random.
     n_image / n_audio: how many of each (None: all of the split), a seeded random subset otherwise; the
     correct option's position is drawn too. Context is empty: the media are the context. Paths in the
@@ -424,6 +438,7 @@ def write_tinyworld_mc(data_dir: str | Path, out_path: str | Path, n_image: int 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    world = _world(Path(data_dir))
     lines = []
     for kind, folder, index, text_key, want in (("image", "images_val", "captions.jsonl", "caption", n_image),
                                                 ("audio", "speech_val", "transcripts.jsonl", "text", n_audio)):
@@ -439,7 +454,7 @@ def write_tinyworld_mc(data_dir: str | Path, out_path: str | Path, n_image: int 
             if kind == "image":
                 if "scene" not in rec:
                     raise ValueError(f"{raw / folder / index}: item {i} has no scene, so no checked distractors")
-                wrong = _caption_distractors(rec, n_options - 1, rng)
+                wrong = _caption_distractors(rec, n_options - 1, rng, world)
             else:
                 pool = [t for t in texts if t != truth]
                 if len(pool) < n_options - 1:

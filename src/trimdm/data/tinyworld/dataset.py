@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from trimdm.data import kjv
-from trimdm.data.tinyworld.scenes import BACKGROUNDS, SIZES
+from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
 from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
 from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
@@ -211,7 +211,8 @@ def data_spec(cfg) -> dict:
     emitted levels only when not all, and the preparing precision and the scene vocabulary only when not
     the defaults, so adding them kept the names of directories prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
-    for key, old in (("prepare_dtype", "fp32"), ("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS))):
+    for key, old in (("prepare_dtype", "fp32"), ("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS)),
+                     ("colors", tuple(COLORS))):
         if tinyworld[key] == old:
             del tinyworld[key]
     codec = asdict(audio_config(cfg.tinyworld))
@@ -286,7 +287,8 @@ def _build_raw(tmp: Path, tw, log) -> dict:
     for i, (split, (n_scenes, n_utt)) in enumerate(counts.items()):
         t0 = time.time()
         scenes = sc.sample_scenes(n_scenes, split, tw.seed, two_object_fraction=tw.two_object_fraction,
-                                  sizes=tuple(tw.sizes), backgrounds=tuple(tw.backgrounds))
+                                  sizes=tuple(tw.sizes), backgrounds=tuple(tw.backgrounds),
+                                  colors=tuple(tw.colors))
         sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size, seed=tw.seed + i)
         captions = [json.loads(line)["caption"] for line in
                     (tmp / f"images_{split}" / "captions.jsonl").read_text().splitlines()]

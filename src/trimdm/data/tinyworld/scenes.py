@@ -182,17 +182,24 @@ def sample_scenes(
     heldout_fraction: float | None = None,
     sizes: tuple[str, ...] = SIZES,
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS),
+    colors: tuple[str, ...] = tuple(COLORS),
 ) -> list[Scene]:
     """n scenes of `split`; scene i depends only on (split, seed, i).
 
     heldout_fraction: share of val/test scenes that contain a held-out (colour, shape) pair; None means
     DEFAULT_HELDOUT_FRACTION. Train scenes never contain one, so for train it must be None or 0.
-    sizes, backgrounds: the subsets of SIZES and BACKGROUNDS the scenes draw from (a smaller world);
-    with all of them the draws are those of every earlier version.
+    sizes, backgrounds, colors: the subsets of SIZES, BACKGROUNDS and COLORS the scenes draw from (a
+    smaller world; the colours must keep at least one held-out pair); with all of them the draws are
+    those of every earlier version.
     """
-    for name, chosen, known in (("sizes", sizes, SIZES), ("backgrounds", backgrounds, tuple(BACKGROUNDS))):
+    for name, chosen, known in (("sizes", sizes, SIZES), ("backgrounds", backgrounds, tuple(BACKGROUNDS)),
+                                ("colors", colors, tuple(COLORS))):
         if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
             raise ValueError(f"{name} must be distinct values among {known}, got {chosen!r}")
+    train_pairs = [p for p in TRAIN_PAIRS if p[0] in colors]
+    heldout_pairs = [p for p in HELDOUT_PAIRS if p[0] in colors]
+    if not heldout_pairs:
+        raise ValueError(f"colors {colors!r} keep none of the held-out pairs {HELDOUT_PAIRS}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if split not in SPLITS:
@@ -217,9 +224,9 @@ def sample_scenes(
         rng = np.random.default_rng([_SPLIT_STREAM[split], seed, i])
         has_heldout = math.floor((i + 1) * f) > math.floor(i * f)
         n_obj = 2 if rng.random() < two_object_fraction else 1
-        pairs = [TRAIN_PAIRS[k] for k in rng.integers(len(TRAIN_PAIRS), size=n_obj)]
+        pairs = [train_pairs[k] for k in rng.integers(len(train_pairs), size=n_obj)]
         if has_heldout:
-            pairs[rng.integers(n_obj)] = HELDOUT_PAIRS[rng.integers(len(HELDOUT_PAIRS))]
+            pairs[rng.integers(n_obj)] = heldout_pairs[rng.integers(len(heldout_pairs))]
         cells = rng.choice(9, size=n_obj, replace=False)
         drawn = rng.integers(len(sizes), size=n_obj)
         objects = tuple(
