@@ -134,3 +134,15 @@ def test_run_multiple_choice_on_text_questions_and_its_errors(tiny_run, tmp_path
     with pytest.raises(ValueError, match=r"la.jsonl:1: option 1: paired audio row needs"):
         run_multiple_choice(loaded, long_audio, n_samples=4)
 
+
+
+def test_the_world_of_a_data_set_comes_from_its_spec(tmp_path):
+    from trimdm.data.tinyworld.scenes import COLORS, SIZES
+    from trimdm.eval.multiple_choice import _world
+
+    assert _world(tmp_path) == {"colors": tuple(COLORS), "sizes": SIZES}  # no spec: the whole vocabulary
+    (tmp_path / "spec.json").write_text('{"tinyworld": {"colors": ["red", "blue"], "sizes": ["large"]}}')
+    assert _world(tmp_path) == {"colors": ("red", "blue"), "sizes": ("large",)}
+    (tmp_path / "spec.json").write_text("{not json")
+    with pytest.raises(ValueError, match="spec.json: not a prepared data set's spec"):
+        _world(tmp_path)

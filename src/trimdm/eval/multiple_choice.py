@@ -391,7 +391,10 @@ def _world(data_dir: Path) -> dict[str, tuple[str, ...]]:
     from trimdm.data.tinyworld import scenes as sc
 
     spec_path = Path(data_dir) / "spec.json"
-    tw = json.loads(spec_path.read_text()).get("tinyworld", {}) if spec_path.exists() else {}
+    try:
+        tw = json.loads(spec_path.read_text()).get("tinyworld", {}) if spec_path.exists() else {}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{spec_path}: not a prepared data set's spec ({e})") from None
     return {"colors": tuple(tw.get("colors", sc.COLORS)), "sizes": tuple(tw.get("sizes", sc.SIZES))}
 
 
