@@ -98,6 +98,9 @@ class TinyworldConfig:
     sizes: tuple[str, ...] = ("small", "large")
     backgrounds: tuple[str, ...] = ("white", "cream", "light grey", "dark grey")
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "cyan")
+    # unlabeled scenes of every composition (held-out pairs included) that only the image tokenizer trains
+    # on, so that it can encode what a smaller world holds out; the model and the judges never see them
+    tokenizer_scenes: int = 0
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 
@@ -373,6 +376,8 @@ class Config:
             raise ValueError(f"train.parallel={t.parallel!r}: expected ddp | fsdp")
         if t.dtype not in ("bf16", "fp32"):
             raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
+        if dat.tinyworld.tokenizer_scenes < 0:
+            raise ValueError(f"data.tinyworld.tokenizer_scenes={dat.tinyworld.tokenizer_scenes} must be >= 0")
         if dat.tinyworld.prepare_dtype not in ("bf16", "fp32"):
             raise ValueError(f"data.tinyworld.prepare_dtype={dat.tinyworld.prepare_dtype!r}: expected 'bf16' or 'fp32'")
         from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES

@@ -16,6 +16,7 @@ import pytest
 
 from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld import dataset
+from trimdm.data.tinyworld import scenes as sc
 from trimdm.data.tinyworld.scenes import read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges import image as ij
@@ -113,10 +114,12 @@ def test_a_failing_shards_stage_stops_the_judges_beside_it_and_leaves_no_stage(t
 def test_a_smaller_world_at_another_size_prepares_in_bf16(data_root, tmp_path):
     """The demo's kind of data set: a smaller scene vocabulary, 24-pixel images (the judge is built at
     the data set's size) and tokenizers and judges trained under bf16 autocast; multiple-choice
-    distractors stay inside its world."""
+    distractors stay inside its world; the image tokenizer also trains on its own unlabeled scenes of every
+    composition, which no split holds."""
     cfg = tiny_tri().override([f"data.root={data_root}", "data.tinyworld.image_size=24",
                                "data.tinyworld.prepare_dtype=bf16", "data.tinyworld.sizes=large",
-                               "data.tinyworld.backgrounds=white", "data.tinyworld.colors=red,green,blue"])
+                               "data.tinyworld.backgrounds=white", "data.tinyworld.colors=red,green,blue",
+                               "data.tinyworld.tokenizer_scenes=40"])
     data = prepare(cfg.derive().data, log=lambda *a: None)
     items, _ = read_image_folder(data.directory / "raw" / "images_val")
     images, scenes = np.stack([i for i, _, _ in items]), [s for _, _, s in items]
@@ -124,6 +127,12 @@ def test_a_smaller_world_at_another_size_prepares_in_bf16(data_root, tmp_path):
     assert {s.background for s in scenes} == {"white"}
     assert {o.size for s in scenes for o in s.objects} == {"large"}
     assert {o.color for s in scenes for o in s.objects} <= {"red", "green", "blue"}
+    tokenizer = json.loads((data.directory / "prepare_report.json").read_text())["tokenizers"]["image"]
+    n_train = len(read_image_folder(data.directory / "raw" / "images_train")[0])
+    assert tokenizer["tokenizer_scenes"] == 40 and tokenizer["train_images"] == n_train + 40
+    extra = dataset.tokenizer_scenes(cfg.data.tinyworld)
+    assert any(sc.has_heldout_pair(s) for s in extra) and not set(extra) & set(scenes)
+    assert {o.color for s in extra for o in s.objects} <= {"red", "green", "blue"}
     judges = data.judges()
     assert judges["image"].cfg.image_size == 24
     report = data.judge_report()["image"]["val"]

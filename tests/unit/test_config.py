@@ -103,7 +103,8 @@ def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
 
 
 @pytest.mark.parametrize("key, value", [("prepare_dtype", "bf16"), ("sizes", "large"),
-                                        ("backgrounds", "white,light grey"), ("colors", "red,blue")])
+                                        ("backgrounds", "white,light grey"), ("colors", "red,blue"),
+                                        ("tokenizer_scenes", "100")])
 def test_later_tinyworld_knobs_name_a_new_data_directory_only_when_not_their_defaults(key, value):
     from trimdm.data.tinyworld.dataset import _hash, data_spec
     from trimdm.recipes import tiny_tri
@@ -123,3 +124,5 @@ def test_prepare_dtype_is_checked():
     for bad in ("sizes=huge", "backgrounds=white,white", "colors=red,pink"):
         with pytest.raises(ValueError, match=f"data.tinyworld.{bad}: expected distinct values among"):
             tiny_tri().override([f"data.tinyworld.{bad}"]).validate()
+    with pytest.raises(ValueError, match="data.tinyworld.tokenizer_scenes=-1 must be >= 0"):
+        tiny_tri().override(["data.tinyworld.tokenizer_scenes=-1"]).validate()

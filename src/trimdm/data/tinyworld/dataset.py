@@ -208,11 +208,12 @@ class TinyworldData:
 def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
     it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
-    emitted levels only when not all, and the preparing precision and the scene vocabulary only when not
-    the defaults, so adding them kept the names of directories prepared before."""
+    emitted levels only when not all, and the preparing precision, the scene vocabulary and the
+    tokenizer's own scenes only when not the defaults, so adding them kept the names of directories
+    prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
     for key, old in (("prepare_dtype", "fp32"), ("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS)),
-                     ("colors", tuple(COLORS))):
+                     ("colors", tuple(COLORS)), ("tokenizer_scenes", 0)):
         if tinyworld[key] == old:
             del tinyworld[key]
     codec = asdict(audio_config(cfg.tinyworld))
@@ -332,8 +333,24 @@ def _read_split(raw: Path, split: str, tw, strict: bool):
 
 
 # -- stage 2: tokenizers ------------------------------------------------------------------------------
+TOKENIZER_SCENES_SEED = 1_000_003  # offset of the tokenizer's own scenes from the data set's seed
+
+
+def tokenizer_scenes(tw) -> list:
+    """The `tw.tokenizer_scenes` unlabeled scenes only the image tokenizer trains on: the data set's world,
+    held-out compositions included (as in val), drawn from another seed than val so that no val or test
+    image is among them. The generative model and the judges never see them."""
+    from trimdm.data.tinyworld import scenes as sc
+
+    return sc.sample_scenes(tw.tokenizer_scenes, "val", tw.seed + TOKENIZER_SCENES_SEED,
+                            two_object_fraction=tw.two_object_fraction, sizes=tuple(tw.sizes),
+                            backgrounds=tuple(tw.backgrounds), colors=tuple(tw.colors))
+
+
 def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
-    """Worker: train the image tokenizer on the train split (one thread: deterministic and fair)."""
+    """Worker: train the image tokenizer on the train split, plus `tokenizer_scenes` unlabeled scenes of
+    every composition when asked (one thread: deterministic and fair)."""
+    from trimdm.data.tinyworld import scenes as sc
     from trimdm.tokenizers import image as im
 
     t0 = time.time()
@@ -341,11 +358,14 @@ def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
     val = _read_split(Path(raw), "val", tw, strict)[0][:256]
     if len(images) == 0:
         raise ValueError(f"{raw}: no usable training images (see the read report)")
+    extra = [sc.render(s, tw.image_size) for s in tokenizer_scenes(tw)]
+    if extra:
+        images = np.concatenate([images, np.stack(extra)])
     image, _ = im.train_image_tokenizer(images, val, image_config(tw), tw.image_steps, tw.image_batch, tw.seed,
                                         log=None, bf16=tw.prepare_dtype == "bf16")
     image.save(Path(out))
     return {"metrics": im.reconstruction_metrics(image, val), "train_seconds": round(time.time() - t0, 1),
-            "steps": tw.image_steps}
+            "steps": tw.image_steps, "train_images": len(images), "tokenizer_scenes": len(extra)}
 
 
 def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
