@@ -380,13 +380,10 @@ class Config:
             raise ValueError(f"data.tinyworld.tokenizer_scenes={dat.tinyworld.tokenizer_scenes} must be >= 0")
         if dat.tinyworld.prepare_dtype not in ("bf16", "fp32"):
             raise ValueError(f"data.tinyworld.prepare_dtype={dat.tinyworld.prepare_dtype!r}: expected 'bf16' or 'fp32'")
-        from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
+        from trimdm.data.tinyworld.scenes import check_world
 
-        for key, known in (("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS)), ("colors", tuple(COLORS))):
-            chosen = getattr(dat.tinyworld, key)
-            if len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
-                raise ValueError(f"data.tinyworld.{key}={','.join(chosen)}: expected distinct values among "
-                                 f"{', '.join(known)}")
+        tw = dat.tinyworld
+        check_world(tw.sizes, tw.backgrounds, tw.colors, prefix="data.tinyworld.")
         if dif.antimask not in ("none", "complement", "crossmodal"):
             raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
         if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:

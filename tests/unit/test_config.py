@@ -124,5 +124,15 @@ def test_prepare_dtype_is_checked():
     for bad in ("sizes=huge", "backgrounds=white,white", "colors=red,pink"):
         with pytest.raises(ValueError, match=f"data.tinyworld.{bad}: expected distinct values among"):
             tiny_tri().override([f"data.tinyworld.{bad}"]).validate()
+    with pytest.raises(ValueError, match="data.tinyworld.colors=purple,cyan keep none of the held-out pairs"):
+        tiny_tri().override(["data.tinyworld.colors=purple,cyan"]).validate()
     with pytest.raises(ValueError, match="data.tinyworld.tokenizer_scenes=-1 must be >= 0"):
         tiny_tri().override(["data.tinyworld.tokenizer_scenes=-1"]).validate()
+
+
+def test_the_default_world_is_the_whole_scene_vocabulary():
+    from trimdm.config import TinyworldConfig
+    from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
+
+    tw = TinyworldConfig()
+    assert (tw.sizes, tw.backgrounds, tw.colors) == (SIZES, tuple(BACKGROUNDS), tuple(COLORS))

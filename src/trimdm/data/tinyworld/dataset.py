@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 from trimdm.data import kjv
-from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
 from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
 from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
@@ -212,9 +211,9 @@ def data_spec(cfg) -> dict:
     tokenizer's own scenes only when not the defaults, so adding them kept the names of directories
     prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
-    for key, old in (("prepare_dtype", "fp32"), ("sizes", SIZES), ("backgrounds", tuple(BACKGROUNDS)),
-                     ("colors", tuple(COLORS)), ("tokenizer_scenes", 0)):
-        if tinyworld[key] == old:
+    defaults = asdict(type(cfg.tinyworld)())
+    for key in ("prepare_dtype", "sizes", "backgrounds", "colors", "tokenizer_scenes"):
+        if tinyworld[key] == defaults[key]:
             del tinyworld[key]
     codec = asdict(audio_config(cfg.tinyworld))
     if codec["emit_levels"] in (0, codec["levels"]):

@@ -174,6 +174,18 @@ class Scene:
 # Sampling
 
 
+def check_world(sizes, backgrounds, colors, prefix: str = "") -> None:
+    """A smaller world's vocabulary: distinct values among SIZES, BACKGROUNDS and COLORS, with colours that
+    keep at least one held-out pair. `prefix` goes before each key in the error (a config section)."""
+    for name, chosen, known in (("sizes", sizes, SIZES), ("backgrounds", backgrounds, tuple(BACKGROUNDS)),
+                                ("colors", colors, tuple(COLORS))):
+        if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
+            raise ValueError(f"{prefix}{name}={','.join(map(str, chosen))}: expected distinct values among "
+                             f"{', '.join(known)}")
+    if not any(c in colors for c, _ in HELDOUT_PAIRS):
+        raise ValueError(f"{prefix}colors={','.join(colors)} keep none of the held-out pairs {HELDOUT_PAIRS}")
+
+
 def sample_scenes(
     n: int,
     split: str,
@@ -192,14 +204,9 @@ def sample_scenes(
     smaller world; the colours must keep at least one held-out pair); with all of them the draws are
     those of every earlier version.
     """
-    for name, chosen, known in (("sizes", sizes, SIZES), ("backgrounds", backgrounds, tuple(BACKGROUNDS)),
-                                ("colors", colors, tuple(COLORS))):
-        if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
-            raise ValueError(f"{name} must be distinct values among {known}, got {chosen!r}")
+    check_world(sizes, backgrounds, colors)
     train_pairs = [p for p in TRAIN_PAIRS if p[0] in colors]
     heldout_pairs = [p for p in HELDOUT_PAIRS if p[0] in colors]
-    if not heldout_pairs:
-        raise ValueError(f"colors {colors!r} keep none of the held-out pairs {HELDOUT_PAIRS}")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if split not in SPLITS:
