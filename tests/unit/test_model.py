@@ -61,3 +61,42 @@ def test_heads_in_forward_equal_head_on_hidden_and_respect_segments():
 
     with pytest.raises(ValueError, match="crosses a vocabulary segment"):
         m.head(torch.randn(1, 32), 25, 35)
+
+
+def test_rope_rotates_each_pair_by_its_position_angle():
+    from trimdm.model.transformer import apply_rope, rope_tables
+    L, H, D = 7, 2, 8
+    cos, sin = rope_tables(L, D, 10000.0)
+    x = torch.randn(3, L, H, D, generator=torch.Generator().manual_seed(4))
+    y = apply_rope(x, cos, sin)
+    angle = torch.arange(L)[:, None] / 10000.0 ** (torch.arange(0, D, 2) / D)  # (L, D/2)
+    c, s = angle.cos()[None, :, None], angle.sin()[None, :, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    torch.testing.assert_close(y[..., 0::2], x1 * c - x2 * s)
+    torch.testing.assert_close(y[..., 1::2], x1 * s + x2 * c)
+    # q·k after rotation depends on the positions' difference only
+    q, k = torch.randn(D, generator=torch.Generator().manual_seed(5)), torch.randn(D, generator=torch.Generator().manual_seed(6))
+    rq, rk = apply_rope(q.expand(1, L, 1, D), cos, sin)[0, :, 0], apply_rope(k.expand(1, L, 1, D), cos, sin)[0, :, 0]
+    torch.testing.assert_close(rq[3] @ rk[1], rq[5] @ rk[3])
+
+
+def test_cpu_bf16_attention_matches_sdpa_on_kept_positions():
+    """The explicit CPU bf16 path and SDPA agree in value and gradient wherever a key is kept; an
+    all-padding row stays finite (no NaN reaches its values or anyone's gradient)."""
+    from trimdm.model.transformer import attend
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(3, 2, 9, 16, generator=g) for _ in range(3))
+    keep = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    keep[0, ..., 6:] = False
+    keep[2] = False  # every key of this row is padding
+    out = {}
+    for name, fn in (("sdpa", lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c, attn_mask=keep)),
+                     ("attend", lambda a, b, c: attend(a, b, c, keep))):
+        leaves = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+        y = fn(*leaves)
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+        (y[:2, :, :6].float() * torch.linspace(-1, 1, 16)).sum().backward()  # the kept queries of rows 0-1
+        out[name] = (y[:2, :, :6].float(), *(t.grad[:2].float() for t in leaves))
+        assert all(torch.isfinite(t.grad.float()).all() for t in leaves)
+    for a, b in zip(out["sdpa"], out["attend"]):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # both in bf16 (8 mantissa bits)

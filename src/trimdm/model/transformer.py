@@ -50,16 +50,39 @@ class TransformerArgs:
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of each position's angles, (L, head_dim): every angle twice, once per member
+    of its pair, the sin negative on the pair's first member (the layout `apply_rope` multiplies by)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles_LH = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
-    return angles_LH.cos().float(), angles_LH.sin().float()
+    cos_LD = angles_LH.cos().repeat_interleave(2, dim=-1)
+    sin_LD = torch.stack((-angles_LH.sin(), angles_LH.sin()), dim=-1).flatten(-2)
+    return cos_LD.float(), sin_LD.float()
 
 
-def apply_rope(x_BHLD: torch.Tensor, cos_LH: torch.Tensor, sin_LH: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) by position-dependent angles (RoFormer, Su et al. 2021)."""
-    x1, x2 = x_BHLD[..., 0::2], x_BHLD[..., 1::2]
-    cos, sin = cos_LH.to(x_BHLD.dtype), sin_LH.to(x_BHLD.dtype)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+def apply_rope(x_BLHD: torch.Tensor, cos_LD: torch.Tensor, sin_LD: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) by position-dependent angles (RoFormer, Su et al. 2021):
+    x·cos + swap(x)·sin with swap exchanging each pair's members, in whole-tensor products (strided
+    half-width products were the slowest elementwise work of a CPU training step)."""
+    swapped = x_BLHD.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    cos, sin = cos_LD[:, None].to(x_BLHD.dtype), sin_LD[:, None].to(x_BLHD.dtype)
+    return x_BLHD * cos + swapped * sin
+
+
+def attend(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor,
+           keep_B11L: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention in which only keys with keep_B11L True take part (None: every key).
+
+    `scaled_dot_product_attention` everywhere but in bf16 on a CPU: there its flash kernel is 2-4x
+    slower, forward and backward, than the plain product at the lengths trimdm trains (L <= 384; docs/LOG.md,
+    2026-11-29), so the scores are formed explicitly, with the softmax in fp32. A query whose keys are all
+    padding (a padded position of an all-padding row) then attends uniformly instead of returning zeros;
+    no kept position reads it, so the other outputs are those of SDPA."""
+    if q_BHLD.device.type != "cpu" or q_BHLD.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q_BHLD, k_BHLD, v_BHLD, attn_mask=keep_B11L)
+    scores = (q_BHLD @ k_BHLD.transpose(-1, -2)).float() * q_BHLD.shape[-1] ** -0.5
+    if keep_B11L is not None:
+        scores = scores.masked_fill(~keep_B11L, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1).to(v_BHLD.dtype) @ v_BHLD
 
 
 class RMSNorm(nn.Module):
@@ -83,12 +106,12 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
         self.k_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
 
-    def forward(self, x_BLD, cos_LH, sin_LH, attn_mask_B11L):
+    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L):
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)
-        q = apply_rope(self.q_norm(q).transpose(1, 2), cos_LH, sin_LH)
-        k = apply_rope(self.k_norm(k).transpose(1, 2), cos_LH, sin_LH)
-        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=attn_mask_B11L)
+        q = apply_rope(self.q_norm(q), cos_LD, sin_LD).transpose(1, 2)
+        k = apply_rope(self.k_norm(k), cos_LD, sin_LD).transpose(1, 2)
+        y = attend(q, k, v.transpose(1, 2), attn_mask_B11L)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -113,9 +136,12 @@ class Block(nn.Module):
         self.mlp = SwiGLU(a)
         self.residual_scale = a.residual_scale
 
-    def forward(self, x_BLD, cos_LH, sin_LH, attn_mask_B11L):
-        x_BLD = x_BLD + self.residual_scale * self.attn(self.attn_norm(x_BLD), cos_LH, sin_LH, attn_mask_B11L)
-        return x_BLD + self.residual_scale * self.mlp(self.mlp_norm(x_BLD))
+    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L):
+        x_BLD = x_BLD + self._scaled(self.attn(self.attn_norm(x_BLD), cos_LD, sin_LD, attn_mask_B11L))
+        return x_BLD + self._scaled(self.mlp(self.mlp_norm(x_BLD)))
+
+    def _scaled(self, branch_BLD: torch.Tensor) -> torch.Tensor:
+        return branch_BLD if self.residual_scale == 1.0 else self.residual_scale * branch_BLD
 
 
 class Transformer(nn.Module):
