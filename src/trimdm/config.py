@@ -101,6 +101,11 @@ class TinyworldConfig:
     # unlabeled scenes of every composition (held-out pairs included) that only the image tokenizer trains
     # on, so that it can encode what a smaller world holds out; the model and the judges never see them
     tokenizer_scenes: int = 0
+    # the speech world: the base voices utterances draw from (names of speech.VOICES) and a scale on their
+    # rate, pitch and range jitter (0: each voice as it is); fewer voices make T2S a less ambiguous task
+    voices: tuple[str, ...] = ("en-us+m1", "en-us+m3", "en-us+f1", "en-us+f3", "en-us+klatt", "en+m4", "en+f2",
+                               "en+m7")
+    voice_jitter: float = 1.0
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 
@@ -384,6 +389,9 @@ class Config:
 
         tw = dat.tinyworld
         check_world(tw.sizes, tw.backgrounds, tw.colors, prefix="data.tinyworld.")
+        from trimdm.data.tinyworld.speech import check_voices
+
+        check_voices(tw.voices, tw.voice_jitter, prefix="data.tinyworld.")
         if dif.antimask not in ("none", "complement", "crossmodal"):
             raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
         if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:

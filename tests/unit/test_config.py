@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from trimdm.config import Config, PerMedium, PerModality
@@ -104,7 +106,8 @@ def test_image_fsq_levels_reach_the_tokenizer_and_name_a_new_data_directory():
 
 @pytest.mark.parametrize("key, value", [("prepare_dtype", "bf16"), ("sizes", "large"),
                                         ("backgrounds", "white,light grey"), ("colors", "red,blue"),
-                                        ("tokenizer_scenes", "100")])
+                                        ("tokenizer_scenes", "100"), ("voices", "en-us+m3"),
+                                        ("voice_jitter", "0")])
 def test_later_tinyworld_knobs_name_a_new_data_directory_only_when_not_their_defaults(key, value):
     from trimdm.data.tinyworld.dataset import _hash, data_spec
     from trimdm.recipes import tiny_tri
@@ -128,11 +131,19 @@ def test_prepare_dtype_is_checked():
         tiny_tri().override(["data.tinyworld.colors=purple,cyan"]).validate()
     with pytest.raises(ValueError, match="data.tinyworld.tokenizer_scenes=-1 must be >= 0"):
         tiny_tri().override(["data.tinyworld.tokenizer_scenes=-1"]).validate()
+    for bad in ("voices=en-us+m1,en-us+m1", "voices=en-us+m2"):
+        with pytest.raises(ValueError, match=re.escape(f"data.tinyworld.{bad}: expected distinct names among")):
+            tiny_tri().override([f"data.tinyworld.{bad}"]).validate()
+    with pytest.raises(ValueError, match=r"data.tinyworld.voice_jitter=1.5 must lie in \[0, 1\]"):
+        tiny_tri().override(["data.tinyworld.voice_jitter=1.5"]).validate()
 
 
 def test_the_default_world_is_the_whole_scene_vocabulary():
     from trimdm.config import TinyworldConfig
     from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
 
+    from trimdm.data.tinyworld.speech import VOICE_NAMES
+
     tw = TinyworldConfig()
     assert (tw.sizes, tw.backgrounds, tw.colors) == (SIZES, tuple(BACKGROUNDS), tuple(COLORS))
+    assert (tw.voices, tw.voice_jitter) == (VOICE_NAMES, 1.0)

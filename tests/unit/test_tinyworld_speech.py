@@ -109,6 +109,30 @@ def test_sample_voice_jitters_around_the_base_voices():
         assert abs(v.pitch - base.pitch) <= speech.PITCH_JITTER
 
 
+def test_a_smaller_speech_world_draws_only_its_voices_and_all_of_them_draw_as_before():
+    def before(rng):  # the draws of the version without voices / voice_jitter
+        base = VOICES[int(rng.integers(len(VOICES)))]
+        rate = round(base.rate * rng.uniform(1 - speech.RATE_JITTER, 1 + speech.RATE_JITTER))
+        return (base.name, int(np.clip(rate, 80, 450)),
+                int(np.clip(base.pitch + int(rng.integers(-speech.PITCH_JITTER, speech.PITCH_JITTER + 1)), 0, 99)),
+                int(np.clip(base.range + int(rng.integers(-speech.RANGE_JITTER, speech.RANGE_JITTER + 1)), 0, 99)))
+
+    old, new = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(500):
+        v = sample_voice(new)
+        assert (v.name, v.rate, v.pitch, v.range) == before(old)
+    rng = np.random.default_rng(4)
+    two = [sample_voice(rng, ("en-us+m3", "en+f2")) for _ in range(100)]
+    assert {v.name for v in two} == {"en-us+m3", "en+f2"}
+    fixed = {sample_voice(rng, ("en-us+m3",), jitter=0.0) for _ in range(20)}
+    assert fixed == {VOICES[speech.VOICE_NAMES.index("en-us+m3")]}  # the base voice as it is
+    half = [sample_voice(rng, ("en-us+m3",), jitter=0.5) for _ in range(200)]
+    assert max(abs(v.rate / 175 - 1) for v in half) <= speech.RATE_JITTER / 2 + 0.01
+    assert max(abs(v.pitch - 50) for v in half) <= speech.PITCH_JITTER / 2 + 0.5
+    with pytest.raises(ValueError, match=r"voices=en-us\+m9: expected distinct names"):
+        sample_voice(rng, ("en-us+m9",))
+
+
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="variant"):
         Voice("en-us", "no-such-variant")

@@ -208,11 +208,11 @@ def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
     it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
     emitted levels only when not all, and the preparing precision, the scene vocabulary and the
-    tokenizer's own scenes only when not the defaults, so adding them kept the names of directories
+    tokenizer's own scenes and the speech world only when not the defaults, so adding them kept the names of directories
     prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
     defaults = asdict(type(cfg.tinyworld)())
-    for key in ("prepare_dtype", "sizes", "backgrounds", "colors", "tokenizer_scenes"):
+    for key in ("prepare_dtype", "sizes", "backgrounds", "colors", "tokenizer_scenes", "voices", "voice_jitter"):
         if tinyworld[key] == defaults[key]:
             del tinyworld[key]
     codec = asdict(audio_config(cfg.tinyworld))
@@ -297,7 +297,8 @@ def _build_raw(tmp: Path, tw, log) -> dict:
         utts, spoken = [], 0
         while len(utts) < n_utt and spoken < len(texts):
             batch = texts[spoken:spoken + max(64, int(1.2 * (n_utt - len(utts))))]
-            utts += sp.synthesize_corpus(batch, seed=tw.seed + 20 + i + 1000 * spoken, max_seconds=tw.max_seconds)
+            utts += sp.synthesize_corpus(batch, seed=tw.seed + 20 + i + 1000 * spoken, max_seconds=tw.max_seconds,
+                                         voices=tuple(tw.voices), voice_jitter=tw.voice_jitter)
             spoken += len(batch)
         utts = utts[:n_utt]
         sp.write_speech_folder(tmp / f"speech_{split}", utts)

@@ -3,7 +3,8 @@
 Owns:
 - `Espeak`: the process-wide eSpeak NG library (shipped by the PyPI package `espeakng-loader`,
   driven through ctypes in synchronous mode), text -> float32 mono at the library's native rate.
-- `Voice`, `VOICES`, `sample_voice`: the English voice variants and their rate/pitch jitter.
+- `Voice`, `VOICES`, `sample_voice`, `check_voices`: the English voice variants and their rate/pitch
+  jitter, and the subset a smaller speech world draws from.
 - `resample`: band-limited (Kaiser-windowed sinc) polyphase resampling in torch.
 - `synthesize_corpus`: texts + seed -> `Utterance`s at 16 kHz, trimmed and peak-normalised.
 - `write_speech_folder` / `read_speech_folder`: the on-disk layout `wavs/{i:06d}.wav` +
@@ -119,15 +120,31 @@ PITCH_JITTER = 10  # pitch shifted by an integer in [-j, j] (eSpeak 0..99 scale)
 RANGE_JITTER = 15  # intonation range shifted by an integer in [-j, j]
 
 
-def sample_voice(rng: np.random.Generator) -> Voice:
-    """A base voice from VOICES, uniformly, with rate, pitch and range jittered around its base.
+VOICE_NAMES: tuple[str, ...] = tuple(v.name for v in VOICES)
 
-    Draw order (part of the data set definition): voice index, rate factor, pitch, range.
-    """
-    base = VOICES[int(rng.integers(len(VOICES)))]
-    rate = round(base.rate * rng.uniform(1 - RATE_JITTER, 1 + RATE_JITTER))
-    pitch = base.pitch + int(rng.integers(-PITCH_JITTER, PITCH_JITTER + 1))
-    range_ = base.range + int(rng.integers(-RANGE_JITTER, RANGE_JITTER + 1))
+
+def check_voices(names: Sequence[str], jitter: float, prefix: str = "") -> None:
+    """A smaller speech world: distinct names among VOICE_NAMES and a jitter scale in [0, 1]. `prefix`
+    goes before each key in the error (a config section)."""
+    if not names or len(set(names)) != len(names) or not set(names) <= set(VOICE_NAMES):
+        raise ValueError(f"{prefix}voices={','.join(map(str, names))}: expected distinct names among "
+                         f"{', '.join(VOICE_NAMES)}")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"{prefix}voice_jitter={jitter} must lie in [0, 1]")
+
+
+def sample_voice(rng: np.random.Generator, voices: Sequence[str] = VOICE_NAMES, jitter: float = 1.0) -> Voice:
+    """A base voice among `voices` (names from VOICE_NAMES), uniformly, with rate, pitch and range
+    jittered around its base; `jitter` scales the three jitters (0: the base voice as it is).
+
+    Draw order (part of the data set definition): voice index, rate factor, pitch, range. With every
+    voice and jitter 1 the draws are those of every earlier version."""
+    check_voices(voices, jitter)
+    base = VOICES[VOICE_NAMES.index(voices[int(rng.integers(len(voices)))])]
+    factor = rng.uniform(1 - RATE_JITTER, 1 + RATE_JITTER)
+    rate = round(base.rate * (1 + jitter * (factor - 1)))  # factor - 1 and back are exact: jitter 1 is factor
+    pitch = base.pitch + round(jitter * int(rng.integers(-PITCH_JITTER, PITCH_JITTER + 1)))
+    range_ = base.range + round(jitter * int(rng.integers(-RANGE_JITTER, RANGE_JITTER + 1)))
     return dataclasses.replace(
         base, rate=int(np.clip(rate, 80, 450)), pitch=int(np.clip(pitch, 0, 99)),
         range=int(np.clip(range_, 0, 99)),
@@ -373,8 +390,11 @@ def synthesize_corpus(
     sample_rate: int = SAMPLE_RATE,
     max_seconds: float | None = None,
     workers: int = 1,
+    voices: Sequence[str] = VOICE_NAMES,
+    voice_jitter: float = 1.0,
 ) -> list[Utterance]:
-    """Speak every text with a voice drawn by `sample_voice(np.random.default_rng(seed))`.
+    """Speak every text with a voice drawn by `sample_voice(np.random.default_rng(seed), voices,
+    voice_jitter)`.
 
     Each utterance is trimmed of leading/trailing silence (`_trim`), resampled to `sample_rate`
     and scaled to peak `PEAK`. Utterances longer than `max_seconds` after trimming are dropped, so
@@ -394,8 +414,8 @@ def synthesize_corpus(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     rng = np.random.default_rng(seed)
-    voices = [sample_voice(rng) for _ in texts]
-    jobs = [(t, v.to_dict()) for t, v in zip(texts, voices)]
+    drawn = [sample_voice(rng, voices, voice_jitter) for _ in texts]
+    jobs = [(t, v.to_dict()) for t, v in zip(texts, drawn)]
     chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
     out: list[Utterance] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -410,7 +430,7 @@ def synthesize_corpus(
                 seconds = len(wave) / sample_rate
                 if max_seconds is not None and seconds > max_seconds:
                     continue
-                out.append(Utterance(texts[i], voices[i], wave, seconds, sample_rate))
+                out.append(Utterance(texts[i], drawn[i], wave, seconds, sample_rate))
     return out
 
 
