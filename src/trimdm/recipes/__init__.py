@@ -83,30 +83,28 @@ def tinyworld() -> Config:
     appears only after ~1,300 steps of this batch (docs/LOG.md, generation curve). The base
     hyperparameters stay those tuned at 32 rows and 16M tokens; the SDE rule (optim/reparam.py) moves
     them to this batch and horizon (logical batch 131, kappa 1.96)."""
-    cfg = demo()
-    cfg.recipe = "tinyworld"
-    cfg.model = ModelConfig(d_model=320, n_layers=6, n_heads=5)
-    cfg.data = DataConfig(dataset="tinyworld", seq_len=384, text_vocab=2048,
-                          mix=Mix(text=0.1, image_text=0.4, audio_text=0.5), tinyworld=TinyworldConfig(max_seconds=3.5))
-    # more conditional rows than half: on image-text rows alone, 1.0 instead of 0.5 lifted the T2I
-    # attribute match from 0.20 to 0.32 at equal steps (docs/LOG.md, 2026-11-27); 0.8 keeps joint rows
-    # for the unconditional pass of guidance
-    cfg.diffusion = DiffusionConfig(conditional=0.8)
-    cfg.optim.base = OptimBase(batch=32, tokens=16_000_000, lr=2e-3, warmup_tokens=300_000)
     tokens = 391_500_000
-    cfg.train = TrainConfig(tokens=tokens, batch_size=256, log_every=50, eval_every=1500, ckpt_every=0)
-    cfg.eval = EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=192, gen_utterances=48)
-    # best of 8 by log p(medium | text): captions and transcripts (each at every candidate length), and
-    # images. On the H200 run (docs/sampling.md): I2T 47.9% -> 72.9% on 48 single-object val images; T2I
-    # 87.5% -> 93.8% seen, 67.2% -> 89.1% held-out (64 single-object prompts each).
-    # Cheap on a GPU; 8x the i2t/s2t/t2i decoding on a CPU
-    cfg.sample.rerank = 8
-    cfg.sample.rerank_draws = 16
-    # then two rounds of local search around each caption by the joint likelihood: I2T on the eval's 101
-    # single-object val images 79.2% -> 87.1%, held-out compositions 56% -> 84% (docs/sampling.md); the
-    # full eval with it (session 10): 87.1% single-object, 88.5% of all 192 images (docs/generation.md)
-    cfg.sample.refine = 2
-    return cfg
+    return Config(
+        recipe="tinyworld",
+        model=ModelConfig(d_model=320, n_layers=6, n_heads=5),
+        data=DataConfig(dataset="tinyworld", seq_len=384, text_vocab=2048,
+                        mix=Mix(text=0.1, image_text=0.4, audio_text=0.5), tinyworld=TinyworldConfig(max_seconds=3.5)),
+        # more conditional rows than half: on image-text rows alone, 1.0 instead of 0.5 lifted the T2I
+        # attribute match from 0.20 to 0.32 at equal steps (docs/LOG.md, 2026-11-27); 0.8 keeps joint rows
+        # for the unconditional pass of guidance
+        diffusion=DiffusionConfig(conditional=0.8),
+        optim=OptimConfig(base=OptimBase(batch=32, tokens=16_000_000, lr=2e-3, warmup_tokens=300_000)),
+        train=TrainConfig(tokens=tokens, batch_size=256, log_every=50, eval_every=1500, ckpt_every=0),
+        # best of 8 by log p(medium | text): captions and transcripts (each at every candidate length), and
+        # images. On the H200 run (docs/sampling.md): I2T 47.9% -> 72.9% on 48 single-object val images; T2I
+        # 87.5% -> 93.8% seen, 67.2% -> 89.1% held-out (64 single-object prompts each).
+        # Cheap on a GPU; 8x the i2t/s2t/t2i decoding on a CPU. Then two rounds of local search around
+        # each caption by the joint likelihood: I2T on the eval's 101 single-object val images 79.2% ->
+        # 87.1%, held-out compositions 56% -> 84% (docs/sampling.md); the full eval with it (session 10):
+        # 87.1% single-object, 88.5% of all 192 images (docs/generation.md)
+        sample=SampleConfig(gen_len=64, rerank=8, rerank_draws=16, refine=2),
+        eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=192, gen_utterances=48),
+    )
 
 
 def demo_text() -> Config:

@@ -207,9 +207,9 @@ class TinyworldData:
 def data_spec(cfg) -> dict:
     """Everything that shapes the prepared data, tokenizer defaults included; the directory name hashes
     it. Tokenizer knobs added later are hashed once, inside their tokenizer's config, and the codec's
-    emitted levels only when not all, and the preparing precision, the scene vocabulary and the
-    tokenizer's own scenes and the speech world only when not the defaults, so adding them kept the names of directories
-    prepared before."""
+    emitted levels only when not all, and the preparing precision, the scene vocabulary, the
+    tokenizer's own scenes and the speech world only when not the defaults, so adding them kept the
+    names of directories prepared before."""
     tinyworld = {k: v for k, v in asdict(cfg.tinyworld).items() if k not in ("image_fsq_levels", "audio_emit_levels")}
     defaults = asdict(type(cfg.tinyworld)())
     for key in ("prepare_dtype", "sizes", "backgrounds", "colors", "tokenizer_scenes", "voices", "voice_jitter"):
