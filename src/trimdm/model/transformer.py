@@ -68,17 +68,28 @@ def apply_rope(x_BLHD: torch.Tensor, cos_LD: torch.Tensor, sin_LD: torch.Tensor)
     return x_BLHD * cos + swapped * sin
 
 
+EXPLICIT_MAX_LEN = 256  # longest row `attend` forms explicitly (bf16 on a CPU)
+
+
 def attend(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor,
            keep_B11L: torch.Tensor | None) -> torch.Tensor:
     """Softmax attention in which only keys with keep_B11L True take part (None: every key).
 
-    `scaled_dot_product_attention` everywhere but in bf16 on a CPU: there its flash kernel is 2-4x
-    slower, forward and backward, than the plain product at the lengths trimdm trains (L <= 384; docs/LOG.md,
-    2026-11-29), so the scores are formed explicitly, with the softmax in fp32. A query whose keys are all
-    padding (a padded position of an all-padding row) then attends uniformly instead of returning zeros;
-    no kept position reads it, so the other outputs are those of SDPA."""
-    if q_BHLD.device.type != "cpu" or q_BHLD.dtype != torch.bfloat16:
+    `scaled_dot_product_attention`, except in bf16 on a CPU for rows of at most EXPLICIT_MAX_LEN: there
+    its flash kernel is slower, forward and backward, than the explicit product (2-4x up to 128 tokens,
+    about even from 160 to 256 alone and 4% slower in a training step at 256; at 384 SDPA is the faster,
+    1.2x; `benchmarks/attention.py`, docs/LOG.md 2026-11-29), so the scores are formed explicitly, with
+    the softmax in fp32. A query whose keys are all padding (a padded position
+    of an all-padding row) then attends uniformly instead of returning zeros; no kept position reads
+    it, so the other outputs are those of SDPA."""
+    if q_BHLD.device.type != "cpu" or q_BHLD.dtype != torch.bfloat16 or q_BHLD.shape[-2] > EXPLICIT_MAX_LEN:
         return F.scaled_dot_product_attention(q_BHLD, k_BHLD, v_BHLD, attn_mask=keep_B11L)
+    return explicit_attention(q_BHLD, k_BHLD, v_BHLD, keep_B11L)
+
+
+def explicit_attention(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor,
+                       keep_B11L: torch.Tensor | None) -> torch.Tensor:
+    """`attend`'s path in bf16 on a CPU: the scores as one product, the softmax in fp32."""
     scores = (q_BHLD @ k_BHLD.transpose(-1, -2)).float() * q_BHLD.shape[-1] ** -0.5
     if keep_B11L is not None:
         scores = scores.masked_fill(~keep_B11L, torch.finfo(scores.dtype).min)
