@@ -1,13 +1,15 @@
 """The pairing test of the generation metrics (eval/generation.py:pairing_test): its `shuffled` mean is
 the exact mean over pairings that give no output its own reference, its Monte-Carlo p-value agrees with
 the exact permutation p-value within the Monte-Carlo error, and under a null (outputs that ignore their
-inputs) p ≤ 0.05 happens about 5% of the time, while a real dependence is found."""
+inputs) p ≤ 0.05 happens about 5% of the time, while a real dependence is found. The chance levels
+(`chance_level`) are the exact mean over those pairings, and their standard error matches the spread of
+the level over samples of items."""
 import itertools
 import math
 
 import numpy as np
 
-from trimdm.eval.generation import pairing_test
+from trimdm.eval.generation import chance_level, pairing_test
 from trimdm.eval.judges.speech import cer, pairwise_edits
 
 
@@ -65,3 +67,35 @@ def test_pairwise_edits_gives_the_cer_of_any_pairing():
     edits, lengths = pairwise_edits(hyps, refs)
     for perm in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]):
         assert math.isclose(edits[np.arange(4), perm].sum() / lengths.sum(), cer(hyps, [refs[p] for p in perm]))
+
+
+def test_chance_level_is_the_mean_over_derangements():
+    rng = np.random.default_rng(2)
+    n = 6
+    for lengths in (None, rng.integers(5, 40, n).astype(float)):
+        score = rng.integers(0, 30, (n, n)).astype(float)
+        denom = n if lengths is None else lengths.sum()
+        levels = [score[np.arange(n), perm].sum() / denom for perm in itertools.permutations(range(n))
+                  if all(p != i for i, p in enumerate(perm))]
+        level, se = chance_level(score, lengths)
+        assert math.isclose(level, np.mean(levels), rel_tol=1e-12)
+        assert se > 0
+    assert all(math.isnan(v) for v in chance_level(np.ones((1, 1))))
+
+
+def test_chance_level_se_matches_its_spread_over_samples():
+    """Items drawn from a population (a CER-like ratio: edit counts that depend on both items, and
+    lengths that vary): the mean estimated SE matches the standard deviation of the level over R
+    samples, within four standard errors of that standard deviation (relative SE 1/sqrt(2(R-1)))."""
+    rng = np.random.default_rng(3)
+    R, n = 400, 40
+    levels, ses = [], []
+    for _ in range(R):
+        x = rng.normal(size=n)
+        lengths = rng.poisson(30 + 8 * x.clip(-3, 3)).astype(float) + 1
+        score = rng.poisson(np.abs(x[:, None] - x[None, :]) * 6 + 0.5 * lengths[None, :]).astype(float)
+        level, se = chance_level(score, lengths)
+        levels.append(level)
+        ses.append(se)
+    ratio = np.mean(ses) / np.std(levels, ddof=1)
+    assert abs(ratio - 1) <= 4 / math.sqrt(2 * (R - 1)), ratio

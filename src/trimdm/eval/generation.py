@@ -17,7 +17,8 @@
 Chance levels come from the same judges and data, with the pairing broken: a held-out real image
 scored against a caption of another scene of the same group (T2I), a real caption of another scene
 (I2T), a real utterance read against another transcript (T2S), another transcript (S2T). They are what
-a model that ignores its condition but draws perfect media or text would get.
+a model that ignores its condition but draws perfect media or text would get, averaged exactly over
+every pairing that gives no item its own reference (`chance_level`), so no random pairing moves them.
 
 The pairing test asks the other question, whether the outputs depend on their inputs at all: every
 output is scored against every item's reference, and the metric of the true pairing is compared with
@@ -112,17 +113,30 @@ def _se(values) -> float:
     return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
 
 
-def _chance(n: int, value) -> float:
-    """A chance level pairs each item with another: none exists for a single item (nan)."""
-    return float(value) if n > 1 else float("nan")
+def chance_level(score_NN: np.ndarray, lengths=None) -> tuple[float, float]:
+    """A chance level and its standard error from score_NN[i, j], output i scored against reference j
+    (0/1 or a partial credit; or edit counts, with `lengths` the references' lengths, for a CER).
 
-
-def _shuffled(n: int, seed: int) -> np.ndarray:
-    """A cyclic shift of a random order: for n ≥ 2 nothing maps to itself (n = 1 cannot be paired)."""
-    order = np.random.default_rng(seed).permutation(n)
-    out = np.empty(n, dtype=np.int64)
-    out[order] = np.roll(order, 1)
-    return out
+    The level is the metric's mean over the pairings π that give no output its own reference: each
+    off-diagonal entry is equally likely under a uniform derangement, so for an accuracy it is the mean
+    of the off-diagonal scores, for a CER their sum over (n − 1) times the total reference length (a
+    derangement permutes the references, so the denominator is the same under every one). The SE treats
+    the n items as a sample: the level is a ratio of two U-statistics, A the off-diagonal mean and B the
+    mean length, whose first-order (Hoeffding) terms are a_k = row_k + col_k − 2A, the off-diagonal means
+    of item k's row and column, and b_k = c_k − B; SE = sd(a_k − level·b_k) / (B √n). (nan, nan) for
+    fewer than two items, which cannot be paired."""
+    s = np.asarray(score_NN, dtype=np.float64)
+    n = len(s)
+    if n < 2:
+        return float("nan"), float("nan")
+    c = np.ones(n) if lengths is None else np.asarray(lengths, dtype=np.float64)
+    off = s.sum() - np.trace(s)
+    a_mean, b_mean = off / (n * (n - 1)), c.mean()
+    level = a_mean / b_mean
+    row = (s.sum(axis=1) - np.diag(s)) / (n - 1)
+    col = (s.sum(axis=0) - np.diag(s)) / (n - 1)
+    influence = (row + col - 2 * a_mean) - level * (c - b_mean)
+    return float(level), float(influence.std(ddof=1) / (b_mean * np.sqrt(n)))
 
 
 def pairing_test(score_NN: np.ndarray, denom: float, higher_is_better: bool, seed: int,
@@ -164,9 +178,35 @@ def _caption_tests(ok_NN: np.ndarray, partial_NN: np.ndarray, seed: int) -> dict
     return {**acc, "attribute_match_shuffled": am["shuffled"], "attribute_match_shuffled_p": am["shuffled_p"]}
 
 
-def _cer_test(hyps: list[str], refs: list[str], seed: int) -> dict:
+def _cer_scores(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
+    """CER of `hyps` against `refs` with its SE, the chance level of `chance_hyps` (the real-data
+    outputs: real speech heard by the judge, or the transcripts themselves) paired with other items'
+    references, and the pairing test of the outputs."""
+    err, err_se = cer_and_se(hyps, refs)
+    chance, chance_se = chance_level(*pairwise_edits(chance_hyps, refs))
     edits, lengths = pairwise_edits(hyps, refs)
-    return pairing_test(edits, float(lengths.sum()), False, seed)
+    return {"cer": err, "n": len(refs), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
+            **pairing_test(edits, float(lengths.sum()), False, seed)}
+
+
+def _is_caption(text: str) -> bool:
+    try:
+        return bool(parse_caption(text))
+    except ValueError:
+        return False
+
+
+def _cer_by_source(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
+    """`_cer_scores` over the utterances that speak a caption (a closed vocabulary) and over the
+    sentences (open text) apart: each subset's chance pairs it with its own references."""
+    out = {}
+    captions = [_is_caption(t) for t in refs]
+    for salt, (key, keep) in enumerate((("captions", True), ("sentences", False))):
+        sub = [j for j, c in enumerate(captions) if c == keep]
+        if sub:
+            h, r, c = ([xs[j] for j in sub] for xs in (hyps, refs, chance_hyps))
+            out[key] = _cer_scores(h, r, c, seed + 10 + salt)
+    return out
 
 
 def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prompts: int, utterances: int,
@@ -205,14 +245,15 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         if n == 0:
             continue
         ok = correct[k:k + n]
-        perm = _shuffled(n, seed)
-        chance = np.mean([not judge_caption(captions[k + perm[j]], real_read[k + j]) for j in range(n)])
+        # chance: the real image of each prompt read against the other prompts of its group
+        real_ok, real_partial = _caption_scores(captions[k:k + n], real_read[k:k + n], "scenes")
+        chance, _ = chance_level(real_ok)
+        partial_chance, partial_chance_se = chance_level(real_partial)
         partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
-        partial_chance = [attribute_match(captions[k + perm[j]], real_read[k + j]) for j in range(n)]
-        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": _chance(n, chance),
+        groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": chance,
                         "attribute_match": float(np.mean(partial)),
-                        "attribute_match_chance": _chance(n, np.mean(partial_chance)),
-                        "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
+                        "attribute_match_chance": partial_chance,
+                        "attribute_match_se": _se(partial), "attribute_match_chance_se": partial_chance_se,
                         **_caption_tests(*_caption_scores(captions[k:k + n], read[k:k + n], "scenes"), seed),
                         "errors": error_counts(errors[k:k + n])}
         k += n
@@ -240,8 +281,8 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     made = tasks.i2t(real_images, seed)
     errors = [judge_caption(c, s) for c, s in zip(made, scenes)]
     ok = [not e for e in errors]
-    perm = _shuffled(len(idx), seed + 1)
-    chance = np.mean([not judge_caption(refs[perm[j]], scenes[j]) for j in range(len(idx))])
+    real_ok, real_partial = _caption_scores(refs, scenes, "captions")  # chance: real captions, other scenes
+    chance, _ = chance_level(real_ok)
     groups = [_group(s) for s in scenes]
     single = [j for j, s in enumerate(scenes) if len(s.objects) == 1]
     (out_dir / "i2t").mkdir(parents=True, exist_ok=True)
@@ -253,11 +294,11 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
                             "correct": bool(ok[j])})
     scores = _caption_scores(made, scenes, "captions")  # every caption against every scene: the pairing test
     partial = np.diag(scores[1])
-    partial_chance = [attribute_match(refs[perm[j]], scenes[j]) for j in range(len(idx))]
-    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": _chance(len(idx), chance),
+    partial_chance, partial_chance_se = chance_level(real_partial)
+    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": chance,
                      "attribute_match": float(np.mean(partial)),
-                     "attribute_match_chance": _chance(len(idx), np.mean(partial_chance)),
-                     "attribute_match_se": _se(partial), "attribute_match_chance_se": _se(partial_chance),
+                     "attribute_match_chance": partial_chance,
+                     "attribute_match_se": _se(partial), "attribute_match_chance_se": partial_chance_se,
                      **_caption_tests(*scores, seed + 1),
                      "errors": error_counts(errors), "samples": i2t_samples,
                      "items": [{"caption": m, "reference": r, "correct": o, "group": g}
@@ -267,11 +308,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     heldout = [j for j in single if groups[j] == "heldout_single"]
     for key, sub, salt in (("single", single, 3), ("single_heldout", heldout, 4)):
         if sub:
-            swap = _shuffled(len(sub), seed + salt)
             result["i2t"][key] = {
                 "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
-                "chance": _chance(len(sub), np.mean([not judge_caption(refs[sub[swap[i]]], scenes[j])
-                                                     for i, j in enumerate(sub)])),
+                "chance": chance_level(real_ok[np.ix_(sub, sub)])[0],
                 **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed + salt)}
     log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
 
@@ -283,19 +322,15 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     spoken, _ = tasks.t2s(texts, seed)
     heard = speech_judge.transcribe(spoken)
     heard_real = speech_judge.transcribe(waves)
-    perm = _shuffled(len(texts), seed + 2)
     (out_dir / "t2s").mkdir(parents=True, exist_ok=True)
     t2s_samples = []
     for j in range(min(8, len(texts))):
         name = f"t2s/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
         t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
-    shuffled = [texts[p] for p in perm]
-    err, err_se = cer_and_se(heard, texts)
-    chance, chance_se = cer_and_se(heard_real, shuffled)
-    result["t2s"] = {"cer": err, "n": len(texts), "chance": _chance(len(texts), chance), "cer_se": err_se,
-                     "chance_se": chance_se,
-                     **_cer_test(heard, texts, seed + 2),
+    # chance: real speech, heard by the judge, against other transcripts
+    result["t2s"] = {**_cer_scores(heard, texts, heard_real, seed + 2),
+                     **_cer_by_source(heard, texts, heard_real, seed + 2),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
                      "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
@@ -311,11 +346,9 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         name = f"s2t/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
-    err, err_se = cer_and_se(transcripts, texts)
-    chance, chance_se = cer_and_se(shuffled, texts)
-    result["s2t"] = {"cer": err, "n": len(texts), "chance": _chance(len(texts), chance), "cer_se": err_se,
-                     "chance_se": chance_se,
-                     **_cer_test(transcripts, texts, seed + 3),
+    # chance: another item's transcript as the output
+    result["s2t"] = {**_cer_scores(transcripts, texts, texts, seed + 3),
+                     **_cer_by_source(transcripts, texts, texts, seed + 3),
                      "samples": s2t_samples,
                      "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "

@@ -461,8 +461,10 @@ def _score_row(task: str, metric: str, r: dict, higher_is_better: bool) -> list:
 
 
 SCORE_HEADER = ["task", "metric", "value", "n", "chance", "beats chance", "outputs shuffled, pairing p"]
-# subsets of I2T that eval.json may hold (eval/generation.py), with the label they are shown under
-I2T_SUBSETS = (("single", "single-object"), ("single_heldout", "held-out single"))
+# subsets of a task's items that eval.json may hold (eval/generation.py), with the label they are shown
+# under: I2T on single-object images, T2S and S2T on spoken captions and on sentences apart
+SUBSETS = (("single", "single-object"), ("single_heldout", "held-out single"),
+           ("captions", "captions"), ("sentences", "sentences"))
 
 
 def _generation(run: Path, gen: dict) -> list:
@@ -477,7 +479,7 @@ def _generation(run: Path, gen: dict) -> list:
                                         ("t2s", "text→speech", "cer", False), ("s2t", "speech→text", "cer", False)):
         if isinstance(gen.get(task), dict) and metric in gen[task]:
             rows.append(_score_row(label, metric, gen[task], higher))
-            for key, sub in I2T_SUBSETS:
+            for key, sub in SUBSETS:
                 if isinstance(gen[task].get(key), dict):
                     rows.append(_score_row(f"{label} ({sub})", metric, gen[task][key], higher))
     for key, label in (("fid_image", "FID (image)"), ("fad_audio", "FAD (audio)")):

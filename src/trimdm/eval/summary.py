@@ -1,7 +1,7 @@
 """A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
 from __future__ import annotations
 
-from trimdm.eval.report import I2T_SUBSETS, difference_se, pairing, vs_chance
+from trimdm.eval.report import SUBSETS, difference_se, pairing, vs_chance
 
 
 def print_summary(result: dict, out=print) -> None:
@@ -20,7 +20,7 @@ def print_summary(result: dict, out=print) -> None:
             "  | outputs shuffled, pairing p")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
         rows.append(("I2T caption all right", gen["i2t"]))
-        for key, label in I2T_SUBSETS:
+        for key, label in SUBSETS:
             if isinstance(gen["i2t"].get(key), dict):
                 rows.append((f"I2T caption all right, {label}", gen["i2t"][key]))
         for label, v in rows:
@@ -33,8 +33,12 @@ def print_summary(result: dict, out=print) -> None:
                                     se=difference_se(v, "attribute_match"))
                 out(f"{label:<44}{v['attribute_match']:>10.1%}{v['attribute_match_chance']:>10.1%}{v['n']:>6}  "
                     f"{verdict}  | {pairing(v, 'attribute_match', percent=True)}")
+        rows = []
         for task, label in (("t2s", "T2S character error rate"), ("s2t", "S2T character error rate")):
-            v = gen[task]
+            rows.append((label, gen[task]))
+            rows += [(f"{label}, {sub}", gen[task][key]) for key, sub in SUBSETS
+                     if isinstance(gen[task].get(key), dict)]
+        for label, v in rows:
             out(f"{label:<44}{v['cer']:>10.1%}{v['chance']:>10.1%}{v['n']:>6}  "
                 f"{vs_chance(v['cer'], v['chance'], higher_is_better=False, se=difference_se(v, 'cer'))}"
                 f"  | {pairing(v, 'cer', percent=True)}")
