@@ -6,8 +6,9 @@
 
 Per checkpoint (step, tokens): T2I all-attributes-right on held-out single-object prompts, split into
 seen and held-out (colour, shape) compositions, I2T caption all right (val images in order; with
-`i2t_single`, also on single-object images alone, the issue's I2T target), T2S character error rate, with
-the run's sampling settings, the same prompts and seed at every checkpoint (or at the `--steps` chosen).
+`i2t_single`, also on single-object images alone, the issue's I2T target), T2S character error rate
+(also on spoken captions and on sentences apart), with the run's sampling settings, the same prompts
+and seed at every checkpoint (or at the `--steps` chosen).
 With `train.ckpt_every` and `train.keep_checkpoints` this is the learning curve of the generation tasks,
 the quantity a recipe's token budget is sized by (tinyworld runs only: the judges score the samples).
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS
+from trimdm.eval.generation import cer_by_source
+from trimdm.eval.judges.speech import cer
 from trimdm.sample.tasks import Tasks
 from trimdm.study.sampling import heldout_prompts, score_modality
 from trimdm.train.trainer import load_run
@@ -74,9 +77,12 @@ def main() -> None:
         if "i2t_single" in chosen:  # held["image"] holds the single-object val scenes
             match, right = score_modality("text", tasks, {"text": held["image"][:args.prompts]}, judges, args.seed)
             point["i2t_single"], point["i2t_single_attribute_match"] = right, match
-        if "t2s" in chosen:
-            point["t2s_cer"], _ = score_modality("audio", tasks, {"audio": held["audio"][:args.utterances]}, judges,
-                                                 args.seed)
+        if "t2s" in chosen:  # as score_modality("audio", ...), and on spoken captions and sentences apart
+            texts = held["audio"][:args.utterances]
+            heard = judges["speech"].transcribe(tasks.t2s(texts, args.seed)[0])
+            point["t2s_cer"] = cer(heard, texts)
+            for key, v in cer_by_source(heard, texts, texts, args.seed).items():
+                point[f"t2s_cer_{key}"], point[f"t2s_{key}_n"] = v["cer"], v["n"]
         point["seconds"] = round(time.time() - t0, 1)
         points.append(point)
         print(json.dumps(point), flush=True)

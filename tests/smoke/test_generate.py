@@ -129,13 +129,13 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
         assert 1 / 1000 <= gen[task]["shuffled_p"] <= 1
     for r in (*gen["t2i"]["groups"].values(), gen["i2t"]):
         assert {"shuffled", "shuffled_p", "attribute_match_shuffled", "attribute_match_shuffled_p"} <= r.keys()
-    from trimdm.eval.generation import _is_caption
+    from trimdm.data.tinyworld.scenes import is_caption
 
     # the speech tasks apart on spoken captions and on sentences: the two split the items
     for task, hyp, ref in (("t2s", "heard", "prompt"), ("s2t", "transcript", "reference")):
         items = gen[task]["items"]
         for key, keep in (("captions", True), ("sentences", False)):
-            sub = [x for x in items if _is_caption(x[ref]) == keep]
+            sub = [x for x in items if is_caption(x[ref]) == keep]
             assert (key in gen[task]) == bool(sub), (task, key)
             if sub:
                 assert gen[task][key]["n"] == len(sub)

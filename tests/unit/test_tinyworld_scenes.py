@@ -22,6 +22,7 @@ from trimdm.data.tinyworld.scenes import (
     caption_errors,
     error_kind,
     has_heldout_pair,
+    is_caption,
     layout,
     parse_caption,
     read_image_folder,
@@ -368,3 +369,10 @@ def test_all_problems_counted_together(tmp_path):
         read_image_folder(tmp_path, strict=True)
     with pytest.raises(ValueError, match="captions.jsonl"):
         read_image_folder(tmp_path / "nowhere")
+
+
+def test_is_caption_tells_captions_from_sentences():
+    assert is_caption("an image of a large yellow circle in the bottom right")
+    assert is_caption("there is a red square left of a blue cross")
+    for sentence in ("And all the people shall say, Amen.", "God is a refuge for us.", "", "a red"):
+        assert not is_caption(sentence)

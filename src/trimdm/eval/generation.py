@@ -38,7 +38,8 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from trimdm.data.tinyworld.scenes import ERROR_KINDS, HELDOUT_PAIRS, error_kind, parse_caption, read_image_folder
+from trimdm.data.tinyworld.scenes import (ERROR_KINDS, HELDOUT_PAIRS, error_kind, is_caption, parse_caption,
+                                          read_image_folder)
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.judges.image import judge_caption
 from trimdm.eval.judges.speech import cer, cer_and_se, pairwise_edits
@@ -189,18 +190,11 @@ def _cer_scores(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: 
             **pairing_test(edits, float(lengths.sum()), False, seed)}
 
 
-def _is_caption(text: str) -> bool:
-    try:
-        return bool(parse_caption(text))
-    except ValueError:
-        return False
-
-
-def _cer_by_source(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
+def cer_by_source(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
     """`_cer_scores` over the utterances that speak a caption (a closed vocabulary) and over the
     sentences (open text) apart: each subset's chance pairs it with its own references."""
     out = {}
-    captions = [_is_caption(t) for t in refs]
+    captions = [is_caption(t) for t in refs]
     for salt, (key, keep) in enumerate((("captions", True), ("sentences", False))):
         sub = [j for j, c in enumerate(captions) if c == keep]
         if sub:
@@ -330,7 +324,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
     # chance: real speech, heard by the judge, against other transcripts
     result["t2s"] = {**_cer_scores(heard, texts, heard_real, seed + 2),
-                     **_cer_by_source(heard, texts, heard_real, seed + 2),
+                     **cer_by_source(heard, texts, heard_real, seed + 2),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
                      "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
@@ -348,7 +342,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
     # chance: another item's transcript as the output
     result["s2t"] = {**_cer_scores(transcripts, texts, texts, seed + 3),
-                     **_cer_by_source(transcripts, texts, texts, seed + 3),
+                     **cer_by_source(transcripts, texts, texts, seed + 3),
                      "samples": s2t_samples,
                      "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "

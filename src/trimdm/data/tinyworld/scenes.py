@@ -451,6 +451,15 @@ def parse_caption(text: str) -> list[dict[str, Any]]:
     return objects
 
 
+def is_caption(text: str) -> bool:
+    """Whether a text speaks a scene: the caption grammar finds an object in it (tinyworld's speech mixes
+    captions with sentences, which it does not)."""
+    try:
+        return bool(parse_caption(text))
+    except ValueError:
+        return False
+
+
 def caption_errors(text: str, scene: Scene) -> list[str]:
     """Every way in which `text` misdescribes `scene` (empty when all mentioned attributes match).
 
