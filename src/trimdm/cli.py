@@ -1,6 +1,7 @@
 """`trimdm` console script: parse, build the config, dispatch (SPEC §1).
 
-    trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached)
+    trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached); with
+                    [--mc FILE.jsonl]                    also multiple-choice questions from its val split
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
     trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
     trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
@@ -32,10 +33,25 @@ def cmd_prepare(args) -> None:
     extra += [f"data.root={args.out}"] if args.out else []
     extra += ["data.strict=true"] if args.strict else []
     cfg = build_config(args.recipe, [*args.overrides, *extra])
+    if args.mc:  # checked before the (long) prepare
+        if cfg.data.dataset != "tinyworld":
+            raise ValueError(f"--mc {args.mc}: questions are drawn from a tinyworld data set, and recipe "
+                             f"{args.recipe!r} prepares data.dataset={cfg.data.dataset!r}")
+        if Path(args.mc).exists():
+            raise ValueError(f"--mc {args.mc}: the file exists; choose another path or remove it")
+        if args.mc_questions < 1:
+            raise ValueError(f"--mc-questions {args.mc_questions}: expected a positive number")
     data = prepare(cfg.data)
     report = Path(data.directory) / "prepare_report.md"
     print(report.read_text() if report.exists() else json.dumps(data.manifest.get("shards"), indent=2))
     print(f"prepared: {data.directory}")
+    if args.mc:
+        from trimdm.eval.multiple_choice import write_tinyworld_mc
+
+        n = args.mc_questions
+        path = write_tinyworld_mc(data.directory, args.mc, n_image=n, n_audio=n, seed=args.mc_seed)
+        print(f"multiple choice: {path}, {n} image and {n} speech questions from the val split "
+              f"(evaluate with: trimdm eval --run DIR --mc {path})")
 
 
 def cmd_train(args) -> None:
@@ -113,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=None, help="kjv | tinyworld (default: the recipe's)")
     p.add_argument("--out", default=None, help="data root directory (default: the recipe's data.root)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input file")
+    p.add_argument("--mc", default=None, help="also write a multiple-choice JSONL file (tinyworld: which caption "
+                   "matches this image or this utterance) for `trimdm eval --mc`")
+    p.add_argument("--mc-questions", type=int, default=32, help="--mc: image and speech questions, each")
+    p.add_argument("--mc-seed", type=int, default=0, help="--mc: which val items and distractors")
     p.add_argument("overrides", nargs="*", help="config key=value overrides")
     p.set_defaults(fn=cmd_prepare)
 

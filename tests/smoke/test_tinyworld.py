@@ -177,3 +177,21 @@ def test_fewer_codec_levels_in_the_token_stream(prepared, tmp_path):
         for i in range(3):
             full, coarse = b.doc(i).reshape(-1, 4), a.doc(i).reshape(-1, 2)
             assert np.array_equal(coarse, full[:, :2])  # the same codec, its coarsest two levels
+
+
+def test_prepare_writes_a_multiple_choice_file_and_refuses_to_overwrite(prepared, tmp_path, capsys):
+    from trimdm.cli import main
+
+    root, data, _ = prepared
+    path = tmp_path / "mc.jsonl"
+    args = ["prepare", "--recipe", "tiny_tri", "--mc", str(path), "--mc-questions", "3", f"data.root={root}"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [("image" in r, "audio" in r) for r in rows] == [(True, False)] * 3 + [(False, True)] * 3
+    for r in rows:
+        assert len(r["options"]) == 4 and 0 <= r["answer"] < 4 and (path.parent / (r.get("image") or r["audio"])).exists()
+    before = path.read_bytes()
+    assert main(args) == 2 and "exists" in capsys.readouterr().err
+    assert path.read_bytes() == before  # nothing already written is lost
+    assert main(["prepare", "--recipe", "tiny", "--mc", str(tmp_path / "x.jsonl"), f"data.root={root}"]) == 2
+    assert "tinyworld" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
