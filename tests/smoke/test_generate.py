@@ -55,6 +55,14 @@ def test_every_task_writes_outputs_and_sidecars(tiny_tri_run, tmp_path):
     assert (tmp_path / "again" / "002.png").read_bytes() == (tmp_path / "t2i" / "002.png").read_bytes()
     again = generate_from_sidecar(tmp_path / "s2t" / "001.json", out=str(tmp_path / "again_s2t"), **QUIET)
     assert again[1]["text"] == s2t[1]["text"]
+    # by default into a fresh folder beside the sidecar; an explicit --out that holds files is refused
+    for name in ("reproduced", "reproduced-1"):
+        generate_from_sidecar(tmp_path / "s2t" / "001.json", **QUIET)
+        assert (tmp_path / "s2t" / name / "001.txt").read_text() == (tmp_path / "s2t" / "001.txt").read_text()
+    before = (tmp_path / "again" / "000.png").read_bytes()
+    with pytest.raises(ValueError, match="never overwritten"):
+        generate_from_sidecar(tmp_path / "t2s" / "000.json", out=str(tmp_path / "again"), **QUIET)
+    assert (tmp_path / "again" / "000.png").read_bytes() == before
 
 
 def test_bad_requests_fail_with_clear_errors(tiny_tri_run, tmp_path):

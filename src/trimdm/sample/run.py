@@ -111,6 +111,15 @@ def _infill_row(tasks: Tasks, prompt: str, input_path: str | None, span: str):
     return row, start + a, start + b, modality
 
 
+def _fresh_dir(stem: Path) -> Path:
+    """`stem`, or `stem-1`, `stem-2`, ... : the first that is absent or empty, so that earlier outputs
+    are never overwritten."""
+    out_dir, k = stem, 1
+    while out_dir.exists() and any(out_dir.iterdir()):
+        out_dir, k = stem.with_name(f"{stem.name}-{k}"), k + 1
+    return out_dir
+
+
 def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None = None,
              overrides: list[str] = (), input_path: str | None = None, span: str | None = None,
              out: str | None = None, log=print) -> list[dict]:
@@ -127,18 +136,15 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         raise ValueError("task infill needs --span START:END")
     if input_path and not Path(input_path).is_file():
         raise ValueError(f"{input_path}: no such input file")
+    if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ValueError(f"--out {out}: exists and is not an empty folder; earlier outputs are never overwritten")
     loaded = load_run(run)
     cfg = loaded.cfg.override(list(overrides), only="sample")
     cfg.validate()
     seed = cfg.sample.seed if seed is None else seed
     tasks = Tasks(loaded, cfg.sample)
-    if out:
-        out_dir = Path(out)
-    else:  # a fresh folder per call: earlier outputs are never overwritten
-        stem = Path(loaded.checkpoint).parent.parent / "samples" / "generate" / f"{task}-seed{seed}"
-        out_dir, k = stem, 1
-        while out_dir.exists() and any(out_dir.iterdir()):
-            out_dir, k = stem.with_name(f"{stem.name}-{k}"), k + 1
+    out_dir = Path(out) if out else _fresh_dir(Path(loaded.checkpoint).parent.parent / "samples" / "generate"
+                                              / f"{task}-seed{seed}")
     base = {"task": task, "prompt": prompt, "input": str(input_path) if input_path else None,
             "input_sha256": sha256_file(Path(input_path)) if input_path else None, "span": span, "n": n,
             "seed": seed, "settings": dataclasses.asdict(cfg.sample), "checkpoint": str(loaded.checkpoint)}
@@ -191,7 +197,8 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
 
 
 def generate_from_sidecar(path: str | Path, out: str | None = None, log=print) -> list[dict]:
-    """Repeat the call a sidecar records (same checkpoint, settings, seed and n)."""
+    """Repeat the call a sidecar records (same checkpoint, settings, seed and n), by default into a fresh
+    `reproduced` folder beside the sidecar (`reproduced-1`, ... on later calls)."""
     path = Path(path)
     try:
         side = json.loads(path.read_text())
@@ -203,7 +210,7 @@ def generate_from_sidecar(path: str | Path, out: str | None = None, log=print) -
         raise ValueError(f"{path}: not a trimdm generation sidecar ({e})") from None
     if side["input"] and side.get("input_sha256") and sha256_file(Path(side["input"])) != side["input_sha256"]:
         raise ValueError(f"{path}: input {side['input']} changed since the sidecar was written")
-    return generate(**args, overrides=overrides, out=out or str(path.parent / "reproduced"), log=log)
+    return generate(**args, overrides=overrides, out=out or str(_fresh_dir(path.parent / "reproduced")), log=log)
 
 
 def _flatten(prefix: str, d: dict) -> list[str]:
