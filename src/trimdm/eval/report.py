@@ -490,7 +490,8 @@ def _generation(run: Path, gen: dict) -> list:
                      "exact binomial test p < 0.05. CER is the character error rate (lower is better); "
                      "\"beats chance\" for it needs a one-sided z-test p < 0.05 with the standard errors of the "
                      "CER and of its chance level over utterances. The chance levels pair real media or text with "
-                     "another item's reference. The last column asks whether the outputs depend on their inputs: "
+                     "another item's reference, averaged over every such pairing. Speech rows are also given "
+                     "on spoken captions and on sentences apart. The last column asks whether the outputs depend on their inputs: "
                      "the metric of the model's own outputs paired with other items' references, and the "
                      "one-sided permutation p-value of the true pairing against 999 random ones."),
                 Table(SCORE_HEADER, rows)]
