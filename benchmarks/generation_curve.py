@@ -22,7 +22,7 @@ from pathlib import Path
 
 from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS
-from trimdm.eval.generation import cer_by_source
+from trimdm.eval.generation import source_subsets
 from trimdm.eval.judges.speech import cer
 from trimdm.sample.tasks import Tasks
 from trimdm.study.sampling import heldout_prompts, score_modality
@@ -81,8 +81,9 @@ def main() -> None:
             texts = held["audio"][:args.utterances]
             heard = judges["speech"].transcribe(tasks.t2s(texts, args.seed)[0])
             point["t2s_cer"] = cer(heard, texts)
-            for key, v in cer_by_source(heard, texts, texts, args.seed).items():
-                point[f"t2s_cer_{key}"], point[f"t2s_{key}_n"] = v["cer"], v["n"]
+            for key, sub in source_subsets(texts).items():
+                point[f"t2s_cer_{key}"] = cer([heard[j] for j in sub], [texts[j] for j in sub])
+                point[f"t2s_{key}_n"] = len(sub)
         point["seconds"] = round(time.time() - t0, 1)
         points.append(point)
         print(json.dumps(point), flush=True)

@@ -179,27 +179,38 @@ def _caption_tests(ok_NN: np.ndarray, partial_NN: np.ndarray, seed: int) -> dict
     return {**acc, "attribute_match_shuffled": am["shuffled"], "attribute_match_shuffled_p": am["shuffled_p"]}
 
 
-def _cer_scores(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
-    """CER of `hyps` against `refs` with its SE, the chance level of `chance_hyps` (the real-data
-    outputs: real speech heard by the judge, or the transcripts themselves) paired with other items'
-    references, and the pairing test of the outputs."""
+def source_subsets(texts: list[str]) -> dict[str, list[int]]:
+    """Indices of the texts that speak a caption (a closed vocabulary) and of the sentences (open text),
+    each only when it has any."""
+    spoken = [is_caption(t) for t in texts]
+    subsets = {key: [j for j, c in enumerate(spoken) if c == keep] for key, keep in (("captions", True),
+                                                                                      ("sentences", False))}
+    return {key: sub for key, sub in subsets.items() if sub}
+
+
+def _cer_scores(hyps: list[str], refs: list[str], edits_NN: np.ndarray, chance_NN: np.ndarray,
+                lengths: np.ndarray, seed: int) -> dict:
+    """CER of `hyps` against `refs` with its SE, the chance level from `chance_NN` (the real-data outputs
+    against every reference) and the pairing test of the outputs (`edits_NN`, every output against every
+    reference)."""
     err, err_se = cer_and_se(hyps, refs)
-    chance, chance_se = chance_level(*pairwise_edits(chance_hyps, refs))
-    edits, lengths = pairwise_edits(hyps, refs)
+    chance, chance_se = chance_level(chance_NN, lengths)
     return {"cer": err, "n": len(refs), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
-            **pairing_test(edits, float(lengths.sum()), False, seed)}
+            **pairing_test(edits_NN, float(lengths.sum()), False, seed)}
 
 
-def cer_by_source(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
-    """`_cer_scores` over the utterances that speak a caption (a closed vocabulary) and over the
-    sentences (open text) apart: each subset's chance pairs it with its own references."""
-    out = {}
-    captions = [is_caption(t) for t in refs]
-    for salt, (key, keep) in enumerate((("captions", True), ("sentences", False))):
-        sub = [j for j, c in enumerate(captions) if c == keep]
-        if sub:
-            h, r, c = ([xs[j] for j in sub] for xs in (hyps, refs, chance_hyps))
-            out[key] = _cer_scores(h, r, c, seed + 10 + salt)
+def cer_results(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
+    """`_cer_scores` over every utterance, and under `captions` and `sentences` over those that speak a
+    caption and those that do not (`source_subsets`): each subset's chance pairs it with its own
+    references. `chance_hyps` are the real-data outputs: real speech heard by the judge (T2S) or the
+    transcripts themselves (S2T). The edit distances are computed once, for all three."""
+    edits, lengths = pairwise_edits(hyps, refs)
+    chance_edits, _ = pairwise_edits(chance_hyps, refs)
+    out = _cer_scores(hyps, refs, edits, chance_edits, lengths, seed)
+    for key, sub in source_subsets(refs).items():
+        ix = np.ix_(sub, sub)
+        out[key] = _cer_scores([hyps[j] for j in sub], [refs[j] for j in sub], edits[ix], chance_edits[ix],
+                               lengths[sub], seed + 10 + (key == "sentences"))
     return out
 
 
@@ -243,12 +254,13 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         real_ok, real_partial = _caption_scores(captions[k:k + n], real_read[k:k + n], "scenes")
         chance, _ = chance_level(real_ok)
         partial_chance, partial_chance_se = chance_level(real_partial)
-        partial = [attribute_match(captions[k + j], read[k + j]) for j in range(n)]
+        scores = _caption_scores(captions[k:k + n], read[k:k + n], "scenes")  # drawn images, every prompt
+        partial = np.diag(scores[1])
         groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": chance,
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": partial_chance,
                         "attribute_match_se": _se(partial), "attribute_match_chance_se": partial_chance_se,
-                        **_caption_tests(*_caption_scores(captions[k:k + n], read[k:k + n], "scenes"), seed),
+                        **_caption_tests(*scores, seed),
                         "errors": error_counts(errors[k:k + n])}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
@@ -323,8 +335,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
         t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
     # chance: real speech, heard by the judge, against other transcripts
-    result["t2s"] = {**_cer_scores(heard, texts, heard_real, seed + 2),
-                     **cer_by_source(heard, texts, heard_real, seed + 2),
+    result["t2s"] = {**cer_results(heard, texts, heard_real, seed + 2),
                      "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
                      "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
@@ -341,8 +352,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
         s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
     # chance: another item's transcript as the output
-    result["s2t"] = {**_cer_scores(transcripts, texts, texts, seed + 3),
-                     **cer_by_source(transcripts, texts, texts, seed + 3),
+    result["s2t"] = {**cer_results(transcripts, texts, texts, seed + 3),
                      "samples": s2t_samples,
                      "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "

@@ -111,11 +111,15 @@ def _infill_row(tasks: Tasks, prompt: str, input_path: str | None, span: str):
     return row, start + a, start + b, modality
 
 
+def _free(path: Path) -> bool:
+    """Whether outputs can go to `path` without overwriting any: it is absent or an empty folder."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 def _fresh_dir(stem: Path) -> Path:
-    """`stem`, or `stem-1`, `stem-2`, ... : the first that is absent or empty, so that earlier outputs
-    are never overwritten."""
+    """`stem`, or `stem-1`, `stem-2`, ... : the first that is free (`_free`)."""
     out_dir, k = stem, 1
-    while out_dir.exists() and any(out_dir.iterdir()):
+    while not _free(out_dir):
         out_dir, k = stem.with_name(f"{stem.name}-{k}"), k + 1
     return out_dir
 
@@ -136,7 +140,7 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         raise ValueError("task infill needs --span START:END")
     if input_path and not Path(input_path).is_file():
         raise ValueError(f"{input_path}: no such input file")
-    if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+    if out and not _free(Path(out)):
         raise ValueError(f"--out {out}: exists and is not an empty folder; earlier outputs are never overwritten")
     loaded = load_run(run)
     cfg = loaded.cfg.override(list(overrides), only="sample")
