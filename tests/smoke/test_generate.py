@@ -302,3 +302,28 @@ def test_t2s_keeps_given_audio_codes_and_fills_the_rest(tiny_tri_run):
     assert tasks.span(rows[0], "audio") == real
     with pytest.raises(ValueError, match="2 given audio spans for 1 texts"):
         tasks.t2s(texts, seed=3, audio=[real, real])
+
+
+def test_eval_without_generation_keeps_the_generation_metrics_of_the_same_checkpoint(tiny_tri_run):
+    import json
+
+    from trimdm.eval.run import evaluate_run
+    from trimdm.train.trainer import load_run
+
+    _, run = tiny_tri_run
+    path = run / "eval.json"
+    saved = path.read_bytes() if path.exists() else None
+    checkpoint = str(load_run(run).checkpoint)
+    earlier = {"t2s": {"cer": 0.5, "n": 3}, "marker": "an earlier eval"}
+    quick, quiet = ["eval.max_rows=8", "eval.tau_points=2"], (lambda *a: None)
+    try:
+        path.write_text(json.dumps({"checkpoint": checkpoint, "generation": earlier}))
+        assert evaluate_run(run, quick, generation=False, log=quiet)["generation"] == earlier
+        assert json.loads(path.read_text())["generation"] == earlier
+        path.write_text(json.dumps({"checkpoint": "another checkpoint", "generation": earlier}))
+        assert "generation" not in evaluate_run(run, quick, generation=False, log=quiet)
+        path.write_text("{not json")  # unreadable: rewritten whole
+        assert "generation" not in evaluate_run(run, quick, generation=False, log=quiet)
+    finally:
+        if saved is not None:
+            path.write_bytes(saved)

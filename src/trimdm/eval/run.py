@@ -4,7 +4,8 @@ Held-out NELBO per modality and the conditional NELBOs (likelihood.py) next to t
 baseline; on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
 their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
 with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
-metrics.jsonl and the samples (report.py).
+metrics.jsonl and the samples (report.py). eval.json is replaced whole, except that an eval without
+generation keeps the generation metrics an earlier eval of the same checkpoint wrote.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from trimdm.data.prepare import prepare
 from trimdm.eval.likelihood import heldout_nelbo
+from trimdm.fileio import atomic_write_text
 from trimdm.train.trainer import load_run
 
 
@@ -47,9 +49,26 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
 
         result["multiple_choice"] = [run_multiple_choice(loaded, path, n_samples=cfg.eval.mc_samples) for path in mc]
     result["checkpoint"] = str(loaded.checkpoint)
+    if "generation" not in result and not generation:
+        kept = _previous_generation(run_dir / "eval.json", result["checkpoint"])
+        if kept is not None:
+            result["generation"] = kept
+            log("eval: generation metrics kept from the previous eval of this checkpoint (--no-generation)")
     result["seconds"] = round(time.time() - t0, 2)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     from trimdm.eval.report import write_report
 
     result["report"] = {k: str(v) for k, v in write_report(run_dir).items() if v is not None}
     return result
+
+
+def _previous_generation(path: Path, checkpoint: str) -> dict | None:
+    """The generation metrics of an earlier eval.json of the same checkpoint, which a `--no-generation`
+    eval keeps rather than drops; None when there are none (or the file is unreadable: it is rewritten)."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("checkpoint") != checkpoint:
+        return None
+    return previous.get("generation") if isinstance(previous.get("generation"), dict) else None
