@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.judges.speech import cer
 from trimdm.data.tinyworld.scenes import HELDOUT_PAIRS
 from trimdm.eval.generation import source_subsets
-from trimdm.eval.judges.speech import cer
 from trimdm.sample.tasks import Tasks
 from trimdm.study.sampling import heldout_prompts, score_modality
-from trimdm.train.trainer import load_run
+from trimdm.train.run import load_run
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ import torch
 from trimdm.config import SAMPLING_DEFAULTS
 from trimdm.diffusion.schedules import parse_schedule
 from trimdm.recipes import get_recipe
-from trimdm.sample.sampler import decode, masked_counts
+from trimdm.sample.sampler import Decoding, decode, masked_counts
 from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab
-from trimdm.train.trainer import build_model
+from trimdm.train.run import build_model
 
 # the tinyworld vocabulary of the demo recipe: 2048 BPE ids, 875 FSQ image codes, 4 × 1000 audio codes
 VOCAB = JointVocab(n_text=2048, n_image=875, audio_levels=4, audio_codebook=1000)
@@ -35,13 +35,13 @@ FRAMES_PER_SECOND = 25
 
 
 @torch.no_grad()
-def naive_decode(model, vocab, canvas_BL, *, steps, schedule, temperature=1.0, guidance=0.0, uncond_BL=None,
-                 generator=None, autocast_dtype=None, **_):
+def naive_decode(model, vocab, canvas_BL, how: Decoding, *, uncond_BL=None, generator=None, autocast_dtype=None):
     """The straightforward decoder (the shape of common reference MDM samplers): every pass computes
     full-vocabulary logits at every position, masks the ids a position may not take, samples every
     position with Gumbel noise over the whole vocabulary and scores every position's confidence with
     a full softmax; only then are the masked positions' values kept. Same trunk, schedule, steps,
     guidance and reveal rule as trimdm's decoder."""
+    steps, schedule, temperature, guidance = how.steps, how.schedule, how.temperature, how.guidance
     tables = RowTables.from_vocab(vocab)
     table = torch.cat([model.unembed[name] for name, _, _ in model.segments])
     x, u = canvas_BL.clone(), (uncond_BL.clone() if uncond_BL is not None and guidance else None)
@@ -94,10 +94,9 @@ def time_task(decoder, model, canvas, uncond, modality: str, repeats: int, dtype
     for r in range(repeats):
         gen = torch.Generator().manual_seed(r)
         t0 = time.perf_counter()
-        decoder(model, VOCAB, canvas, steps=s["steps"], schedule=parse_schedule(s["schedule"]),
-               temperature=s["temperature"], guidance=s["guidance"], remasking=s["remasking"], uncond_BL=uncond,
-               generator=gen,
-               autocast_dtype=dtype)
+        how = Decoding(steps=s["steps"], schedule=parse_schedule(s["schedule"]), temperature=s["temperature"],
+                       guidance=s["guidance"], remasking=s["remasking"])
+        decoder(model, VOCAB, canvas, how, uncond_BL=uncond, generator=gen, autocast_dtype=dtype)
         best = min(best, time.perf_counter() - t0)
     return best
 

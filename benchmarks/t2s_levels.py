@@ -23,10 +23,10 @@ import time
 import numpy as np
 
 from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.judges.speech import cer
 from trimdm.data.tinyworld.speech import read_speech_folder
-from trimdm.eval.judges.speech import cer
 from trimdm.sample.tasks import Tasks
-from trimdm.train.trainer import load_run
+from trimdm.train.run import load_run
 
 
 def main() -> None:

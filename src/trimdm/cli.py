@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 from trimdm.config import Config
+from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.questions import write_tinyworld_mc
+from trimdm.demo import run_demo
+from trimdm.distributed.env import finish, is_main_process
+from trimdm.eval.run import evaluate_run
+from trimdm.eval.summary import print_summary
 from trimdm.recipes import RECIPES, get_recipe
+from trimdm.sample.run import generate, generate_from_sidecar
+from trimdm.study.batch import run_batch_study
+from trimdm.study.sampling import run_sampling_study
+from trimdm.train.trainer import train
 
 
 def build_config(recipe: str, overrides: list[str], base: Config | None = None) -> Config:
@@ -27,8 +37,6 @@ def build_config(recipe: str, overrides: list[str], base: Config | None = None) 
 
 
 def cmd_prepare(args) -> None:
-    from trimdm.data.prepare import prepare
-
     extra = [f"data.dataset={args.dataset}"] if args.dataset else []
     extra += [f"data.root={args.out}"] if args.out else []
     extra += ["data.strict=true"] if args.strict else []
@@ -46,8 +54,6 @@ def cmd_prepare(args) -> None:
     print(report.read_text() if report.exists() else json.dumps(data.manifest.get("shards"), indent=2))
     print(f"prepared: {data.directory}")
     if args.mc:
-        from trimdm.eval.multiple_choice import write_tinyworld_mc
-
         n = args.mc_questions
         path = write_tinyworld_mc(data.directory, args.mc, n_image=n, n_audio=n, seed=args.mc_seed)
         print(f"multiple choice: {path}, {n} image and {n} speech questions from the val split "
@@ -55,9 +61,6 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from trimdm.distributed.env import finish, is_main_process
-    from trimdm.train.trainer import train
-
     cfg = build_config(args.recipe, args.overrides)
     result = train(cfg, args.out)
     if is_main_process():
@@ -66,17 +69,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from trimdm.eval.run import evaluate_run
-
-    from trimdm.eval.summary import print_summary
-
     result = evaluate_run(args.run, args.overrides, mc=args.mc or [], generation=not args.no_generation)
     print_summary(result)
 
 
 def cmd_generate(args) -> None:
-    from trimdm.sample.run import generate, generate_from_sidecar
-
     if args.sidecar:
         sidecars = generate_from_sidecar(args.sidecar, out=args.out)
     elif not args.run:
@@ -91,8 +88,6 @@ def cmd_generate(args) -> None:
 
 def cmd_study(args) -> None:
     if args.study == "sampling":
-        from trimdm.study.sampling import run_sampling_study
-
         if not args.run:
             raise ValueError("study sampling needs --run DIR (a trained tinyworld run)")
         out = Path(args.out) if args.out else Path(args.run) / "sampling_study"
@@ -104,8 +99,6 @@ def cmd_study(args) -> None:
         raise ValueError(f"unknown study {args.study!r}; this version has: batch, sampling")
     if not args.out:
         raise ValueError("study batch needs --out DIR")
-    from trimdm.study.batch import run_batch_study
-
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     run_batch_study(Path(args.out), args.recipe, ints(args.batches), args.arms.split(","), ints(args.seeds),
                     args.overrides)
@@ -114,12 +107,10 @@ def cmd_study(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from trimdm.demo import run_demo
-
     run_demo(Path(args.out), args.overrides, args.recipe)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimdm", description="Tri-modal masked diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
     recipes = ", ".join(sorted(RECIPES))
@@ -182,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="demo", help="demo (tri-modal tinyworld) or demo_text (KJV only)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     # key=value overrides may come before, between or after options: collect the ones argparse leaves
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x]

@@ -10,14 +10,27 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODALITIES = ("text", "image", "audio")
+from trimdm.diffusion.schedules import parse_schedule
+from trimdm.optim.reparam import BaseHParams, sde_hparams
+from trimdm.tokenizers.vocab import MODALITIES
+
+
+def _check_positive(prefix: str, section: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise ValueError(f"{prefix}{name}={value} must be positive")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r}: expected {' | '.join(allowed)}")
 
 
 @dataclass
@@ -57,6 +70,15 @@ class ModelConfig:
     parameterization: str = "standard"
     base_width: int = 256
     base_depth: int = 4
+
+    def validate(self) -> None:
+        _check_positive("model.", self, "d_model", "n_layers", "n_heads")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dimension {self.d_model // self.n_heads} must be even for RoPE")
+        _check_choice("model.parameterization", self.parameterization, ("standard", "completep"))
+        _check_positive("model.", self, "base_width", "base_depth")
 
 
 @dataclass
@@ -109,6 +131,23 @@ class TinyworldConfig:
     images_dir: str = ""  # user-supplied training image folder (captions.jsonl layout); "": generate
     speech_dir: str = ""  # user-supplied training speech folder (transcripts.jsonl layout); "": generate
 
+    def validate(self, prefix: str = "data.tinyworld.") -> None:
+        """Its own numbers, and the smaller world's values as distinct subsets of the whole world (the
+        defaults). Whether the colours keep a held-out pair is the data set's to say (scenes.check_world,
+        at prepare)."""
+        if self.tokenizer_scenes < 0:
+            raise ValueError(f"{prefix}tokenizer_scenes={self.tokenizer_scenes} must be >= 0")
+        if self.prepare_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"{prefix}prepare_dtype={self.prepare_dtype!r}: expected 'bf16' or 'fp32'")
+        whole = type(self)()
+        for name, what in (("sizes", "values"), ("backgrounds", "values"), ("colors", "values"), ("voices", "names")):
+            chosen, known = getattr(self, name), getattr(whole, name)
+            if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(known):
+                raise ValueError(f"{prefix}{name}={','.join(map(str, chosen))}: expected distinct {what} among "
+                                 f"{', '.join(known)}")
+        if not 0.0 <= self.voice_jitter <= 1.0:
+            raise ValueError(f"{prefix}voice_jitter={self.voice_jitter} must lie in [0, 1]")
+
 
 @dataclass
 class DataConfig:
@@ -120,6 +159,14 @@ class DataConfig:
     mix: Mix = field(default_factory=Mix)
     tinyworld: TinyworldConfig = field(default_factory=TinyworldConfig)
     strict: bool = False  # stop prepare at the first bad input file instead of skipping and counting it
+
+    def validate(self) -> None:
+        _check_positive("data.", self, "seq_len", "text_vocab")
+        shares = [self.mix.text, self.mix.image_text, self.mix.audio_text]
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(f"data.mix shares {shares} must be >= 0 with a positive sum")
+        _check_choice("data.dataset", self.dataset, ("kjv", "tinyworld"))
+        self.tinyworld.validate()
 
 
 @dataclass
@@ -133,6 +180,19 @@ class DiffusionConfig:
     # (T2I, T2S), per medium. A text|media row supervises only its ~10-30 text tokens, a media|text row its
     # 64-380 media tokens. Each generation direction learns from its own rows (docs/generation.md).
     text_given_media: PerMedium = field(default_factory=PerMedium)
+
+    def validate(self) -> None:
+        _check_choice("diffusion.antimask", self.antimask, ("none", "complement", "crossmodal"))
+        if not 0.0 <= self.conditional <= 1.0:
+            raise ValueError(f"diffusion.conditional={self.conditional} must lie in [0, 1]")
+        for medium in ("image", "audio"):
+            if not 0.0 <= self.text_given_media[medium] <= 1.0:
+                raise ValueError(f"diffusion.text_given_media.{medium}={self.text_given_media[medium]} "
+                                 "must lie in [0, 1]")
+        if not 0 < self.t_min < 0.5:
+            raise ValueError(f"diffusion.t_min={self.t_min} must lie in (0, 0.5)")
+        for m in MODALITIES:
+            parse_schedule(self.schedule[m])
 
 
 @dataclass
@@ -189,6 +249,21 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # final lr of the cosine decay, as a fraction of lr
     grad_clip: float = 1.0  # 0 disables clipping
 
+    def validate(self) -> None:
+        _check_positive("optim.base.", self.base, "lr")
+        _check_choice("optim.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        _check_choice("optim.reparam", self.reparam, ("sde", "none", "accumulate"))
+        if self.gamma < 0:
+            raise ValueError(f"optim.gamma={self.gamma} must be >= 0")
+        if self.grad_clip < 0 or self.depth_ratio <= 0:
+            raise ValueError("optim.grad_clip must be >= 0 and optim.depth_ratio > 0")
+        if self.groups.norms.wd != 0:
+            raise ValueError("optim.groups.norms.wd must be 0: norm gains get no weight decay (SPEC §6)")
+        for name in (f.name for f in dataclasses.fields(GroupTable)):
+            g = getattr(self.groups, name)
+            if g.lr < 0 or g.wd < 0 or g.eps <= 0:
+                raise ValueError(f"optim.groups.{name}: lr and wd multipliers must be >= 0, eps > 0")
+
 
 @dataclass
 class TrainConfig:
@@ -212,6 +287,15 @@ class TrainConfig:
     # a run directory or checkpoint whose model weights start this run (same data and model shape); the
     # optimizer, schedule and data order start afresh. A checkpoint of this run's own wins (resume).
     init: str = ""
+
+    def validate(self) -> None:
+        _check_positive("train.", self, "tokens", "batch_size")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise ValueError(
+                f"train.micro_batch_size={self.micro_batch_size} must divide train.batch_size={self.batch_size}")
+        _check_choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        if self.dtype not in ("bf16", "fp32"):
+            raise ValueError(f"train.dtype={self.dtype!r}: expected 'bf16' or 'fp32'")
 
 
 @dataclass
@@ -283,6 +367,21 @@ class SampleConfig:
     def __getitem__(self, modality: str) -> ModalitySampling:
         return getattr(self, modality)
 
+    def validate(self) -> None:
+        _check_positive("sample.", self, "gen_len", "caption_len")
+        for m in MODALITIES:
+            _check_positive(f"sample.{m}.", self[m], "steps")
+            parse_schedule(self[m].schedule)
+            for key in ("remasking", "order"):
+                _check_choice(f"sample.{m}.{key}", getattr(self[m], key), sampling_choices(m, key))
+        if self.refine < 0 or self.refine_top < 1:
+            raise ValueError(f"sample.refine={self.refine} must be >= 0 and sample.refine_top={self.refine_top} >= 1")
+        if not set(self.refine_tasks) <= {"i2t", "s2t"}:
+            raise ValueError(f"sample.refine_tasks={','.join(self.refine_tasks)}: choose among i2t, s2t")
+        if self.rerank < 1 or self.rerank_draws < 1:
+            raise ValueError(f"sample.rerank={self.rerank} and sample.rerank_draws={self.rerank_draws} must be >= 1")
+        _check_choice("sample.audio_length", self.audio_length, ("rule", "eos"))
+
 
 @dataclass
 class EvalConfig:
@@ -295,6 +394,9 @@ class EvalConfig:
     gen_prompts: int = 96  # held-out captions / images for T2I and I2T (0: no generation metrics)
     gen_utterances: int = 32  # held-out transcripts / utterances for T2S and S2T
     mc_samples: int = 64  # Monte-Carlo samples per option of a multiple-choice question
+
+    def validate(self) -> None:
+        _check_positive("eval.", self, "tau_points", "batch_size")
 
 
 @dataclass
@@ -351,96 +453,17 @@ class Config:
 
     def batch_hparams(self):
         """The SDE batch reparameterization of `optim.base` for this run (optim/reparam.py)."""
-        from trimdm.optim.reparam import BaseHParams, sde_hparams
-
         b, t = self.optim.base, self.train
         base = BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
                            weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
         return sde_hparams(base, t.batch_size, t.tokens, self.data.seq_len, self.optim.gamma, self.optim.reparam)
 
     def validate(self) -> None:
-        m, t, o, dat, dif = self.model, self.train, self.optim, self.data, self.diffusion
-        _positive(self, "model.d_model", "model.n_layers", "model.n_heads", "data.seq_len",
-                  "data.text_vocab", "train.tokens", "train.batch_size", "optim.base.lr",
-                  "sample.text.steps", "sample.image.steps", "sample.audio.steps", "sample.gen_len", "sample.caption_len",
-                  "eval.tau_points", "eval.batch_size")
-        if m.d_model % m.n_heads:
-            raise ValueError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
-        if (m.d_model // m.n_heads) % 2:
-            raise ValueError(f"head dimension {m.d_model // m.n_heads} must be even for RoPE")
-        if t.micro_batch_size < 0 or (t.micro_batch_size and t.batch_size % t.micro_batch_size):
-            raise ValueError(
-                f"train.micro_batch_size={t.micro_batch_size} must divide train.batch_size={t.batch_size}"
-            )
-        shares = [dat.mix.text, dat.mix.image_text, dat.mix.audio_text]
-        if min(shares) < 0 or sum(shares) <= 0:
-            raise ValueError(f"data.mix shares {shares} must be >= 0 with a positive sum")
-        if dat.dataset not in ("kjv", "tinyworld"):
-            raise ValueError(f"data.dataset={dat.dataset!r}: expected kjv | tinyworld")
-        if t.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"train.parallel={t.parallel!r}: expected ddp | fsdp")
-        if t.dtype not in ("bf16", "fp32"):
-            raise ValueError(f"train.dtype={t.dtype!r}: expected 'bf16' or 'fp32'")
-        if dat.tinyworld.tokenizer_scenes < 0:
-            raise ValueError(f"data.tinyworld.tokenizer_scenes={dat.tinyworld.tokenizer_scenes} must be >= 0")
-        if dat.tinyworld.prepare_dtype not in ("bf16", "fp32"):
-            raise ValueError(f"data.tinyworld.prepare_dtype={dat.tinyworld.prepare_dtype!r}: expected 'bf16' or 'fp32'")
-        from trimdm.data.tinyworld.scenes import check_world
-
-        tw = dat.tinyworld
-        check_world(tw.sizes, tw.backgrounds, tw.colors, prefix="data.tinyworld.")
-        from trimdm.data.tinyworld.speech import check_voices
-
-        check_voices(tw.voices, tw.voice_jitter, prefix="data.tinyworld.")
-        if dif.antimask not in ("none", "complement", "crossmodal"):
-            raise ValueError(f"diffusion.antimask={dif.antimask!r}: expected none | complement | crossmodal")
-        if dif.antimask == "complement" and (t.micro_batch_size or t.batch_size) % 2:
+        """Every section checks its own keys; here only what spans sections."""
+        for section in (self.model, self.data, self.diffusion, self.optim, self.train, self.sample, self.eval):
+            section.validate()
+        if self.diffusion.antimask == "complement" and (self.train.micro_batch_size or self.train.batch_size) % 2:
             raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
-        if not 0.0 <= dif.conditional <= 1.0:
-            raise ValueError(f"diffusion.conditional={dif.conditional} must lie in [0, 1]")
-        for medium in ("image", "audio"):
-            if not 0.0 <= dif.text_given_media[medium] <= 1.0:
-                raise ValueError(f"diffusion.text_given_media.{medium}={dif.text_given_media[medium]} "
-                                 "must lie in [0, 1]")
-        if not 0 < dif.t_min < 0.5:
-            raise ValueError(f"diffusion.t_min={dif.t_min} must lie in (0, 0.5)")
-        if o.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.lr_schedule={o.lr_schedule!r}: expected cosine | constant")
-        if o.reparam not in ("sde", "none", "accumulate"):
-            raise ValueError(f"optim.reparam={o.reparam!r}: expected sde | none | accumulate")
-        if o.gamma < 0:
-            raise ValueError(f"optim.gamma={o.gamma} must be >= 0")
-        if o.grad_clip < 0 or o.depth_ratio <= 0:
-            raise ValueError("optim.grad_clip must be >= 0 and optim.depth_ratio > 0")
-        if o.groups.norms.wd != 0:
-            raise ValueError("optim.groups.norms.wd must be 0: norm gains get no weight decay (SPEC §6)")
-        for name in (f.name for f in dataclasses.fields(GroupTable)):
-            g = getattr(o.groups, name)
-            if g.lr < 0 or g.wd < 0 or g.eps <= 0:
-                raise ValueError(f"optim.groups.{name}: lr and wd multipliers must be >= 0, eps > 0")
-        if m.parameterization not in ("standard", "completep"):
-            raise ValueError(f"model.parameterization={m.parameterization!r}: expected standard | completep")
-        _positive(self, "model.base_width", "model.base_depth")
-        from trimdm.diffusion.schedules import parse_schedule  # local: schedules import nothing here
-
-        for mod in MODALITIES:
-            parse_schedule(dif.schedule[mod])
-        for mod in MODALITIES:
-            parse_schedule(self.sample[mod].schedule)
-            for key in ("remasking", "order"):
-                value, allowed = getattr(self.sample[mod], key), sampling_choices(mod, key)
-                if value not in allowed:
-                    raise ValueError(f"sample.{mod}.{key}={value!r}: expected {' | '.join(allowed)}")
-        if self.sample.refine < 0 or self.sample.refine_top < 1:
-            raise ValueError(f"sample.refine={self.sample.refine} must be >= 0 and sample.refine_top="
-                             f"{self.sample.refine_top} >= 1")
-        if not set(self.sample.refine_tasks) <= {"i2t", "s2t"}:
-            raise ValueError(f"sample.refine_tasks={','.join(self.sample.refine_tasks)}: choose among i2t, s2t")
-        if self.sample.rerank < 1 or self.sample.rerank_draws < 1:
-            raise ValueError(f"sample.rerank={self.sample.rerank} and sample.rerank_draws="
-                             f"{self.sample.rerank_draws} must be >= 1")
-        if self.sample.audio_length not in ("rule", "eos"):
-            raise ValueError(f"sample.audio_length={self.sample.audio_length!r}: expected rule | eos")
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -454,7 +477,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
-        return _build(cls, _upgrade(data), "")
+        return section_from_dict(cls, _upgrade(data), "")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
@@ -480,13 +503,6 @@ class Config:
         return self
 
 
-def _positive(cfg: Config, *keys: str) -> None:
-    for key in keys:
-        value = get_key(cfg, key)
-        if value <= 0:
-            raise ValueError(f"{key}={value} must be positive")
-
-
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -506,7 +522,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     sample = dict(sample)
     legacy = {k: sample.pop(k) for k in ("steps", "schedule", "temperature") if k in sample}
     remasking = sample.pop("remasking", None)
-    for m in ("text", "image", "audio"):
+    for m in MODALITIES:
         row = dict(sample.get(m, SAMPLING_DEFAULTS[m]))
         if m == "text":
             row.update(legacy)
@@ -516,7 +532,9 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "sample": sample}
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def section_from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """A config section (a dataclass) from a JSON object, every value type-checked; an unknown key is an
+    error that names close matches. `prefix` is the section's key path, for messages."""
     if not isinstance(data, dict):
         raise ValueError(f"config section {prefix or '<root>'} must be an object, got {type(data).__name__}")
     hints = _hints(cls)
@@ -527,7 +545,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             raise ValueError(_unknown_message(f"{prefix}{key}", [f"{prefix}{n}" for n in names]))
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+            kwargs[key] = section_from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
     return cls(**kwargs)

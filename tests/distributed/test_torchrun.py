@@ -117,7 +117,7 @@ def test_ddp_killed_after_checkpoint_resumes_bit_identically(ddp, tmp_path, data
 
 
 def test_a_ddp_checkpoint_loads_in_one_process(ddp):
-    from trimdm.train.trainer import load_run
+    from trimdm.train.run import load_run
 
     loaded = load_run(ddp)
     assert loaded.checkpoint.name == "step_00000010"

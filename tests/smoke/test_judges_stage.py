@@ -17,11 +17,11 @@ import pytest
 from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld import dataset
 from trimdm.data.tinyworld import scenes as sc
+from trimdm.data.tinyworld.judges import image as ij
+from trimdm.data.tinyworld.judges import speech as sj
+from trimdm.data.tinyworld.questions import write_tinyworld_mc
 from trimdm.data.tinyworld.scenes import read_image_folder
 from trimdm.data.tinyworld.speech import read_speech_folder
-from trimdm.eval.judges import image as ij
-from trimdm.eval.judges import speech as sj
-from trimdm.eval.multiple_choice import write_tinyworld_mc
 from trimdm.recipes import tiny_tri
 from trimdm.train.trainer import train
 
@@ -58,12 +58,12 @@ def test_loaded_judges_reproduce_the_stage_numbers(tiny):
 def test_the_stage_is_keyed_to_tokenizers_and_judge_defaults(tiny, monkeypatch):
     manifest = json.loads((tiny.directory / "judges" / "manifest.json").read_text())
     assert manifest["upstream"] == dataset._judges_upstream(tiny.directory)
-    from trimdm.eval import judges
+    from trimdm.data.tinyworld import judges
 
     real = judges.settings()
     changed = json.loads(json.dumps(real))
     changed["speech"]["training"]["lr"] *= 2
-    monkeypatch.setattr(judges, "settings", lambda: changed)
+    monkeypatch.setattr(dataset, "settings", lambda: changed)
     assert dataset._judges_upstream(tiny.directory) != manifest["upstream"]  # a changed default rebuilds it
     # the data directory's name hashes the data spec only: judge settings never move a data set
     assert "judge" not in (tiny.directory / "spec.json").read_text()

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.questions import write_tinyworld_mc
 from trimdm.data.tinyworld.scenes import Scene, caption_errors
-from trimdm.eval.multiple_choice import read_questions, run_multiple_choice, write_tinyworld_mc
-from trimdm.recipes import tiny_tri
-from trimdm.train.trainer import load_run, train
+from trimdm.eval.multiple_choice import read_questions, run_multiple_choice
+from trimdm.train.run import load_run
 
 
 # -- the reader ----------------------------------------------------------------------------------------
@@ -50,9 +49,9 @@ def test_reader_names_file_and_line(tmp_path, record, message):
 def test_reader_rejects_unreadable_media_and_empty_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEjunk")
-    with pytest.raises(ValueError, match=r"q.jsonl:1: unreadable image"):
+    with pytest.raises(ValueError, match=r"q.jsonl:1: .*bad.png: not a readable image"):
         read_questions(_write(tmp_path, {**GOOD, "image": "bad.png"}))
-    with pytest.raises(ValueError, match=r"q.jsonl:2: unreadable audio"):
+    with pytest.raises(ValueError, match=r"q.jsonl:2: .*bad.wav: not a readable audio file"):
         read_questions(_write(tmp_path, GOOD, {**GOOD, "audio": "bad.wav"}))
     with pytest.raises(ValueError, match="no questions"):
         read_questions(_write(tmp_path, "", "  "))
@@ -137,8 +136,8 @@ def test_run_multiple_choice_on_text_questions_and_its_errors(tiny_run, tmp_path
 
 
 def test_the_world_of_a_data_set_comes_from_its_spec(tmp_path):
+    from trimdm.data.tinyworld.questions import _world
     from trimdm.data.tinyworld.scenes import COLORS, SIZES
-    from trimdm.eval.multiple_choice import _world
 
     assert _world(tmp_path) == {"colors": tuple(COLORS), "sizes": SIZES}  # no spec: the whole vocabulary
     (tmp_path / "spec.json").write_text('{"tinyworld": {"colors": ["red", "blue"], "sizes": ["large"]}}')

@@ -1,7 +1,6 @@
 """Smoke tier: the tiny recipe trains, is deterministic, resumes bit-identically after SIGKILL,
 stops cleanly on SIGTERM, and its artifacts (checkpoint, generate, eval) work end to end."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -143,7 +142,12 @@ def test_generate_and_eval_from_the_run(reference):
     out = subprocess.run([sys.executable, "-m", "trimdm", "generate", "--run", str(reference), "--task", "text",
                           "--prompt", "And God said", "--n", "2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("--- sample") == 2 and "And God said" in out.stdout
+    printed = [line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith("--- sample")]
+    folder = reference / "samples" / "generate" / "text-seed0"
+    written = [json.loads((folder / f"{i:03d}.json").read_text())["text"] for i in range(2)]
+    assert printed == written == [(folder / f"{i:03d}.txt").read_text().rstrip("\n") for i in range(2)]
+    # each sample is the prompt and a continuation the model decoded
+    assert all(t.startswith("And God said") and len(t) > len("And God said") for t in printed)
     out = subprocess.run([sys.executable, "-m", "trimdm", "eval", "--run", str(reference)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

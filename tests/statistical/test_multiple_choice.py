@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from trimdm.eval.multiple_choice import (answer_masks, draw_uniforms, mc_answer_loglik, question_rows,
-                                         stratified_stderr)
+from trimdm.diffusion.likelihood import answer_masks, draw_uniforms, mc_answer_loglik
+from trimdm.eval.multiple_choice import question_rows
+from trimdm.eval.stats import stratified_stderr
 from trimdm.model.transformer import Transformer, TransformerArgs
 from trimdm.sequence.layout import RowTables
 from trimdm.tokenizers.vocab import JointVocab

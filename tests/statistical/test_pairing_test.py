@@ -1,4 +1,4 @@
-"""The pairing test of the generation metrics (eval/generation.py:pairing_test): its `shuffled` mean is
+"""The pairing test of the generation metrics (eval/stats.py:pairing_test): its `shuffled` mean is
 the exact mean over pairings that give no output its own reference, its Monte-Carlo p-value agrees with
 the exact permutation p-value within the Monte-Carlo error, and under a null (outputs that ignore their
 inputs) p ≤ 0.05 happens about 5% of the time, while a real dependence is found. The chance levels
@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from trimdm.eval.generation import chance_level, pairing_test
-from trimdm.eval.judges.speech import cer, pairwise_edits
+from trimdm.data.tinyworld.judges.speech import cer, pairwise_edits
+from trimdm.eval.stats import chance_level, pairing_test
 
 
 def exact(score, denom, higher):

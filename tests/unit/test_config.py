@@ -118,7 +118,8 @@ def test_later_tinyworld_knobs_name_a_new_data_directory_only_when_not_their_def
     assert _hash(data_spec(base)) != _hash(data_spec(changed))
 
 
-def test_prepare_dtype_is_checked():
+def test_prepare_dtype_is_checked(tmp_path):
+    from trimdm.data.prepare import prepare
     from trimdm.recipes import tiny_tri
 
     cfg = tiny_tri().override(["data.tinyworld.prepare_dtype=fp16"])
@@ -127,8 +128,11 @@ def test_prepare_dtype_is_checked():
     for bad in ("sizes=huge", "backgrounds=white,white", "colors=red,pink"):
         with pytest.raises(ValueError, match=f"data.tinyworld.{bad}: expected distinct values among"):
             tiny_tri().override([f"data.tinyworld.{bad}"]).validate()
+    # that a smaller world keeps a held-out pair is the data set's to say: prepare refuses it before writing
+    cfg = tiny_tri().override(["data.tinyworld.colors=purple,cyan", f"data.root={tmp_path}"]).derive()
     with pytest.raises(ValueError, match="data.tinyworld.colors=purple,cyan keep none of the held-out pairs"):
-        tiny_tri().override(["data.tinyworld.colors=purple,cyan"]).validate()
+        prepare(cfg.data)
+    assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="data.tinyworld.tokenizer_scenes=-1 must be >= 0"):
         tiny_tri().override(["data.tinyworld.tokenizer_scenes=-1"]).validate()
     for bad in ("voices=en-us+m1,en-us+m1", "voices=en-us+m2"):
@@ -141,7 +145,6 @@ def test_prepare_dtype_is_checked():
 def test_the_default_world_is_the_whole_scene_vocabulary():
     from trimdm.config import TinyworldConfig
     from trimdm.data.tinyworld.scenes import BACKGROUNDS, COLORS, SIZES
-
     from trimdm.data.tinyworld.speech import VOICE_NAMES
 
     tw = TinyworldConfig()

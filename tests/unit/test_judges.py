@@ -1,4 +1,4 @@
-"""Judges (eval/judges): text normalisation and CER on known strings, the image judge's scene decoding,
+"""Judges (data/tinyworld/judges): text normalisation and CER on known strings, the image judge's scene decoding,
 metrics and caption matching, shapes, save/load round trips, deterministic training, and a speech judge
 whose output does not depend on the batch it is in."""
 import json
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from trimdm.data.tinyworld.judges import image as ij
+from trimdm.data.tinyworld.judges import load_judges, settings
+from trimdm.data.tinyworld.judges import speech as sj
 from trimdm.data.tinyworld.scenes import Obj, Scene, render, sample_scenes
-from trimdm.eval.judges import load_judges, settings
-from trimdm.eval.judges import image as ij
-from trimdm.eval.judges import speech as sj
+from trimdm.eval.stats import ratio_se
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -52,12 +53,13 @@ def test_cer_and_se_matches_the_spread_of_cer_over_resampled_utterances():
     for _ in range(400):
         idx = rng.integers(0, 1000, 40)
         h, r = [hyps[i] for i in idx], [refs[i] for i in idx]
-        rate, se = sj.cer_and_se(h, r)
+        e, c = sj.edits(h, r)
+        rate, se = float(e.sum() / c.sum()), ratio_se(e, c)
         assert rate == sj.cer(h, r)
         cers.append(rate)
         ses.append(se)
     assert np.mean(ses) == pytest.approx(np.std(cers, ddof=1), rel=3 * 0.035)
-    assert sj.cer_and_se(["ab", "ab"], ["ab", "ab"]) == (0.0, 0.0) and np.isnan(sj.cer_and_se(["a"], ["b"])[1])
+    assert ratio_se(*sj.edits(["ab", "ab"], ["ab", "ab"])) == 0.0 and np.isnan(ratio_se(*sj.edits(["a"], ["b"])))
 
 
 def test_encode_text_uses_the_alphabet():

@@ -5,7 +5,8 @@ import pytest
 from trimdm.optim.param_groups import build_optimizer, classify
 from trimdm.recipes import tiny
 from trimdm.tokenizers.vocab import JointVocab
-from trimdm.train.trainer import build_model
+from trimdm.train.run import build_model
+from trimdm.train.trainer import optimizer_settings
 
 VOCAB = JointVocab(n_text=40, n_image=16, audio_levels=2, audio_codebook=8)
 
@@ -13,7 +14,7 @@ VOCAB = JointVocab(n_text=40, n_image=16, audio_levels=2, audio_codebook=8)
 def optimizer_for(*overrides):
     cfg = tiny().override(["model.n_layers=3", *overrides]).derive()
     model = build_model(cfg, VOCAB)
-    return cfg, model, build_optimizer(model, cfg)
+    return cfg, model, build_optimizer(model, optimizer_settings(cfg))
 
 
 def test_every_parameter_in_exactly_one_group():

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from trimdm.eval.report import MAX_CLIPS, binomial_tail, fmt, vs_chance, write_report
+from trimdm.eval.report import MAX_CLIPS, fmt, write_report
+from trimdm.eval.stats import binomial_tail, vs_chance
 
 NASTY = '<script>alert("x")</script> & <b>bold</b>'
 

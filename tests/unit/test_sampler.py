@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from trimdm.diffusion.schedules import make_schedule, parse_schedule
-from trimdm.sample.sampler import decode, level_stages, masked_counts, truncate_after_eos
+from trimdm.sample.sampler import Decoding, decode, level_stages, masked_counts, truncate_after_eos
 from trimdm.sequence.layout import RowTables, paired_row
 from trimdm.tokenizers.vocab import JointVocab
 
@@ -50,7 +50,7 @@ def test_masked_count_follows_the_schedule_and_reveals_never_change():
         model = StandIn()
         canvas = canvases()
         steps = 6
-        out = decode(model, V, canvas, steps=steps, schedule=schedule, generator=torch.Generator().manual_seed(0))
+        out = decode(model, V, canvas, Decoding(steps, schedule), generator=torch.Generator().manual_seed(0))
         n0 = (canvas == V.MASK_audio).sum(1)
         expected = masked_counts(n0, schedule, steps)
         seen = model.seen + [out]
@@ -71,7 +71,7 @@ def test_steps_that_reveal_nothing_cost_no_pass():
     useful = [k for k in range(1, steps + 1) if bool((expected[k - 1] > expected[k]).any())]
     assert 0 < len(useful) < steps
     model = StandIn()
-    out = decode(model, V, canvas, steps=steps, schedule=schedule, generator=torch.Generator().manual_seed(0))
+    out = decode(model, V, canvas, Decoding(steps, schedule), generator=torch.Generator().manual_seed(0))
     assert len(model.seen) == len(useful)
     for x, k in zip(model.seen + [out], useful + [steps + 1]):
         assert torch.equal((x == V.MASK_audio).sum(1), expected[k - 1])  # the schedule, minus empty steps
@@ -84,7 +84,7 @@ def test_level_order_decodes_each_level_on_its_own_schedule_after_the_coarser_on
     assert stage_steps == [4, 1, 1]
     model = StandIn()
     schedule = make_schedule("linear")  # 5 masked codes per level and row: every one of the 4 steps reveals some
-    out = decode(model, V, canvas, steps=4, schedule=schedule, stage_BL=stage, stage_steps=stage_steps,
+    out = decode(model, V, canvas, Decoding(4, schedule), stages=(stage, stage_steps),
                  generator=torch.Generator().manual_seed(0))
     level = tables.audio_level(canvas)
     masked0 = canvas == V.MASK_audio
@@ -107,12 +107,12 @@ def test_guidance_zero_equals_the_conditional_pass():
     canvas = canvases()
     uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
     lin = make_schedule("linear")
-    plain = decode(StandIn(), V, canvas, steps=5, schedule=lin, generator=torch.Generator().manual_seed(3))
-    w0 = decode(StandIn(), V, canvas, steps=5, schedule=lin, guidance=0.0, uncond_BL=uncond,
+    plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
+    w0 = decode(StandIn(), V, canvas, Decoding(5, lin, guidance=0.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
     assert torch.equal(plain, w0)
     model = StandIn()
-    w2 = decode(model, V, canvas, steps=5, schedule=lin, guidance=2.0, uncond_BL=uncond,
+    w2 = decode(model, V, canvas, Decoding(5, lin, guidance=2.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
     assert len(model.seen) == 10  # two passes per step
     assert any((s[:, 2:5] == V.MASK_text).all() for s in model.seen)  # the unconditional canvas has its condition masked
@@ -123,7 +123,7 @@ def test_predictions_stay_in_their_output_slice():
     tables = RowTables.from_vocab(V)
     for seed in range(3):
         canvas = canvases()
-        out = decode(StandIn(seed), V, canvas, steps=4, schedule=make_schedule("cosine"), temperature=2.0,
+        out = decode(StandIn(seed), V, canvas, Decoding(4, make_schedule("cosine"), temperature=2.0),
                      generator=torch.Generator().manual_seed(seed))
         filled = canvas == V.MASK_audio
         level = tables.audio_level(out)

@@ -223,7 +223,7 @@ def test_every_error_message_has_its_kind():
     for text, kinds in cases.items():
         errors = caption_errors(text, scene)
         assert errors and {error_kind(e) for e in errors} == kinds, (text, errors)
-    from trimdm.eval.judges.image import judge_caption
+    from trimdm.data.tinyworld.judges.image import judge_caption
 
     assert [error_kind(e) for e in judge_caption("a red circle", None)] == ["unreadable"]  # no scene read
 

@@ -19,6 +19,7 @@ import numpy as np
 from trimdm.config import DataConfig
 from trimdm.data import kjv
 from trimdm.data.shards import Shard, finish_stage, new_stage_dir, verify_stage, write_shard
+from trimdm.data.tinyworld.dataset import prepare_tinyworld
 from trimdm.sequence.layout import PackedText
 from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
@@ -52,14 +53,12 @@ class TextData:
         return self.manifest["unigram"]["val_cross_entropy_bits"]
 
 
-def prepare(cfg: DataConfig, log=print, judges: bool = True):
-    """The prepared data set a run needs (built on first use, then read from its cache). `judges=False`
-    leaves out what only evaluation reads (tinyworld's judges): training passes it, so that a fresh
-    `trimdm train` starts minutes sooner and `trimdm eval` builds the judges."""
+def prepare(cfg: DataConfig, log=print, evaluation: bool = True):
+    """The prepared data set a run needs (built on first use, then read from its cache). With
+    `evaluation=False` what only evaluation reads (tinyworld's judges) is left out: training passes it,
+    so that a fresh `trimdm train` starts minutes sooner and `trimdm eval` builds the rest."""
     if cfg.dataset == "tinyworld":
-        from trimdm.data.tinyworld.dataset import prepare_tinyworld
-
-        return prepare_tinyworld(cfg, log=log, strict=cfg.strict, judges=judges)
+        return prepare_tinyworld(cfg, log=log, strict=cfg.strict, judges=evaluation)
     return prepare_text(cfg, log=log)
 
 

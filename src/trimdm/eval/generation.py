@@ -1,7 +1,7 @@
 """Generation quality on held-out tinyworld data (SPEC §9), scored by the data set's offline judges.
 
 - T2I: draw an image for each held-out caption; correct when the image judge reads a scene for which
-  every attribute the caption names is right (eval/judges/image.py:judge_caption). Reported for
+  every attribute the caption names is right (data/tinyworld/judges/image.py:judge_caption). Reported for
   single-object captions of seen colour–shape pairs, single-object captions of held-out pairs (never
   seen together in training) and two-object captions.
 - I2T: caption each held-out image; correct when the caption's attributes are right for the true scene.
@@ -18,11 +18,11 @@ Chance levels come from the same judges and data, with the pairing broken: a hel
 scored against a caption of another scene of the same group (T2I), a real caption of another scene
 (I2T), a real utterance read against another transcript (T2S), another transcript (S2T). They are what
 a model that ignores its condition but draws perfect media or text would get, averaged exactly over
-every pairing that gives no item its own reference (`chance_level`), so no random pairing moves them.
+every pairing that gives no item its own reference (eval/stats.py:`chance_level`), so no random pairing moves them.
 
 The pairing test asks the other question, whether the outputs depend on their inputs at all: every
 output is scored against every item's reference, and the metric of the true pairing is compared with
-the metric of random pairings (`pairing_test`: `shuffled` is its mean over pairings of each output with
+the metric of random pairings (eval/stats.py:`pairing_test`: `shuffled` is its mean over pairings of each output with
 another item's reference, `shuffled_p` the one-sided Monte-Carlo permutation p-value). It controls for
 the model's own output style (a transcript of frequent words, a favourite colour), which the chance
 levels above, built from real data, do not.
@@ -38,11 +38,12 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from trimdm.data.tinyworld.judges.image import judge_caption
+from trimdm.data.tinyworld.judges.speech import cer, edits, pairwise_edits
 from trimdm.data.tinyworld.scenes import (ERROR_KINDS, HELDOUT_PAIRS, error_kind, is_caption, parse_caption,
                                           read_image_folder)
 from trimdm.data.tinyworld.speech import read_speech_folder
-from trimdm.eval.judges.image import judge_caption
-from trimdm.eval.judges.speech import cer, cer_and_se, pairwise_edits
+from trimdm.eval.stats import chance_level, mean_se, pairing_test, ratio_se
 from trimdm.sample.tasks import Tasks
 from trimdm.tokenizers.image import save_image_grid
 
@@ -108,57 +109,6 @@ def error_counts(errors: list[list[str]]) -> dict[str, int]:
     return counts
 
 
-def _se(values) -> float:
-    """Standard error of a mean over items (nan for fewer than two)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-
-
-def chance_level(score_NN: np.ndarray, lengths=None) -> tuple[float, float]:
-    """A chance level and its standard error from score_NN[i, j], output i scored against reference j
-    (0/1 or a partial credit; or edit counts, with `lengths` the references' lengths, for a CER).
-
-    The level is the metric's mean over the pairings π that give no output its own reference: each
-    off-diagonal entry is equally likely under a uniform derangement, so for an accuracy it is the mean
-    of the off-diagonal scores, for a CER their sum over (n − 1) times the total reference length (a
-    derangement permutes the references, so the denominator is the same under every one). The SE treats
-    the n items as a sample: the level is a ratio of two U-statistics, A the off-diagonal mean and B the
-    mean length, whose first-order (Hoeffding) terms are a_k = row_k + col_k − 2A, the off-diagonal means
-    of item k's row and column, and b_k = c_k − B; SE = sd(a_k − level·b_k) / (B √n). (nan, nan) for
-    fewer than two items, which cannot be paired."""
-    s = np.asarray(score_NN, dtype=np.float64)
-    n = len(s)
-    if n < 2:
-        return float("nan"), float("nan")
-    c = np.ones(n) if lengths is None else np.asarray(lengths, dtype=np.float64)
-    off = s.sum() - np.trace(s)
-    a_mean, b_mean = off / (n * (n - 1)), c.mean()
-    level = a_mean / b_mean
-    row = (s.sum(axis=1) - np.diag(s)) / (n - 1)
-    col = (s.sum(axis=0) - np.diag(s)) / (n - 1)
-    influence = (row + col - 2 * a_mean) - level * (c - b_mean)
-    return float(level), float(influence.std(ddof=1) / (b_mean * np.sqrt(n)))
-
-
-def pairing_test(score_NN: np.ndarray, denom: float, higher_is_better: bool, seed: int,
-                 rounds: int = 999) -> dict:
-    """Permutation test of a conditional task. score_NN[i, j] scores output i against reference j so
-    that a pairing π has the metric sum_i score_NN[i, π(i)] / denom (an accuracy: 0/1 scores and
-    denom n; a CER: edit counts and the total reference length, which no pairing changes). Returns
-    `shuffled`, the metric's mean over pairings that give no output its own reference, and
-    `shuffled_p`, (1 + b) / (1 + rounds) with b the random pairings at least as good as the true one
-    (Phipson & Smyth 2010: an exact test's p-value, never 0). nan for fewer than two items."""
-    n = len(score_NN)
-    if n < 2:
-        return {"shuffled": float("nan"), "shuffled_p": float("nan")}
-    observed = float(np.trace(score_NN)) / denom
-    shuffled = float(score_NN.sum() - np.trace(score_NN)) / (n - 1) / denom
-    perms = np.argsort(np.random.default_rng(seed).random((rounds, n)), axis=1)
-    stats = score_NN[np.arange(n), perms].sum(axis=1) / denom
-    as_good = stats >= observed - 1e-12 if higher_is_better else stats <= observed + 1e-12
-    return {"shuffled": shuffled, "shuffled_p": float((1 + as_good.sum()) / (1 + rounds))}
-
-
 def _caption_scores(captions: list[str], scenes: list, outputs: str) -> tuple[np.ndarray, np.ndarray]:
     """(all right, attribute match) of every caption–scene pair as (n, n) arrays indexed [output,
     reference]; the outputs are the `captions` (I2T: caption i against scene j) or the `scenes` (T2I: the
@@ -193,7 +143,8 @@ def _cer_scores(hyps: list[str], refs: list[str], edits_NN: np.ndarray, chance_N
     """CER of `hyps` against `refs` with its SE, the chance level from `chance_NN` (the real-data outputs
     against every reference) and the pairing test of the outputs (`edits_NN`, every output against every
     reference)."""
-    err, err_se = cer_and_se(hyps, refs)
+    e, c = edits(hyps, refs)
+    err, err_se = float(e.sum() / c.sum()), ratio_se(e, c)
     chance, chance_se = chance_level(chance_NN, lengths)
     return {"cer": err, "n": len(refs), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
             **pairing_test(edits_NN, float(lengths.sum()), False, seed)}
@@ -223,14 +174,31 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     out_dir = Path(run_dir) / "samples" / "eval"
     raw = Path(data_dir) / "raw"
     items, _ = read_image_folder(raw / "images_val")
-    image_judge, speech_judge = judges["image"], judges["speech"]
     c = tasks.cfg
     result: dict = {"settings": {**{m: vars(c[m]).copy() for m in ("text", "image", "audio")},
                                  "best of R": {"rerank": c.rerank, "rerank_draws": c.rerank_draws,
                                                "refine": c.refine, "refine_top": c.refine_top,
                                                "refine_tasks": ",".join(c.refine_tasks)}}}
+    result["t2i"], result["fid_image"] = _t2i(tasks, items, judges["image"], out_dir, prompts, seed)
+    shown = ", ".join(f"{g} {v['accuracy']:.0%} (chance {v['chance']:.0%})" for g, v in result["t2i"]["groups"].items())
+    log(f"eval: T2I {shown} ({time.time() - t0:.0f}s)")
+    result["i2t"] = _i2t(tasks, items, out_dir, prompts, seed)
+    log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {result['i2t']['chance']:.0%}) ({time.time() - t0:.0f}s)")
+    speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
+    speech = speech[:utterances]
+    waves, texts = [w for w, _ in speech], [t for _, t in speech]
+    result["t2s"], result["fad_audio"] = _t2s(tasks, waves, texts, judges["speech"], out_dir, seed)
+    log(f"eval: T2S CER {result['t2s']['cer']:.1%} (chance {result['t2s']['chance']:.1%}, judge on real "
+        f"speech {result['t2s']['judge_cer_on_real_speech']:.1%}) ({time.time() - t0:.0f}s)")
+    result["s2t"] = _s2t(tasks, waves, texts, out_dir, seed)
+    log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
+        f"({time.time() - t0:.0f}s)")
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
 
-    # -- T2I: an equal share of prompts per group, in split order -------------------------------------
+
+def _t2i(tasks: Tasks, items: list, image_judge, out_dir: Path, prompts: int, seed: int) -> tuple[dict, float]:
+    """T2I on an equal share of held-out captions per group, in split order; (results, Fréchet distance)."""
     per_group = max(1, prompts // 3)
     chosen: dict[str, list[int]] = {"seen_single": [], "heldout_single": [], "two_object": []}
     for i, (_, _, scene) in enumerate(items):
@@ -259,7 +227,7 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
         groups[name] = {"accuracy": float(np.mean(ok)), "n": n, "chance": chance,
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": partial_chance,
-                        "attribute_match_se": _se(partial), "attribute_match_chance_se": partial_chance_se,
+                        "attribute_match_se": mean_se(partial), "attribute_match_chance_se": partial_chance_se,
                         **_caption_tests(*scores, seed),
                         "errors": error_counts(errors[k:k + n])}
         k += n
@@ -272,14 +240,14 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     starts = np.cumsum([0] + [len(g) for g in chosen.values()])[:-1]  # `order` lists the groups in turn
     show = [int(a) + j for a, g in zip(starts, chosen.values()) for j in range(min(8, len(g)))]
     save_image_grid(np.stack([images[j] for j in show]), out_dir / "t2i" / "grid.png", cols=8)
-    result["t2i"] = {"groups": groups, "grid": "samples/eval/t2i/grid.png",
-                     "grid_prompts": [captions[j] for j in show], "samples": samples}
-    result["fid_image"] = frechet(_images_tensor([it[0] for it in items[:max(len(order), 64)]]),
-                                  _images_tensor(images), image_judge.cfg.feature_dim, image_judge)
-    shown = ", ".join(f"{g} {v['accuracy']:.0%} (chance {v['chance']:.0%})" for g, v in groups.items())
-    log(f"eval: T2I {shown} ({time.time() - t0:.0f}s)")
+    fid = frechet(_images_tensor([it[0] for it in items[:max(len(order), 64)]]), _images_tensor(images),
+                  image_judge.cfg.feature_dim, image_judge)
+    return {"groups": groups, "grid": "samples/eval/t2i/grid.png", "grid_prompts": [captions[j] for j in show],
+            "samples": samples}, fid
 
-    # -- I2T ----------------------------------------------------------------------------------------
+
+def _i2t(tasks: Tasks, items: list, out_dir: Path, prompts: int, seed: int) -> dict:
+    """I2T on the first `prompts` held-out images, and on their single-object (and held-out) subsets."""
     idx = list(range(min(prompts, len(items))))
     real_images = np.stack([items[i][0] for i in idx])
     scenes = [items[i][2] for i in idx]
@@ -301,61 +269,56 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     scores = _caption_scores(made, scenes, "captions")  # every caption against every scene: the pairing test
     partial = np.diag(scores[1])
     partial_chance, partial_chance_se = chance_level(real_partial)
-    result["i2t"] = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": chance,
-                     "attribute_match": float(np.mean(partial)),
-                     "attribute_match_chance": partial_chance,
-                     "attribute_match_se": _se(partial), "attribute_match_chance_se": partial_chance_se,
-                     **_caption_tests(*scores, seed + 1),
-                     "errors": error_counts(errors), "samples": i2t_samples,
-                     "items": [{"caption": m, "reference": r, "correct": o, "group": g}
-                               for m, r, o, g in zip(made, refs, ok, groups)]}
-    # the single-object images alone (the issue's I2T target), and those of a held-out colour-shape pair;
-    # chance pairs each subset's references among themselves
+    result = {"accuracy": float(np.mean(ok)), "n": len(idx), "chance": chance,
+              "attribute_match": float(np.mean(partial)),
+              "attribute_match_chance": partial_chance,
+              "attribute_match_se": mean_se(partial), "attribute_match_chance_se": partial_chance_se,
+              **_caption_tests(*scores, seed + 1),
+              "errors": error_counts(errors), "samples": i2t_samples,
+              "items": [{"caption": m, "reference": r, "correct": o, "group": g}
+                        for m, r, o, g in zip(made, refs, ok, groups)]}
+    # the single-object images alone, and those of a held-out colour-shape pair; chance pairs each
+    # subset's references among themselves
     heldout = [j for j in single if groups[j] == "heldout_single"]
     for key, sub, salt in (("single", single, 3), ("single_heldout", heldout, 4)):
         if sub:
-            result["i2t"][key] = {
-                "accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
-                "chance": chance_level(real_ok[np.ix_(sub, sub)])[0],
-                **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed + salt)}
-    log(f"eval: I2T {result['i2t']['accuracy']:.0%} (chance {chance:.0%}) ({time.time() - t0:.0f}s)")
+            result[key] = {"accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
+                           "chance": chance_level(real_ok[np.ix_(sub, sub)])[0],
+                           **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed + salt)}
+    return result
 
-    # -- T2S and S2T on held-out utterances ------------------------------------------------------------
-    speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
-    speech = speech[:utterances]
-    waves, texts = [w for w, _ in speech], [t for _, t in speech]
+
+def _t2s(tasks: Tasks, waves: list, texts: list[str], speech_judge, out_dir: Path, seed: int) -> tuple[dict, float]:
+    """T2S of held-out transcripts, heard by the speech judge; (results, Fréchet distance of speech)."""
     rate = tasks.media["audio"].cfg.sample_rate
     spoken, _ = tasks.t2s(texts, seed)
     heard = speech_judge.transcribe(spoken)
     heard_real = speech_judge.transcribe(waves)
     (out_dir / "t2s").mkdir(parents=True, exist_ok=True)
-    t2s_samples = []
+    samples = []
     for j in range(min(8, len(texts))):
         name = f"t2s/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
-        t2s_samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
+        samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
     # chance: real speech, heard by the judge, against other transcripts
-    result["t2s"] = {**cer_results(heard, texts, heard_real, seed + 2),
-                     "judge_cer_on_real_speech": cer(heard_real, texts), "samples": t2s_samples,
-                     "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
+    result = {**cer_results(heard, texts, heard_real, seed + 2),
+              "judge_cer_on_real_speech": cer(heard_real, texts), "samples": samples,
+              "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
     feats_fake = speech_judge.features([w if len(w) else np.zeros(rate // 10, np.float32) for w in spoken])
-    result["fad_audio"] = frechet(feats_real, feats_fake, feats_real.shape[1])
-    log(f"eval: T2S CER {result['t2s']['cer']:.1%} (chance {result['t2s']['chance']:.1%}, judge on real "
-        f"speech {result['t2s']['judge_cer_on_real_speech']:.1%}) ({time.time() - t0:.0f}s)")
+    return result, frechet(feats_real, feats_fake, feats_real.shape[1])
 
+
+def _s2t(tasks: Tasks, waves: list, texts: list[str], out_dir: Path, seed: int) -> dict:
+    """S2T of held-out utterances: CER against their transcripts."""
+    rate = tasks.media["audio"].cfg.sample_rate
     transcripts = tasks.s2t(waves, seed)
     (out_dir / "s2t").mkdir(parents=True, exist_ok=True)
-    s2t_samples = []
+    samples = []
     for j in range(min(8, len(texts))):
         name = f"s2t/{j:03d}.wav"
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
-        s2t_samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
+        samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
     # chance: another item's transcript as the output
-    result["s2t"] = {**cer_results(transcripts, texts, texts, seed + 3),
-                     "samples": s2t_samples,
-                     "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}
-    log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
-        f"({time.time() - t0:.0f}s)")
-    result["seconds"] = round(time.time() - t0, 1)
-    return result
+    return {**cer_results(transcripts, texts, texts, seed + 3), "samples": samples,
+            "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}

@@ -1,32 +1,10 @@
 """Multiple-choice evaluation by Monte-Carlo conditional likelihood (SPEC §9; LLaDA, Nie et al. 2025).
 
-Owns: the estimator of log p(answer | context) for an MDM, the JSONL question format and its reader,
-the row layouts of a question's candidates, `run_multiple_choice` (accuracy of a run on a file), and
-`write_tinyworld_mc` (a small question file from tinyworld's held-out split). Does not own the network,
-the vocabulary (JointVocab), the row layouts themselves (sequence/layout.py) or the CLI.
-
-Estimator. For a context c and an answer a of ℓ tokens, LLaDA's Eq. (6) bounds the likelihood:
-
-    log p(a | c) ≥ E_{l ~ U{1..ℓ}} E_{M ⊂ answer, |M|=l, uniform} [(ℓ/l) Σ_{i∈M} log p_θ(a_i | c, a_∖M)]
-
-(the MDM ELBO of the answer with the context clean, written with the number of masked tokens in place
-of the continuous time). One sample draws l, masks l answer positions chosen uniformly without
-replacement by their own modality's MASK token, and scores the masked ones; the mean of n samples is
-an unbiased estimate of the bound. The n levels are stratified (one per slice of [0, 1), so the
-mask ratios are covered evenly), and the standard error is read from neighbouring strata
-(`stratified_stderr`).
-
-Common random numbers: the options of one question share their draws. Sample s has one uniform
-u_s ∈ [0, 1) and one vector v_s of uniforms, and an option of ℓ tokens maps them to
-l = ⌊u_s·ℓ⌋ + 1 (uniform on 1..ℓ) and M = the l answer positions with the smallest uniforms, where the
-answer's last position (the EOS every option ends with) takes v_s[0] and its i-th position (i < ℓ−1)
-takes v_s[i+1] (a uniform random l-subset). Each option alone thus gets exactly the distribution
-above; options of equal length get identical masks, and options of different lengths still share l/ℓ,
-their common prefix and their EOS, so the noise of the masking largely cancels in their difference,
-the quantity that decides the ranking. Measured (docs/multiple_choice.md): giving the EOS its own
-shared uniform rather than aligning all positions from the start cut the variance of differences
-between unequal-length options by about a third on KJV text; with disjoint option tokens at the same
-positions shared draws can also help little or not at all.
+Owns: the JSONL question format and its reader, the row layouts of a question's candidates, and
+`run_multiple_choice` (accuracy of a run on a file). The estimator of log p(answer | context), with its
+shared draws and standard error, is diffusion/likelihood.py's; the tinyworld question writer is
+data/tinyworld/questions.py's. Does not own the network, the vocabulary (JointVocab) or the row layouts
+themselves (sequence/layout.py).
 
 Layouts of a candidate (the answer span is the option's tokens plus the EOS_text that follows, so an
 option is scored as a complete text: without EOS an option that is a prefix of another would win
@@ -43,131 +21,20 @@ score is reported beside it.
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trimdm.sequence.layout import RowTables, paired_row
+from trimdm.data.media import read_audio, read_image
+from trimdm.diffusion.likelihood import draw_uniforms, mc_answer_loglik
+from trimdm.eval.stats import binomial_se, stratified_stderr
+from trimdm.sequence.layout import paired_row
 from trimdm.tokenizers.vocab import JointVocab
 
 MEDIA_KEYS = ("image", "audio")
-
-
-# -- the estimator -------------------------------------------------------------------------------------
-def draw_uniforms(n_samples: int, max_answer: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The shared draws of one question: level_u_N (which l) and order_u_NA (which positions).
-
-    The levels are stratified: sample n falls in its own slice [k/N, (k+1)/N) of [0, 1), the slices in
-    random order. Each sample alone is still uniform, so the mean stays unbiased, but the N samples
-    cover the mask ratios evenly instead of by chance; the ratio is most of the estimate's variance."""
-    if n_samples < 1 or max_answer < 1:
-        raise ValueError(f"need n_samples >= 1 and max_answer >= 1, got {n_samples}, {max_answer}")
-    level_u_N = (rng.permutation(n_samples) + rng.random(n_samples)) / n_samples
-    return level_u_N, rng.random((n_samples, max_answer))
-
-
-def stratified_stderr(est_N: np.ndarray, level_u_N: np.ndarray) -> float:
-    """Standard error of the mean of per-sample estimates drawn on stratified levels (`draw_uniforms`).
-
-    With one sample per stratum the within-stratum variance is read from neighbours: the samples are
-    sorted by level and paired, and Var(mean) ≈ Σ_pairs (y_a − y_b)² / (2·pairs·N). A difference also
-    holds the two strata's difference in mean, so the estimate errs high, a little (neighbouring strata
-    mostly map to the same l). std/√N, the i.i.d. formula, would ignore the stratification's gain."""
-    n = len(est_N)
-    if n < 2:
-        return math.nan
-    y = np.asarray(est_N, np.float64)[np.argsort(level_u_N, kind="stable")]
-    d = y[1:2 * (n // 2):2] - y[0:2 * (n // 2):2]
-    return math.sqrt(float((d ** 2).sum()) / (2 * (n // 2) * n))
-
-
-def answer_masks(level_u_N: np.ndarray, order_u_NA: np.ndarray, n_answer: int) -> tuple[np.ndarray, np.ndarray]:
-    """Map shared uniforms to one answer of n_answer positions: (masked_NA bool (N, n_answer), l_N).
-
-    l = ⌊u·ℓ⌋ + 1 is uniform on 1..ℓ; the l positions with the smallest order uniforms are a uniform
-    random l-subset, independent of l. The last position (the answer's EOS) takes column 0 and
-    position i < ℓ−1 column i+1, so that options of different lengths share the uniform of their EOS."""
-    if order_u_NA.shape[1] < n_answer:
-        raise ValueError(f"order uniforms cover {order_u_NA.shape[1]} positions, the answer has {n_answer}")
-    l_N = np.minimum(np.floor(level_u_N * n_answer).astype(np.int64) + 1, n_answer)
-    columns = np.r_[1:n_answer, 0]
-    ranks_NA = np.argsort(np.argsort(order_u_NA[:, columns], axis=1, kind="stable"), axis=1, kind="stable")
-    return ranks_NA < l_N[:, None], l_N
-
-
-@torch.no_grad()
-def masked_logits(model, tables: RowTables, clean_RL: torch.Tensor, noisy_RL: torch.Tensor, batch_size: int,
-                  device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
-    """The model's logits at the positions where `noisy_RL` differs from `clean_RL` (masked), in batches:
-    yields (start row, clean rows cut to the batch's width, heads, logits per head), the heads being
-    `RowTables.output_heads` (the output slices the loss trains: audio per residual level), so what is
-    read is the model's own estimate."""
-    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
-                else nullcontext())
-    for start in range(0, len(clean_RL), batch_size):
-        c, x = clean_RL[start:start + batch_size], noisy_RL[start:start + batch_size]
-        pad = tables.pad(c)
-        width = int((~pad).any(0).nonzero().max()) + 1  # drop the trailing columns that are padding in every row
-        c, x, pad = c[:, :width], x[:, :width], pad[:, :width]
-        heads = tables.output_heads(x, x != c)
-        with autocast:
-            logits = model(x.to(device), pad.to(device), heads=[(sel.to(device), lo, hi, eos)
-                                                               for sel, lo, hi, eos, _ in heads])
-        yield start, c, heads, logits
-
-
-def mc_answer_loglik(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL: torch.Tensor,
-                     level_u_N: np.ndarray, order_u_NA: np.ndarray, batch_size: int = 128,
-                     device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-sample estimates (K, N) float64 of log p(answer_k | rest of row k) for K candidate rows.
-
-    rows_KL: clean ids (right-padded with PAD_text); answer_KL: bool, the answer positions of each row
-    (maskable positions: content or EOS). Sample n of every row uses the shared uniforms
-    (level_u_N[n], order_u_NA[n]) through `answer_masks`, over the answer positions in row order.
-    The mean over N estimates LLaDA's bound; see the module docstring."""
-    tables = RowTables.from_vocab(vocab)
-    rows_KL, answer_KL = rows_KL.cpu(), answer_KL.cpu().bool()
-    if rows_KL.shape != answer_KL.shape or rows_KL.ndim != 2:
-        raise ValueError(f"rows {tuple(rows_KL.shape)} and answer masks {tuple(answer_KL.shape)} must be equal 2-D")
-    if bool((answer_KL & ~tables.maskable(rows_KL)).any()):
-        raise ValueError("answer positions must be maskable (content tokens or EOS), never TASK/BOS/PAD")
-    level_u_N, order_u_NA = np.asarray(level_u_N, np.float64), np.asarray(order_u_NA, np.float64)
-    if level_u_N.ndim != 1 or order_u_NA.shape[0] != len(level_u_N):
-        raise ValueError(f"uniforms must be (N,) and (N, A), got {level_u_N.shape} and {order_u_NA.shape}")
-    if level_u_N.size and (level_u_N.min() < 0 or level_u_N.max() >= 1):
-        raise ValueError("level uniforms must lie in [0, 1)")
-    K, L = rows_KL.shape
-    N = len(level_u_N)
-    mask_ids = tables.mask_id_M[tables.modality(rows_KL)]  # the MASK token of each position's modality
-    noisy, clean, weight = [], [], []
-    for k in range(K):
-        pos = answer_KL[k].nonzero().squeeze(1)
-        if len(pos) == 0:
-            raise ValueError(f"candidate {k} has no answer positions")
-        masked_NA, l_N = answer_masks(level_u_N, order_u_NA, len(pos))
-        masked_NL = torch.zeros(N, L, dtype=torch.bool)
-        masked_NL[:, pos] = torch.from_numpy(masked_NA)
-        noisy.append(torch.where(masked_NL, mask_ids[k], rows_KL[k]))
-        clean.append(rows_KL[k].expand(N, L))
-        weight.append(torch.from_numpy(len(pos) / l_N))
-    noisy_RL, clean_RL, weight_R = torch.cat(noisy), torch.cat(clean), torch.cat(weight)
-    scores_R = torch.zeros(K * N, dtype=torch.float64)
-    for start, c, heads, logits in masked_logits(model, tables, clean_RL, noisy_RL, batch_size, device,
-                                                 autocast_dtype):
-        for (sel, lo, hi, eos, _), lg in zip(heads, logits):
-            logp = lg.to(torch.promote_types(lg.dtype, torch.float32)).log_softmax(-1).cpu()
-            clean = c[sel]
-            target = torch.where(clean == eos, hi - lo, clean - lo)
-            picked = logp.gather(1, target[:, None]).squeeze(1).double()
-            scores_R.index_add_(0, start + sel.nonzero()[:, 0], picked)
-    return (scores_R * weight_R).view(K, N)
 
 
 # -- the question file ---------------------------------------------------------------------------------
@@ -184,32 +51,11 @@ class Question:
     media_path: str | None = None  # as written in the file
 
 
-def _load_image(path: Path, where: str) -> np.ndarray:
-    from PIL import Image
-
+def _load_media(kind: str, file: Path, where: str, sample_rate: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im.load()  # decode fully: a truncated file fails here
-            return np.array(im.convert("RGB"), dtype=np.uint8)  # writable, for torch
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{where}: unreadable image {path} ({type(e).__name__}: {e})") from None
-
-
-def _load_wave(path: Path, where: str, sample_rate: int) -> np.ndarray:
-    import soundfile as sf
-
-    from trimdm.data.tinyworld.speech import resample
-
-    try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as e:
-        raise ValueError(f"{where}: unreadable audio {path} ({e})") from None
-    if len(data) == 0:
-        raise ValueError(f"{where}: audio {path} has no frames")
-    wave = data.mean(axis=1)
-    if file_sr != sample_rate:
-        wave = resample(wave, file_sr, sample_rate)
-    return wave.astype(np.float32, copy=False)
+        return read_image(file) if kind == "image" else read_audio(file, sample_rate)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def read_questions(path: str | Path, sample_rate: int = 16_000) -> list[Question]:
@@ -256,7 +102,7 @@ def read_questions(path: str | Path, sample_rate: int = 16_000) -> list[Question
             if not file.is_file():
                 raise ValueError(f"{where}: {q.kind} file {file} not found")
             q.media_path = rel
-            q.media = _load_image(file, where) if q.kind == "image" else _load_wave(file, where, sample_rate)
+            q.media = _load_media(q.kind, file, where, sample_rate)
         out.append(q)
     if not out:
         raise ValueError(f"{path}: no questions")
@@ -360,113 +206,8 @@ def run_multiple_choice(loaded, path: str | Path, n_samples: int = 64, seed: int
                              "chance": float(np.mean([1 / len(p["loglik"]) for p in sub]))}
     acc = _accuracy(per, "correct")
     return {"file": str(path), "questions": len(per), "accuracy": acc,
-            "accuracy_stderr": math.sqrt(acc * (1 - acc) / len(per)),
+            "accuracy_stderr": binomial_se(acc, len(per)),
             "accuracy_per_token": _accuracy(per, "correct_per_token"),
             "chance": float(np.mean([1 / len(q.options) for q in questions])), "n_samples": n_samples,
             "seed": seed, "by_kind": by_kind, "mean_stderr": float(np.nanmean([s for p in per for s in p["stderr"]])),
             "seconds": round(time.time() - t0, 2), "per_question": per}
-
-
-# -- a question file from tinyworld --------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ValueError(f"{path} not found: is the data directory a prepared tinyworld set (its raw/ stage)?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _swap_word(caption: str, words, rng: np.random.Generator) -> str | None:
-    """Replace one occurrence of one of `words` in caption by another of them (None if none occurs)."""
-    alternation = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    hits = list(re.finditer(rf"\b(?:{alternation})\b", caption))
-    if not hits:
-        return None
-    hit = hits[int(rng.integers(len(hits)))]
-    others = [w for w in words if w != hit.group(0)]
-    return caption[:hit.start()] + others[int(rng.integers(len(others)))] + caption[hit.end():]
-
-
-def _world(data_dir: Path) -> dict[str, tuple[str, ...]]:
-    """The colours and sizes a prepared tinyworld set draws from: its spec.json names them when they are
-    a smaller world's (data.tinyworld.colors / .sizes), else the whole scene vocabulary."""
-    from trimdm.data.tinyworld import scenes as sc
-
-    spec_path = Path(data_dir) / "spec.json"
-    try:
-        tw = json.loads(spec_path.read_text()).get("tinyworld", {}) if spec_path.exists() else {}
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{spec_path}: not a prepared data set's spec ({e})") from None
-    return {"colors": tuple(tw.get("colors", sc.COLORS)), "sizes": tuple(tw.get("sizes", sc.SIZES))}
-
-
-def _caption_distractors(record: dict, n: int, rng: np.random.Generator, world: dict | None = None) -> list[str]:
-    """n false captions, each the true one with one attribute changed (colour, shape, size or location)
-    to another value of the data set's world, cycling through the attributes in a random order; each is
-    checked false against the scene."""
-    from trimdm.data.tinyworld import scenes as sc
-
-    scene = sc.Scene.from_json(record["scene"])
-    truth = record["caption"]
-    world = world or {"colors": tuple(sc.COLORS), "sizes": sc.SIZES}
-    attributes = [a for a in (world["colors"], sc.SHAPES, world["sizes"], tuple(sc.LOCATIONS.values()))
-                  if len(a) > 1]
-    order = rng.permutation(len(attributes))
-    out: list[str] = []
-    for attempt in range(50 * n):
-        if len(out) == n:
-            break
-        words = attributes[order[attempt % len(attributes)]]
-        cand = _swap_word(truth, words, rng)
-        if cand is not None and cand != truth and cand not in out and sc.caption_errors(cand, scene):
-            out.append(cand)
-    if len(out) < n:
-        raise ValueError(f"could not make {n} distinct false captions for {truth!r}")
-    return out
-
-
-def write_tinyworld_mc(data_dir: str | Path, out_path: str | Path, n_image: int | None = None,
-                       n_audio: int | None = None, n_options: int = 4, seed: int = 0) -> Path:
-    """Write a multiple-choice JSONL file from a prepared tinyworld set's held-out val split.
-
-    data_dir: the prepared directory (`tinyworld-<hash>`, holding raw/images_val and raw/speech_val).
-    Image questions: the scene's caption and n_options − 1 captions that differ from it in one attribute
-    (colour, shape, size or location word, among those of the set's world), each checked false for the
-    scene. Audio questions: the
-    utterance's transcript and n_options − 1 other distinct transcripts of the split, drawn at random.
-    n_image / n_audio: how many of each (None: all of the split), a seeded random subset otherwise; the
-    correct option's position is drawn too. Context is empty: the media are the context. Paths in the
-    file are relative to out_path's folder. Deterministic from `seed`. Returns out_path."""
-    if n_options < 2:
-        raise ValueError(f"n_options must be >= 2, got {n_options}")
-    raw = Path(data_dir) / "raw"
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    world = _world(Path(data_dir))
-    lines = []
-    for kind, folder, index, text_key, want in (("image", "images_val", "captions.jsonl", "caption", n_image),
-                                                ("audio", "speech_val", "transcripts.jsonl", "text", n_audio)):
-        records = _read_jsonl(raw / folder / index)
-        want = len(records) if want is None else want
-        if not 0 <= want <= len(records):
-            raise ValueError(f"asked for {want} {kind} questions but {raw / folder} holds {len(records)} items")
-        chosen = np.sort(rng.choice(len(records), size=want, replace=False)) if want < len(records) else range(want)
-        texts = sorted({r[text_key] for r in records})
-        for i in chosen:
-            rec = records[int(i)]
-            truth = rec[text_key]
-            if kind == "image":
-                if "scene" not in rec:
-                    raise ValueError(f"{raw / folder / index}: item {i} has no scene, so no checked distractors")
-                wrong = _caption_distractors(rec, n_options - 1, rng, world)
-            else:
-                pool = [t for t in texts if t != truth]
-                if len(pool) < n_options - 1:
-                    raise ValueError(f"{raw / folder}: only {len(pool) + 1} distinct transcripts, "
-                                     f"too few for {n_options} options")
-                wrong = [pool[j] for j in rng.choice(len(pool), size=n_options - 1, replace=False)]
-            answer = int(rng.integers(n_options))
-            options = wrong[:answer] + [truth] + wrong[answer:]
-            media = os.path.relpath((raw / folder / rec["file"]).resolve(), out_path.parent.resolve())
-            lines.append(json.dumps({"context": "", "options": options, "answer": answer, kind: media}))
-    out_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out_path

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from trimdm.data.tinyworld.scenes import read_image_folder
+from trimdm.data.tinyworld.speech import read_speech_folder
+from trimdm.tokenizers.audio import reconstruction_metrics as audio_metrics
+from trimdm.tokenizers.image import reconstruction_metrics as image_metrics
+from trimdm.tokenizers.image import save_grid
+
 
 def write_reconstructions(run_dir: Path, data, n_images: int = 16, n_utterances: int = 4) -> dict:
-    from trimdm.data.tinyworld.scenes import read_image_folder
-    from trimdm.data.tinyworld.speech import read_speech_folder
-    from trimdm.tokenizers.audio import reconstruction_metrics as audio_metrics
-    from trimdm.tokenizers.image import reconstruction_metrics as image_metrics
-    from trimdm.tokenizers.image import save_grid
-
     out = Path(run_dir) / "samples" / "reconstructions"
     out.mkdir(parents=True, exist_ok=True)
     raw = Path(data.directory) / "raw"

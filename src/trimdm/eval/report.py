@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trimdm.eval.stats import difference_se, vs_chance
 from trimdm.train.metrics import read_metrics
 
 MAX_IMAGES = 16  # sample images embedded per section
@@ -134,49 +135,6 @@ def fmt(x) -> str:
     if isinstance(x, str):
         return x
     return json.dumps(x)
-
-
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P[X ≥ k] for X ~ Binomial(n, p), summed in log space (exact, no overflow for large n)."""
-    if k <= 0:
-        return 1.0
-    if k > n or p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
-            + (n - i) * math.log1p(-p) for i in range(k, n + 1)]
-    top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
-
-
-def vs_chance(value, chance, n=None, higher_is_better: bool = True, se=None) -> str:
-    """Whether a result beats chance, in words, with a one-sided test at p < 0.05. With `se` (the
-    standard error of value − chance, both estimated over items: CER, attribute match) a z-test; else,
-    for an accuracy over n independent trials, the exact binomial test against chance (H0: accuracy =
-    chance). Without either, a bare comparison, marked as untested."""
-    if not isinstance(value, (int, float)) or not isinstance(chance, (int, float)) or math.isnan(chance):
-        return "—"  # nan: a single item has no other to pair with
-    if not (value > chance if higher_is_better else value < chance):
-        return "no"
-    if isinstance(se, (int, float)) and math.isfinite(se) and se > 0:
-        z = abs(value - chance) / se
-        p = 0.5 * math.erfc(z / math.sqrt(2))
-        side = "above" if higher_is_better else "below"
-        return f"yes (z={z:.1f}, p={p:.2g})" if p < 0.05 else f"{side} chance, not significant (z={z:.1f}, p={p:.2g})"
-    if higher_is_better and isinstance(n, int) and n > 0:
-        p = binomial_tail(round(value * n), n, chance)
-        return f"yes (p={p:.2g})" if p < 0.05 else f"above chance, not significant (p={p:.2g})"
-    return "yes (untested)"
-
-
-def difference_se(r: dict, metric: str) -> float | None:
-    """SE of a result minus its chance level from the two SEs eval records beside them (`cer_se` and
-    `chance_se`, or `attribute_match_se` and `attribute_match_chance_se`); None when absent."""
-    a, b = r.get(f"{metric}_se"), r.get("chance_se" if metric == "cer" else f"{metric}_chance_se")
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-        return None
-    return math.sqrt(a * a + b * b)
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -445,7 +403,7 @@ def _likelihood(ev: dict) -> list:
 
 
 def pairing(r: dict, metric: str, percent: bool = False) -> str:
-    """The pairing test eval records beside a metric (eval/generation.py:pairing_test): the metric with
+    """The pairing test eval records beside a metric (eval/stats.py:pairing_test): the metric with
     the outputs paired with other items' references, and the one-sided permutation p-value."""
     key = "" if metric in ("accuracy", "cer") else f"{metric}_"
     shuffled, p = r.get(f"{key}shuffled"), r.get(f"{key}shuffled_p")

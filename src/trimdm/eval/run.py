@@ -1,6 +1,6 @@
 """`trimdm eval`: evaluate a run into RUN/eval.json, RUN/report.md and a self-contained RUN/report.html.
 
-Held-out NELBO per modality and the conditional NELBOs (likelihood.py) next to the text's unigram
+Held-out NELBO per modality and the conditional NELBOs (diffusion/likelihood.py) next to the text's unigram
 baseline; on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
 their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
 with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 from trimdm.data.prepare import prepare
-from trimdm.eval.likelihood import heldout_nelbo
+from trimdm.diffusion.likelihood import heldout_nelbo
+from trimdm.eval.generation import generation_metrics
+from trimdm.eval.multiple_choice import run_multiple_choice
+from trimdm.eval.reconstruct import write_reconstructions
+from trimdm.eval.report import write_report
 from trimdm.fileio import atomic_write_text
-from trimdm.train.trainer import load_run
+from trimdm.train.run import load_run
 
 
 def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (), generation: bool = True,
@@ -27,26 +31,23 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
     cfg.validate()
     data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
-    result = heldout_nelbo(loaded.model, loaded.vocab, val, cfg, loaded.device, conditional=True)
+    e = cfg.eval
+    result = heldout_nelbo(loaded.model, loaded.vocab, val, tau_points=e.tau_points, seed=e.seed,
+                           batch_size=e.batch_size, max_rows=e.max_rows, device=loaded.device,
+                           dtype=cfg.train.dtype, conditional=True)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
     result["params"] = sum(p.numel() for p in loaded.model.parameters())
     run_dir = Path(loaded.checkpoint).parent.parent
     log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
     if hasattr(data, "tokenizers"):  # a data set with media: show and measure its tokenizers
-        from trimdm.eval.reconstruct import write_reconstructions
-
         result["reconstructions"] = write_reconstructions(run_dir, data)
         judges = data.judges()
         result["judges"] = data.judge_report()
         if generation and cfg.eval.gen_prompts > 0:
-            from trimdm.eval.generation import generation_metrics
-
             result["generation"] = generation_metrics(loaded, data.directory, judges, run_dir, cfg.eval.gen_prompts,
                                                       cfg.eval.gen_utterances, seed=cfg.sample.seed, log=log,
                                                       sample=cfg.sample)
     if mc:
-        from trimdm.eval.multiple_choice import run_multiple_choice
-
         result["multiple_choice"] = [run_multiple_choice(loaded, path, n_samples=cfg.eval.mc_samples) for path in mc]
     result["checkpoint"] = str(loaded.checkpoint)
     if "generation" not in result and not generation:
@@ -56,8 +57,6 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
             log("eval: generation metrics kept from the previous eval of this checkpoint (--no-generation)")
     result["seconds"] = round(time.time() - t0, 2)
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
-    from trimdm.eval.report import write_report
-
     result["report"] = {k: str(v) for k, v in write_report(run_dir).items() if v is not None}
     return result
 

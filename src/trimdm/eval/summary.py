@@ -1,7 +1,8 @@
 """A short plain-text summary of eval.json for the terminal (`trimdm eval`, `trimdm demo`)."""
 from __future__ import annotations
 
-from trimdm.eval.report import SUBSETS, difference_se, pairing, vs_chance
+from trimdm.eval.report import SUBSETS, pairing
+from trimdm.eval.stats import difference_se, vs_chance
 
 
 def print_summary(result: dict, out=print) -> None:

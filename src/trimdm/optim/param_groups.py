@@ -9,16 +9,17 @@ Owns: which group every parameter belongs to, and each AdamW param group's lr, w
 Groups: embed_/unembed_ per vocabulary segment (text, image, audio, special), attn_qkv, attn_out,
 mlp_in, mlp_out, norms. Hidden groups are the four block matrices. The depth factor applies to every
 parameter of block l (n blocks; l = 0 … n−1). One AdamW param group per (group, block), tagged with
-`group`, `block` and `base_lr` (the lr before the schedule's factor). Does not own the derived values
-(config.derive / reparam.py) or the schedule (lr.py).
+`group`, `block` and `base_lr` (the lr before the schedule's factor). Takes the run's values as an
+`OptimizerSettings`; does not own how they are derived (config.derive / reparam.py) or the schedule
+(lr.py).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
-
-from trimdm.config import Config
 
 HIDDEN = ("attn_qkv", "attn_out", "mlp_in", "mlp_out")
 SEGMENTS = ("text", "image", "audio", "special")
@@ -41,9 +42,21 @@ def classify(name: str) -> tuple[str, int | None]:
     raise ValueError(f"parameter {name!r} belongs to no optimizer group; extend optim/param_groups.py")
 
 
-def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
-    d, o = cfg.derived, cfg.optim
-    n = cfg.model.n_layers
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The AdamW values of a run and its per-module multipliers."""
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    multipliers: Mapping[str, Any]  # group name -> an object with .lr, .wd and .eps multipliers
+    n_layers: int
+    depth_ratio: float = 1.0
+    width_mult: float = 1.0  # CompleteP's m_N (1: standard)
+
+
+def param_groups(model: torch.nn.Module, s: OptimizerSettings) -> list[dict]:
+    n = s.n_layers
     buckets: dict[tuple[str, int | None], list] = {}
     for name, p in model.named_parameters():
         name = name.replace("_orig_mod.", "").replace("module.", "")
@@ -52,21 +65,20 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
         buckets.setdefault(classify(name), []).append(p)
     groups = []
     for (group, block), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        mult = getattr(o.groups, group)
-        depth = o.depth_ratio ** (block / (n - 1)) if block is not None and n > 1 else 1.0
-        hidden = 1.0 / d.width_mult if group in HIDDEN else 1.0
+        mult = s.multipliers[group]
+        depth = s.depth_ratio ** (block / (n - 1)) if block is not None and n > 1 else 1.0
+        hidden = 1.0 / s.width_mult if group in HIDDEN else 1.0
         groups.append({
             "params": params, "group": group, "block": block,
-            "base_lr": d.lr * mult.lr * depth * hidden, "lr": d.lr * mult.lr * depth * hidden,
-            "eps": d.eps * mult.eps * hidden,
-            "weight_decay": 0.0 if group == "norms" else d.weight_decay * mult.wd,
+            "base_lr": s.lr * mult.lr * depth * hidden, "lr": s.lr * mult.lr * depth * hidden,
+            "eps": s.eps * mult.eps * hidden,
+            "weight_decay": 0.0 if group == "norms" else s.weight_decay * mult.wd,
         })
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.derived.lr, betas=cfg.derived.betas,
-                             eps=cfg.derived.eps, foreach=True)
+def build_optimizer(model: torch.nn.Module, s: OptimizerSettings) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, s), lr=s.lr, betas=s.betas, eps=s.eps, foreach=True)
 
 
 def group_table(optimizer: torch.optim.Optimizer) -> str:

@@ -50,7 +50,7 @@ def demo() -> Config:
     Its world is smaller than tinyworld's (docs/generation.md, "The demo's world"): one large object on
     white in four colours (each keeps a held-out pair), one voice as it is, the coarsest codec level;
     shapes, cells and caption phrasings stay whole. On the whole world T2I, I2T and T2S were still at
-    chance after the minutes this machine has (sessions 12-15); here each learns. The image tokenizer
+    chance after the minutes this machine has (docs/LOG.md); here each learns. The image tokenizer
     also sees unlabeled scenes of every composition, so it can encode the held-out ones the model never
     sees. Every paired row is conditional (one modality clean): each generation direction learns from
     its own rows, so the text|media shares stay small."""
@@ -100,7 +100,7 @@ def tinyworld() -> Config:
         # 87.5% -> 93.8% seen, 67.2% -> 89.1% held-out (64 single-object prompts each).
         # Cheap on a GPU; 8x the i2t/s2t/t2i decoding on a CPU. Then two rounds of local search around
         # each caption by the joint likelihood: I2T on the eval's 101 single-object val images 79.2% ->
-        # 87.1%, held-out compositions 56% -> 84% (docs/sampling.md); the full eval with it (session 10):
+        # 87.1%, held-out compositions 56% -> 84% (docs/sampling.md); the full eval with it (docs/generation.md):
         # 87.1% single-object, 88.5% of all 192 images (docs/generation.md)
         sample=SampleConfig(gen_len=64, rerank=8, rerank_draws=16, refine=2),
         eval=EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=192, gen_utterances=48),

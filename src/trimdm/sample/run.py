@@ -28,43 +28,21 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from trimdm.config import SampleConfig, _build
+from trimdm.config import SampleConfig, section_from_dict
+from trimdm.data.media import read_audio, read_image
 from trimdm.fileio import sha256_file
 from trimdm.sample.tasks import TASKS, Tasks
 from trimdm.tokenizers.image import save_image_grid
-from trimdm.train.trainer import load_run
+from trimdm.train.run import load_run
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image = np.array(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such image file") from None
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable PNG/image ({e})") from None
+def read_image_input(path: str | Path, size: int) -> np.ndarray:
+    """An input image for a run whose tokenizer takes size×size RGB."""
+    image = read_image(path)
     if image.shape != (size, size, 3):
         raise ValueError(f"{path}: image is {image.shape[1]}×{image.shape[0]}, this run's tokenizer takes "
                          f"{size}×{size} RGB")
     return image
-
-
-def read_wave(path: str | Path, sample_rate: int) -> np.ndarray:
-    from trimdm.data.tinyworld.speech import resample
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such WAV file")
-    try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as e:
-        raise ValueError(f"{path}: not a readable WAV file ({e})") from None
-    if len(wave) == 0:
-        raise ValueError(f"{path}: the WAV file holds no samples")
-    wave = wave.mean(axis=1)
-    return resample(wave, sr, sample_rate) if sr != sample_rate else wave
 
 
 def parse_span(span: str, what: str) -> tuple[float, float]:
@@ -93,13 +71,13 @@ def _infill_row(tasks: Tasks, prompt: str, input_path: str | None, span: str):
     modality = "audio" if suffix in (".wav", ".flac") else "image"
     tasks._need(modality)
     if modality == "image":
-        media = tasks.image_ids(read_image(input_path, tasks.media["image"].cfg.image_size)[None])[0]
+        media = tasks.image_ids(read_image_input(input_path, tasks.media["image"].cfg.image_size)[None])[0]
         a, b = (int(x) for x in parse_span(span, "image token indices"))
         if b > len(media):
             raise ValueError(f"--span {span}: an image has {len(media)} tokens")
     else:
         codec = tasks.media["audio"]
-        media = tasks.audio_ids([read_wave(input_path, codec.cfg.sample_rate)])[0]
+        media = tasks.audio_ids([read_audio(input_path, codec.cfg.sample_rate)])[0]
         s0, s1 = parse_span(span, "seconds")
         K, fps = v.audio_levels, codec.frames_per_second
         a, b = int(s0 * fps) * K, min(len(media), int(np.ceil(s1 * fps)) * K)
@@ -161,11 +139,11 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         outputs = [("wav", w) for w in tasks.t2s([prompt] * n, seed)[0]]
     elif task == "i2t":
         tasks._need("image")
-        image = read_image(input_path, tasks.media["image"].cfg.image_size)
+        image = read_image_input(input_path, tasks.media["image"].cfg.image_size)
         outputs = [("txt", t) for t in tasks.i2t(np.stack([image] * n), seed)]
     elif task == "s2t":
         tasks._need("audio")
-        wave = read_wave(input_path, tasks.media["audio"].cfg.sample_rate)
+        wave = read_audio(input_path, tasks.media["audio"].cfg.sample_rate)
         outputs = [("txt", t) for t in tasks.s2t([wave] * n, seed)]
     else:
         row, a, b, modality = _infill_row(tasks, prompt, input_path, span)
@@ -206,7 +184,7 @@ def generate_from_sidecar(path: str | Path, out: str | None = None, log=print) -
     path = Path(path)
     try:
         side = json.loads(path.read_text())
-        settings = _build(SampleConfig, side["settings"], "sample.")
+        settings = section_from_dict(SampleConfig, side["settings"], "sample.")
         overrides = _flatten("sample", dataclasses.asdict(settings))
         args = dict(run=side["checkpoint"], task=side["task"], prompt=side["prompt"], n=side["n"], seed=side["seed"],
                     input_path=side["input"], span=side["span"])

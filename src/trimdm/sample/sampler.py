@@ -16,6 +16,8 @@ Does not own prompts or canvases (tasks.py) or the network.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from trimdm.diffusion.schedules import Schedule
@@ -61,38 +63,53 @@ def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> t
     return torch.minimum(counts, n_masked_B[None, :])
 
 
-@torch.no_grad()
-def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, schedule: Schedule,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, confidence_noise: float = 1.0,
-           remasking: str = "confidence", guidance: float = 0.0, uncond_BL: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, eos_truncate: bool = False,
-           autocast_dtype: torch.dtype | None = None, stage_BL: torch.Tensor | None = None,
-           stage_steps: list[int] | None = None) -> torch.Tensor:
-    """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
-    enables guidance with weight `guidance`: w = 1 is the conditional pass, w > 1 guides, and w = 0 skips
-    the unconditional pass (the conditional pass alone, as w = 1).
+@dataclass(frozen=True)
+class Decoding:
+    """How one span is decoded (SPEC §8): its modality's row of the sampling table (config
+    `sample.<modality>`) plus the filters every modality shares."""
 
-    Stages: with `stage_BL` (a stage index per position) and `stage_steps`, the masked positions of
-    stage 0 are decoded first in stage_steps[0] steps, those of stage 1 next, and so on; positions of later
-    stages stay MASK meanwhile (audio level by level: the coarse codes first, each finer level given the
-    coarser ones). Without it, one stage of `steps` steps holds every masked position."""
-    if remasking not in ("confidence", "random"):
-        raise ValueError(f"remasking={remasking!r}: expected confidence | random")
+    steps: int  # decoding steps T
+    schedule: Schedule  # inference unmasking schedule
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    confidence_noise: float = 1.0  # scale of the Gumbel noise added to confidences, annealed to 0
+    remasking: str = "confidence"  # confidence | random
+    guidance: float = 0.0  # classifier-free guidance weight w (see `decode`)
+
+    def __post_init__(self):
+        if self.remasking not in ("confidence", "random"):
+            raise ValueError(f"remasking={self.remasking!r}: expected confidence | random")
+
+
+@torch.no_grad()
+def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
+           uncond_BL: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           eos_truncate: bool = False, autocast_dtype: torch.dtype | None = None,
+           stages: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+    """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
+    enables guidance with weight `how.guidance`: w = 1 is the conditional pass, w > 1 guides, and w = 0
+    skips the unconditional pass (the conditional pass alone, as w = 1).
+
+    Stages: with `stages` = (a stage index per position, steps per stage), the masked positions of
+    stage 0 are decoded first in its steps, those of stage 1 next, and so on; positions of later stages
+    stay MASK meanwhile (audio level by level: the coarse codes first, each finer level given the
+    coarser ones). Without it, one stage of `how.steps` steps holds every masked position."""
     device = canvas_BL.device
-    if stage_BL is None:
-        stage_BL, stage_steps = torch.zeros_like(canvas_BL), [steps]
+    stage_BL, stage_steps = stages if stages is not None else (torch.zeros_like(canvas_BL), [how.steps])
     if min(stage_steps) < 1:
         raise ValueError(f"steps={stage_steps} must be >= 1")
     stage_BL = stage_BL.to(device)
     tables = row_tables(vocab, device)
     mask_ids = tables.mask_id_M.to(device)
-    state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and guidance not in (0.0, 1.0)
+    state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and how.guidance not in (0.0, 1.0)
                    else None)  # w = 1 is the conditional pass: no unconditional canvas needed
     # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
     has_eos = {m: (canvas_BL == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     for stage, n_steps in enumerate(stage_steps):
         in_stage = stage_BL == stage
-        counts = masked_counts((_masked(state.x, mask_ids) & in_stage).sum(1).cpu(), schedule, n_steps).to(device)
+        counts = masked_counts((_masked(state.x, mask_ids) & in_stage).sum(1).cpu(), how.schedule,
+                               n_steps).to(device)
         for k in range(1, n_steps + 1):
             is_mask = _masked(state.x, mask_ids) & in_stage
             if not bool(is_mask.any()):
@@ -100,9 +117,8 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
             n_reveal = counts[k - 1] - counts[k]  # (B,)
             if not bool((n_reveal > 0).any()):
                 continue  # a step that reveals nothing in any row: no pass (short spans, many steps)
-            proposal, confidence = _propose(model, state, is_mask, tables, has_eos, temperature, top_k, top_p,
-                                            guidance, remasking, confidence_noise * (1 - k / n_steps), generator,
-                                            autocast_dtype)
+            proposal, confidence = _propose(model, state, is_mask, tables, has_eos, how,
+                                            how.confidence_noise * (1 - k / n_steps), generator, autocast_dtype)
             rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
             state.reveal(is_mask & (rank < n_reveal[:, None]), proposal, tables, vocab, eos_truncate)
     return state.x
@@ -111,7 +127,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, *, steps: int, sch
 def level_stages(canvas_BL: torch.Tensor, vocab: JointVocab, steps: int) -> tuple[torch.Tensor, list[int]]:
     """Stages for decoding audio level by level (SoundStorm's order): residual level k of an audio
     position is its stage (other positions: 0); level 0 gets `steps` steps, each finer level steps // 8
-    (at least 1). On runs/tinyworld_h200 this lowered the T2S error from 62.7% to 59.3% (docs/sampling.md)."""
+    (at least 1); docs/sampling.md has the measurement that made it audio's default."""
     tables = row_tables(vocab, canvas_BL.device)
     audio = tables.modality(canvas_BL) == MODALITIES.index("audio")
     stage = torch.where(audio, tables.audio_level(canvas_BL), 0)
@@ -137,8 +153,8 @@ class _State:
             self.u = torch.where(self.x == tables.pad_id, tables.pad_id, self.u)
 
 
-def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, temperature: float, top_k: int,
-             top_p: float, guidance: float, remasking: str, anneal: float, generator, autocast_dtype):
+def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, how: Decoding, anneal: float,
+             generator, autocast_dtype):
     """One forward pass: a sampled token and its confidence at every masked position (-inf elsewhere)."""
     x, u = state.x, state.u
     device = x.device
@@ -151,16 +167,16 @@ def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, te
         logits = model.head(h[sel], lo, hi, eos).float()
         if hu is not None:
             uncond = model.head(hu[sel], lo, hi, eos).float()
-            logits = uncond + guidance * (logits - uncond)
+            logits = uncond + how.guidance * (logits - uncond)
         rows = sel.nonzero()[:, 0]
         logits[:, -1] = logits[:, -1].masked_fill(has_eos[m][rows], float("-inf"))
-        scaled = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
-        if temperature > 0:
+        scaled = filter_logits(logits / max(how.temperature, 1e-6), how.top_k, how.top_p)
+        if how.temperature > 0:
             choice = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
         else:
             choice = scaled.argmax(-1)
         proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
-        if remasking == "confidence":
+        if how.remasking == "confidence":
             gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
                                            .clamp_min(1e-20)))
             logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)

@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trimdm.diffusion.likelihood import draw_uniforms, masked_logits, mc_answer_loglik
 from trimdm.diffusion.schedules import parse_schedule
-from trimdm.sample.sampler import decode, level_stages
+from trimdm.sample.sampler import Decoding, decode, level_stages
 from trimdm.sequence.layout import PAIRED_TEXT_START, paired_row, row_tables
 from trimdm.tokenizers.vocab import MODALITIES
 
@@ -157,18 +158,18 @@ class Tasks:
     def run(self, canvas: Canvas, seed: int) -> torch.Tensor:
         """Decode a canvas in batches of `batch_size` rows with the target modality's settings."""
         s = self.cfg[canvas.target]
+        how = Decoding(steps=s.steps, schedule=parse_schedule(s.schedule), temperature=s.temperature,
+                       top_k=self.cfg.top_k, top_p=self.cfg.top_p, confidence_noise=self.cfg.confidence_noise,
+                       remasking=s.remasking, guidance=s.guidance)
         device = self.loaded.device
         gen = torch.Generator(device=device).manual_seed(seed)
         out = []
         for a in range(0, len(canvas.ids_BL), self.batch_size):
             ids = canvas.ids_BL[a:a + self.batch_size].to(device)
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
-            stage, stage_steps = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else (None, None)
-            x = decode(self.loaded.model, self.vocab, ids, steps=s.steps, schedule=parse_schedule(s.schedule),
-                       temperature=s.temperature, top_k=self.cfg.top_k, top_p=self.cfg.top_p,
-                       confidence_noise=self.cfg.confidence_noise, remasking=s.remasking,
-                       guidance=s.guidance, uncond_BL=unc, generator=gen, eos_truncate=True,
-                       autocast_dtype=self.loaded.autocast_dtype, stage_BL=stage, stage_steps=stage_steps)
+            stages = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else None
+            x = decode(self.loaded.model, self.vocab, ids, how, uncond_BL=unc, generator=gen, eos_truncate=True,
+                       autocast_dtype=self.loaded.autocast_dtype, stages=stages)
             out.append(x.cpu())
         return torch.cat(out)
 
@@ -334,8 +335,6 @@ class Tasks:
     def _neighbours(self, modality: str, media: list[list[int]], ids: list[list[int]]) -> list[list[list[int]]]:
         """Per text (BPE ids), the texts one token away: each token masked alone, in the row with its
         medium, and replaced by each of the model's `sample.refine_top` likeliest other tokens there."""
-        from trimdm.eval.multiple_choice import masked_logits
-
         v = self.vocab
         clean, where = [], []
         for j, (t, m) in enumerate(zip(ids, media)):
@@ -373,12 +372,10 @@ class Tasks:
     def _pair_loglik(self, modality: str, texts: list, media: list[list[int]], of: str, seed: int,
                      hide_media: bool = False) -> np.ndarray:
         """Monte-Carlo estimate of log p(`of` | the other) for each (text, medium) pair, `of` the text or
-        the medium (the LLaDA estimator of eval/multiple_choice.py, SPEC §9); texts are strings or BPE
+        the medium (the LLaDA estimator of diffusion/likelihood.py, SPEC §9); texts are strings or BPE
         ids. With `hide_media`, the medium's span is MASK: log p(text), the text's prior in that task's
         rows. The candidates share the answer's length and the same mask draws, so that their
         differences carry little noise."""
-        from trimdm.eval.multiple_choice import draw_uniforms, mc_answer_loglik
-
         v = self.vocab
         if hide_media and of != "text":
             raise ValueError(f"with the {modality} hidden only log p(text) can be scored, not log p({of})")

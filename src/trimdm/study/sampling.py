@@ -24,6 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from trimdm.config import sampling_choices
+from trimdm.data.prepare import prepare
+from trimdm.data.tinyworld.judges.image import judge_caption
+from trimdm.data.tinyworld.judges.speech import cer
+from trimdm.data.tinyworld.scenes import read_image_folder
+from trimdm.data.tinyworld.speech import read_speech_folder
+from trimdm.eval.generation import attribute_match
+from trimdm.sample.tasks import Tasks
+from trimdm.tokenizers.vocab import MODALITIES
+from trimdm.train.run import load_run
+
 GRID = {
     "steps": [8, 16, 32, 64],
     "schedule": ["cosine", "linear", "polynomial:2"],
@@ -32,16 +43,13 @@ GRID = {
     "remasking": ["confidence", "random"],
     "order": ["joint", "levels"],  # `levels` is audio's only (config.sampling_choices)
 }
-MODALITIES = ("image", "audio", "text")
+SWEPT = ("image", "audio", "text")  # the modalities the sweep covers, in its order
 METRIC = {"image": ("t2i_attribute_match", True), "audio": ("t2s_cer", False),
           "text": ("i2t_attribute_match", True)}
 
 
 def heldout_prompts(data_dir: Path, n: int) -> dict:
     """The held-out prompts of every modality, read once for the whole sweep."""
-    from trimdm.data.tinyworld.scenes import read_image_folder
-    from trimdm.data.tinyworld.speech import read_speech_folder
-
     raw = Path(data_dir) / "raw"
     items, _ = read_image_folder(raw / "images_val")
     speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
@@ -51,10 +59,6 @@ def heldout_prompts(data_dir: Path, n: int) -> dict:
 
 def score_modality(modality: str, tasks, heldout: dict, judges: dict, seed: int) -> tuple[float, float | None]:
     """(the sweep's metric, all-attributes-right accuracy or None for audio)."""
-    from trimdm.eval.generation import attribute_match
-    from trimdm.eval.judges.image import judge_caption
-    from trimdm.eval.judges.speech import cer
-
     if modality == "audio":
         texts = heldout["audio"]
         waves, _ = tasks.t2s(texts, seed)
@@ -72,12 +76,8 @@ def score_modality(modality: str, tasks, heldout: dict, judges: dict, seed: int)
             float(np.mean([not judge_caption(c, s) for c, s in pairs])))
 
 
-def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modalities=MODALITIES,
+def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modalities=SWEPT,
                        grid: dict | None = None, log=print) -> dict:
-    from trimdm.config import sampling_choices
-    from trimdm.data.prepare import prepare
-    from trimdm.sample.tasks import Tasks
-    from trimdm.train.trainer import load_run
 
     loaded = load_run(run)
     data = prepare(loaded.cfg.data)
@@ -87,9 +87,9 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = grid or GRID
-    unknown = set(modalities) - set(MODALITIES)
+    unknown = set(modalities) - set(SWEPT)
     if unknown:
-        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
+        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(SWEPT)}")
     heldout = heldout_prompts(data.directory, n)
     points, best = [], {}
     for m in modalities:

@@ -26,7 +26,6 @@ Taal et al. (2011) through torchmetrics/pystoi.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -38,9 +37,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from trimdm.fileio import CONFIG, WEIGHTS, load_state, read_module, save_module
+from trimdm.optim.fit import fit
+
 QUANTIZERS = ("rfsq", "rvq")
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 FORMAT = "trimdm.audio_codec"
 
 
@@ -72,7 +72,7 @@ class AudioCodecConfig:
     levels: int = 4  # K residual codebooks
     # levels the tokenizer emits, coarsest first (0: all K). Decoding treats the others as zero residual
     # (the quantiser's dropout mask). The speech judge reads tinyworld reconstructions from the first
-    # 1 / 2 / 4 levels at 14.4 / 8.8 / 8.4% CER (docs/LOG.md, session 11): the finer levels cost tokens
+    # 1 / 2 / 4 levels at 14.4 / 8.8 / 8.4% CER (docs/LOG.md): the finer levels cost tokens
     # and training, not intelligibility
     emit_levels: int = 0
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # rfsq: C = prod(fsq_levels)
@@ -398,47 +398,20 @@ class AudioCodec:
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS))
-        (directory / CONFIG).write_text(json.dumps({"format": FORMAT, "config": self.cfg.to_dict()}, indent=1))
+        save_module(directory, self.net.state_dict(), {"format": FORMAT, "config": self.cfg.to_dict()}, newline=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> "AudioCodec":
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG, directory / WEIGHTS
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{cfg_path}: audio codec config is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{cfg_path}: unreadable audio codec config ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
+        meta, state = read_module(directory, "audio codec")
+        cfg_path = Path(directory) / CONFIG
+        if meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
             raise ValueError(f"{cfg_path}: not an audio codec config (expected format {FORMAT!r})")
         try:
             cfg = AudioCodecConfig.from_dict(meta["config"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_path}: invalid audio codec config ({e})") from None
-        if not w_path.is_file():
-            raise ValueError(f"{w_path}: audio codec weights are missing")
-        try:
-            state = load_file(str(w_path))
-        except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on bad files
-            raise ValueError(f"{w_path}: cannot read audio codec weights ({e})") from None
         net = _CodecNet(cfg)
-        expected = net.state_dict()
-        if set(state) != set(expected):
-            diff = sorted(set(state) ^ set(expected))[:5]
-            raise ValueError(f"{w_path}: weights do not match the config (keys differ: {diff})")
-        for k, v in state.items():
-            if v.shape != expected[k].shape:
-                raise ValueError(f"{w_path}: {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
-        net.load_state_dict(state)
+        load_state(net, state, Path(directory) / WEIGHTS)
         return cls(cfg, net)
 
 
@@ -465,6 +438,27 @@ def _mel_stats(front: _FrontEnd, waves: Sequence[np.ndarray], hop: int) -> tuple
     mean = sums / n
     std = (sq / n - mean * mean).clamp(min=1e-6).sqrt()
     return mean.float(), std.float()
+
+
+def _initial_codec(cfg: AudioCodecConfig, waves: Sequence[np.ndarray], batch_size: int, crop: int,
+                   rng: np.random.Generator) -> tuple[_CodecNet, torch.Tensor]:
+    """A fresh codec network with its log-mel normalisation measured on up to 256 utterances, and the
+    first training batch; under `rvq` its codebooks are k-means-initialised on that batch, so that
+    "untrained" means a random encoder with data-fitted codebooks (the library does this on the first
+    forward). Draws from torch's global generator (the caller seeds it) and from `rng`."""
+    net = _CodecNet(cfg)
+    stats_idx = rng.choice(len(waves), size=min(256, len(waves)), replace=False)
+    with torch.no_grad():
+        mean, std = _mel_stats(net.front, [waves[i] for i in stats_idx], cfg.hop)
+    net.mel_mean.copy_(mean)
+    net.mel_std.copy_(std)
+    first_BT = _crops(waves, batch_size, crop, rng)
+    if cfg.quantizer == "rvq":
+        net.train()
+        with torch.no_grad():
+            net(net.front.log_mel(first_BT))
+        net.eval()
+    return net, first_BT
 
 
 def train_audio_codec(
@@ -506,23 +500,9 @@ def train_audio_codec(
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _CodecNet(cfg)
+        net, first_BT = _initial_codec(cfg, waves_train, batch_size, crop, rng)
         codec = AudioCodec(cfg, net)
-        stats_idx = rng.choice(len(waves_train), size=min(256, len(waves_train)), replace=False)
-        with torch.no_grad():
-            mean, std = _mel_stats(net.front, [waves_train[i] for i in stats_idx], cfg.hop)
-        net.mel_mean.copy_(mean)
-        net.mel_std.copy_(std)
-        first_BT = _crops(waves_train, batch_size, crop, rng)
-        if cfg.quantizer == "rvq":
-            # k-means-initialise the codebooks on the first batch, so that "untrained" below means a
-            # random encoder with data-fitted codebooks (the library does this on the first forward)
-            net.train()
-            with torch.no_grad():
-                net(net.front.log_mel(first_BT))
-            net.eval()
         val_init = mel_l1_decoded(codec, waves_val) if waves_val else math.nan
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
         warmup = max(1, steps // 20)
 
         def lr_at(step: int) -> float:
@@ -531,9 +511,7 @@ def train_audio_codec(
             p = (step - warmup) / max(1, steps - warmup)
             return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
-        net.train()
-        losses = []
-        for step in range(steps):
+        def loss_at(step: int):
             x_BT = first_BT if step == 0 else _crops(waves_train, batch_size, crop, rng)
             with torch.no_grad():
                 target_BMT = net.front.log_mel(x_BT)
@@ -541,17 +519,13 @@ def train_audio_codec(
                 pred_BMT, _, aux = net(target_BMT)
             rec = F.l1_loss((pred_BMT.float() - net.mel_mean[:, None]) / net.mel_std[:, None],
                             (target_BMT - net.mel_mean[:, None]) / net.mel_std[:, None])
-            loss = rec + aux
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(rec.item())
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                say(f"audio codec step {step + 1}/{steps} l1(normalised log-mel) "
-                    f"{np.mean(losses[-log_every:]):.4f} {time.perf_counter() - t0:.0f}s")
+            return rec + aux, rec.item()
+
+        def on_log(done: int, values: list[float]) -> None:
+            say(f"audio codec step {done}/{steps} l1(normalised log-mel) {np.mean(values[-log_every:]):.4f} "
+                f"{time.perf_counter() - t0:.0f}s")
+
+        losses = fit(net, steps, loss_at, lr_at, betas=(0.9, 0.99), log_every=log_every, on_log=on_log)
         net.eval()
         train_seconds = time.perf_counter() - t0
         val_final = mel_l1_decoded(codec, waves_val) if waves_val else math.nan

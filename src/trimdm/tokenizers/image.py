@@ -36,7 +36,6 @@ vertical pixel differences, AdamW with gradient clipping. Why, measured on tinyw
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -49,12 +48,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
-from safetensors.torch import load_file, save_file
+
+from trimdm.fileio import CONFIG, WEIGHTS, load_state, read_module, save_module
+from trimdm.optim.fit import fit
+from trimdm.optim.lr import lr_factor
 
 QUANTIZERS: tuple[str, ...] = ("fsq", "lfq", "vq")
 RECON_LOSSES: tuple[str, ...] = ("l1", "mse", "l1+mse")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+WEIGHTS_FILE, CONFIG_FILE = WEIGHTS, CONFIG
 _TUPLE_FIELDS = ("channels", "res_blocks", "fsq_levels")  # JSON lists <-> tuples
 _CHUNK = 256  # images per forward pass in encode/decode; bounds memory
 
@@ -356,39 +357,21 @@ class ImageTokenizer:
         return self.decode(self.encode(images))
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps({"kind": "image", **self.cfg.to_json()}, indent=2))
+        save_module(directory, self.model.state_dict(), {"kind": "image", **self.cfg.to_json()}, indent=2,
+                    newline=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageTokenizer:
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not cfg_path.is_file():
-            raise ValueError(f"{cfg_path} not found: an image tokenizer directory needs {CONFIG_FILE}")
-        try:
-            d = json.loads(cfg_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{cfg_path}: cannot read image tokenizer config ({e})") from None
-        if not isinstance(d, dict) or d.pop("kind", None) != "image":
+        d, state = read_module(directory, "image tokenizer")
+        cfg_path = Path(directory) / CONFIG_FILE
+        if d.pop("kind", None) != "image":
             raise ValueError(f"{cfg_path}: not an image tokenizer config (needs \"kind\": \"image\")")
         try:
             cfg = ImageTokenizerConfig.from_json(d)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_path}: invalid image tokenizer config ({e})") from None
-        if not w_path.is_file():
-            raise ValueError(f"{w_path} not found: an image tokenizer directory needs {WEIGHTS_FILE}")
-        try:
-            state = load_file(str(w_path))  # safetensors: no pickle, so no code runs on load
-        except Exception as e:  # SafetensorError derives from Exception only
-            raise ValueError(f"{w_path}: corrupt or unreadable weights ({type(e).__name__}: {e})") from None
         model = ImageAutoencoder(cfg)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{w_path}: weights do not match {cfg_path} ({e})") from None
+        load_state(model, state, Path(directory) / WEIGHTS_FILE)
         return cls(cfg, model)
 
 
@@ -411,13 +394,6 @@ def _recon_loss(cfg: ImageTokenizerConfig, y: torch.Tensor, x: torch.Tensor) -> 
         dy = F.mse_loss(y[..., 1:, :] - y[..., :-1, :], x[..., 1:, :] - x[..., :-1, :])
         loss = loss + cfg.edge_loss_weight * (dx + dy)
     return loss
-
-
-def _lr_at(cfg: ImageTokenizerConfig, step: int, steps: int) -> float:
-    """Linear warmup, then cosine decay to 1% of the peak."""
-    from trimdm.optim.lr import lr_factor
-
-    return cfg.lr * lr_factor(step, steps, cfg.warmup_steps, "cosine", 0.01)
 
 
 def train_image_tokenizer(
@@ -451,43 +427,28 @@ def train_image_tokenizer(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ImageAutoencoder(cfg)
-        # No weight decay on norms and biases (1-D tensors), as usual for AdamW.
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=(0.9, 0.99),
-        )
         gen = torch.Generator().manual_seed(seed)
         data = torch.from_numpy(np.ascontiguousarray(images_train))
-        log_every = max(1, steps // 10)
         history: list[dict[str, float]] = []
-        running, count = 0.0, 0
-        model.train()
         t0 = time.perf_counter()
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, step, steps)
-            idx = torch.randint(len(data), (batch_size,), generator=gen)
-            x = _to_unit(data[idx])
+
+        def loss_at(step: int):
+            x = _to_unit(data[torch.randint(len(data), (batch_size,), generator=gen)])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 y, _, aux = model(x)
             rec = _recon_loss(cfg, y.float(), x)
-            loss = rec + aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            running += rec.item()  # pixel + edge terms; the quantiser aux loss is left out
-            count += 1
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                entry = {"step": step + 1, "recon_loss": running / count, "seconds": time.perf_counter() - t0}
-                history.append(entry)
-                log(f"image tokenizer step {step + 1}/{steps} recon_loss {entry['recon_loss']:.4f} "
-                    f"({entry['seconds']:.0f}s)")
-                running, count = 0.0, 0
+            return rec + aux, rec.item()  # recorded: pixel + edge terms, without the quantiser's aux loss
+
+        def on_log(done: int, values: list[float]) -> None:
+            since = history[-1]["step"] if history else 0
+            entry = {"step": done, "recon_loss": sum(values[since:]) / (done - since),
+                     "seconds": time.perf_counter() - t0}
+            history.append(entry)
+            log(f"image tokenizer step {done}/{steps} recon_loss {entry['recon_loss']:.4f} ({entry['seconds']:.0f}s)")
+
+        fit(model, steps, loss_at, lambda step: cfg.lr * lr_factor(step, steps, cfg.warmup_steps, "cosine", 0.01),
+            weight_decay=cfg.weight_decay, betas=(0.9, 0.99), grad_clip=cfg.grad_clip, log_every=max(1, steps // 10),
+            on_log=on_log)
         train_seconds = time.perf_counter() - t0
     model.eval()
     tok = ImageTokenizer(cfg, model)

@@ -16,71 +16,48 @@ gradient of the SPEC §4 estimator over the whole batch.
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import math
 import signal
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from trimdm.config import MODALITIES, Config
+from trimdm.config import Config, GroupTable
 from trimdm.data.loader import MixtureLoader, row_shares
 from trimdm.data.prepare import prepare
+from trimdm.diffusion.likelihood import heldout_nelbo
 from trimdm.diffusion.loss import LossStats, diffusion_loss
 from trimdm.diffusion.masking import (clean_rows_per_batch, compact, conditional_modes, draw_noise, mask_batch,
                                       tau_bounds, text_shares)
 from trimdm.diffusion.schedules import Schedule, parse_schedule
 from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
 from trimdm.distributed.parallelize import compile_blocks, full_state, load_full_state, parallelize
-from trimdm.eval.likelihood import heldout_nelbo
 from trimdm.model.flops import param_counts, train_flops_per_token
-from trimdm.model.transformer import Transformer, TransformerArgs
+from trimdm.model.transformer import Transformer
 from trimdm.optim.lr import lr_factor
 from trimdm.optim.noise_scale import NoiseScaleTracker, sq_norm
-from trimdm.optim.param_groups import build_optimizer, group_table
+from trimdm.optim.param_groups import OptimizerSettings, build_optimizer, group_table
 from trimdm.optim.reparam import describe
 from trimdm.sequence.layout import RowTables
-from trimdm.tokenizers.vocab import JointVocab
+from trimdm.streams import stream_seed
+from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 from trimdm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trimdm.train.metrics import MetricsLog, Progress, matmul_peak_flops
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """Independent, stable seeds per random stream (crc32 is stable across processes and versions)."""
-    return (seed * 1_000_003 + zlib.crc32(stream.encode())) % (2**63)
+from trimdm.train.run import autocast, build_model, pick_device
 
 
 def training_schedules(cfg: Config) -> list[Schedule]:
     return [parse_schedule(cfg.diffusion.schedule[m]) for m in MODALITIES]
 
 
-def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
-    m, d = cfg.model, cfg.derived
-    return TransformerArgs(vocab_size=vocab.size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-                           mlp_hidden=m.mlp_hidden, max_seq_len=cfg.data.seq_len, rope_theta=m.rope_theta,
-                           norm_eps=m.norm_eps, init_std=m.init_std, residual_scale=1.0 / d.depth_mult,
-                           hidden_init_scale=1.0 / math.sqrt(d.width_mult), vocab_segments=vocab.segments())
-
-
-def build_model(cfg: Config, vocab: JointVocab) -> Transformer:
-    model = Transformer(model_args(cfg, vocab))
-    model.init_weights(torch.Generator().manual_seed(stream_seed(cfg.train.seed, "init")))
-    return model
-
-
-def autocast(dtype: str, device: torch.device):
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def optimizer_settings(cfg: Config) -> OptimizerSettings:
+    """The derived AdamW values and per-module multipliers of a run, for optim/param_groups.py."""
+    d, o = cfg.derived, cfg.optim
+    return OptimizerSettings(lr=d.lr, betas=tuple(d.betas), eps=d.eps, weight_decay=d.weight_decay,
+                             multipliers={f.name: getattr(o.groups, f.name) for f in dataclasses.fields(GroupTable)},
+                             n_layers=cfg.model.n_layers, depth_ratio=o.depth_ratio, width_mult=d.width_mult)
 
 
 def _grad_sq_norm(params) -> float:
@@ -109,11 +86,11 @@ class Trainer:
         self.clean_rank = clean_rows_per_batch(antimask, self.rank_rows)
         self.clean_micro = clean_rows_per_batch(antimask, self.micro)
 
-        # training reads no judges: evaluation (or a full prepare) builds them
-        self.data = prepare(cfg.data, log=self.log, judges=False) if self.env.is_main else None
+        # training reads nothing that only evaluation needs: `trimdm eval` (or a full prepare) builds it
+        self.data = prepare(cfg.data, log=self.log, evaluation=False) if self.env.is_main else None
         if self.env.active:  # rank 0 prepares; the others open the finished stages
             torch.distributed.barrier()
-            self.data = self.data or prepare(cfg.data, log=self.log, judges=False)
+            self.data = self.data or prepare(cfg.data, log=self.log, evaluation=False)
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
@@ -125,7 +102,7 @@ class Trainer:
         if t.compile:
             compile_blocks(self.model)
         self.net = parallelize(self.model, t.parallel, self.env, self.device)
-        self.optimizer = build_optimizer(self.net, cfg)
+        self.optimizer = build_optimizer(self.net, optimizer_settings(cfg))
         mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
         used = [task for task, share in mix.items() if share > 0]
         self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len, used)
@@ -324,11 +301,12 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """A quick held-out NELBO for metrics.jsonl (eval.periodic_*); `trimdm eval` is the full one."""
-        quick = copy.deepcopy(self.cfg)
-        quick.eval.max_rows, quick.eval.tau_points = quick.eval.periodic_rows, quick.eval.periodic_tau_points
+        e = self.cfg.eval
         self.model.eval()
         try:
-            return heldout_nelbo(self.net, self.vocab, self.val_sources, quick, self.device)
+            return heldout_nelbo(self.net, self.vocab, self.val_sources, tau_points=e.periodic_tau_points, seed=e.seed,
+                                 batch_size=e.batch_size, max_rows=e.periodic_rows, device=self.device,
+                                 dtype=self.cfg.train.dtype)
         finally:
             self.model.train()
 
@@ -369,44 +347,3 @@ def init_weights_from(model: Transformer, vocab: JointVocab, path: str | Path) -
 def train(cfg: Config, out_dir: str | Path, log=print, progress: bool = True) -> dict:
     """Train (or resume) a run; returns {"status": "finished" | "interrupted", "step", "tokens"}."""
     return Trainer(cfg, out_dir, log, progress).fit()
-
-
-@dataclass
-class LoadedRun:
-    """A trained model ready for sampling and evaluation, rebuilt from its checkpoint alone."""
-
-    cfg: Config
-    vocab: JointVocab
-    model: Transformer
-    tokenizer: object  # text
-    checkpoint: Path
-    device: torch.device
-    media_tokenizers: dict  # "image" / "audio" -> tokenizer, where the run has them
-
-    @property
-    def autocast_dtype(self):
-        return torch.bfloat16 if self.cfg.train.dtype == "bf16" else None
-
-
-def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
-    from trimdm.tokenizers.text import TextTokenizer
-
-    ckpt = load_checkpoint(path, with_optimizer=False)
-    cfg = Config.from_dict(ckpt["config"]).derive()
-    vocab = JointVocab.from_dict(ckpt["vocab"])
-    dev = pick_device(device)
-    model = Transformer(model_args(cfg, vocab))
-    model.load_state_dict(ckpt["model"])
-    model.to(dev).eval()
-    run_dir = ckpt["path"].parent.parent
-    tokenizer = TextTokenizer.load(run_dir / "tokenizer")
-    media = {}
-    if vocab.has("image"):
-        from trimdm.tokenizers.image import ImageTokenizer
-
-        media["image"] = ImageTokenizer.load(run_dir / "tokenizers" / "image")
-    if vocab.has("audio"):
-        from trimdm.tokenizers.audio import AudioCodec
-
-        media["audio"] = AudioCodec.load(run_dir / "tokenizers" / "audio")
-    return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev, media)

@@ -7,7 +7,7 @@
     shards/      per split: text (KJV chapters), image_text (captions + image codes), audio_text
                  (transcripts + audio codes, frame-major), the tokens per row of every task, the
                  audio length rule (frames ≈ a + b·text tokens) and the text unigram baseline
-    judges/      image/ and speech/ (eval/judges: the data set's offline stand-ins for CLIP and Whisper),
+    judges/      image/ and speech/ (judges/: the data set's offline stand-ins for CLIP and Whisper),
                  trained on the generated train split, with their clean val accuracy and their ceiling on
                  this data set's tokenizer reconstructions; rebuilt when the tokenizers or a judge default
                  change
@@ -36,11 +36,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from trimdm.config import TinyworldConfig, section_from_dict
 from trimdm.data import kjv
 from trimdm.data.shards import MANIFEST, Shard, finish_stage, new_stage_dir, verify_stage, write_shard
+from trimdm.data.tinyworld import scenes as sc
+from trimdm.data.tinyworld import speech as sp
+from trimdm.data.tinyworld.judges import image as ij
+from trimdm.data.tinyworld.judges import load_judges, settings
+from trimdm.data.tinyworld.judges import speech as sj
 from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
+from trimdm.tokenizers import audio as au
+from trimdm.tokenizers import image as im
+from trimdm.tokenizers.audio import AudioCodec, AudioCodecConfig
+from trimdm.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
 
 SPLITS = ("train", "val", "test")
@@ -125,14 +137,12 @@ def speech_texts(captions: list[str], docs: list[str], n: int, seed: int) -> lis
 
 
 def image_config(tw):
-    from trimdm.tokenizers.image import ImageTokenizerConfig
 
     return ImageTokenizerConfig(image_size=tw.image_size, channels=tuple(tw.image_channels),
                                 fsq_levels=tuple(tw.image_fsq_levels))
 
 
 def audio_config(tw):
-    from trimdm.tokenizers.audio import AudioCodecConfig
 
     return AudioCodecConfig(channels=tw.audio_channels, blocks=tw.audio_blocks, emit_levels=tw.audio_emit_levels)
 
@@ -182,8 +192,6 @@ class TinyworldData:
 
     def judges(self) -> dict:
         """{"image": ImageJudge, "speech": SpeechJudge} trained for this data set."""
-        from trimdm.eval.judges import load_judges
-
         return load_judges(self.directory)
 
     def judge_report(self) -> dict:
@@ -232,11 +240,10 @@ def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True)
 
 
 def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, JudgeTraining | None]:
-    from trimdm.tokenizers.audio import AudioCodec
-    from trimdm.tokenizers.image import ImageTokenizer
-    from trimdm.tokenizers.text import TextTokenizer
 
     tw = cfg.tinyworld
+    sc.check_world(tw.sizes, tw.backgrounds, tw.colors, prefix="data.tinyworld.")
+    sp.check_voices(tw.voices, tw.voice_jitter, prefix="data.tinyworld.")
     spec = data_spec(cfg)
     root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
     root.mkdir(parents=True, exist_ok=True)
@@ -265,8 +272,6 @@ def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, Judge
 def _one_thread():
     """Resampling and per-item encoding are many small ops: one thread is as fast, never thrashes
     when other processes share the cores, and gives the same bits whatever the machine's core count."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -277,8 +282,6 @@ def _one_thread():
 
 @_one_thread()
 def _build_raw(tmp: Path, tw, log) -> dict:
-    from trimdm.data.tinyworld import scenes as sc
-    from trimdm.data.tinyworld import speech as sp
 
     counts = {"train": (tw.scenes, tw.utterances), "val": (tw.eval_scenes, tw.eval_utterances),
               "test": (tw.eval_scenes, tw.eval_utterances)}
@@ -311,13 +314,11 @@ def _build_raw(tmp: Path, tw, log) -> dict:
 
 
 def _read_split(raw: Path, split: str, tw, strict: bool):
-    from trimdm.data.tinyworld.scenes import read_image_folder
-    from trimdm.data.tinyworld.speech import read_speech_folder
 
     images_dir = Path(tw.images_dir) if (tw.images_dir and split == "train") else raw / f"images_{split}"
     speech_dir = Path(tw.speech_dir) if (tw.speech_dir and split == "train") else raw / f"speech_{split}"
-    items, img_report = read_image_folder(images_dir, strict=strict)
-    speech, sp_report = read_speech_folder(speech_dir, max_seconds=tw.max_seconds, strict=strict)
+    items, img_report = sc.read_image_folder(images_dir, strict=strict)
+    speech, sp_report = sp.read_speech_folder(speech_dir, max_seconds=tw.max_seconds, strict=strict)
     bad = [i for i, (img, _, _) in enumerate(items) if img.shape != (tw.image_size, tw.image_size, 3)]
     if bad:
         msg = f"{images_dir}: {len(bad)} images are not {tw.image_size}×{tw.image_size} RGB"
@@ -340,8 +341,6 @@ def tokenizer_scenes(tw) -> list:
     """The `tw.tokenizer_scenes` unlabeled scenes only the image tokenizer trains on: the data set's world,
     held-out compositions included (as in val), drawn from another seed than val so that no val or test
     image is among them. The generative model and the judges never see them."""
-    from trimdm.data.tinyworld import scenes as sc
-
     return sc.sample_scenes(tw.tokenizer_scenes, "val", tw.seed + TOKENIZER_SCENES_SEED,
                             two_object_fraction=tw.two_object_fraction, sizes=tuple(tw.sizes),
                             backgrounds=tuple(tw.backgrounds), colors=tuple(tw.colors))
@@ -350,9 +349,6 @@ def tokenizer_scenes(tw) -> list:
 def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
     """Worker: train the image tokenizer on the train split, plus `tokenizer_scenes` unlabeled scenes of
     every composition when asked (one thread: deterministic and fair)."""
-    from trimdm.data.tinyworld import scenes as sc
-    from trimdm.tokenizers import image as im
-
     t0 = time.time()
     images = _read_split(Path(raw), "train", tw, strict)[0]
     val = _read_split(Path(raw), "val", tw, strict)[0][:256]
@@ -370,8 +366,6 @@ def _train_image(raw: str, out: str, tw, strict: bool) -> dict:
 
 def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
     """Worker: train the audio codec on the train split (one thread)."""
-    from trimdm.tokenizers import audio as au
-
     t0 = time.time()
     waves = _read_split(Path(raw), "train", tw, strict)[2]
     val = _read_split(Path(raw), "val", tw, strict)[2]
@@ -386,8 +380,6 @@ def _train_audio(raw: str, out: str, tw, strict: bool) -> dict:
 
 def _build_tokenizers(tmp: Path, raw: Path, cfg, log, strict: bool) -> dict:
     """BPE here; the image tokenizer and the audio codec train at once in two single-thread processes."""
-    from trimdm.tokenizers.text import TextTokenizer
-
     tw = cfg.tinyworld
     _, captions, _, transcripts, read_report = _read_split(raw, "train", tw, strict)
     jobs = {kind: _start_worker(kind, raw, tmp / kind, tw, strict) for kind in ("image", "audio")}
@@ -441,12 +433,10 @@ def _kill(procs) -> None:
 
 
 def _worker_main(args: dict) -> None:
-    import torch
 
-    from trimdm.config import TinyworldConfig, _build
 
     torch.set_num_threads(1)
-    tw = _build(TinyworldConfig, args["tinyworld"], "data.tinyworld.")
+    tw = section_from_dict(TinyworldConfig, args["tinyworld"], "data.tinyworld.")
     if args["kind"] in ("image", "audio"):
         train = _train_image if args["kind"] == "image" else _train_audio
         report = train(args["raw"], args["out"], tw, args["strict"])
@@ -508,7 +498,6 @@ RECON_UTTERANCES = 100  # val utterances the speech ceiling is measured on (Grif
 
 
 def _judges_upstream(root: Path) -> str:
-    from trimdm.eval.judges import settings
 
     return _hash({"tokenizers": _manifest_hash(root / "tokenizers"), "judges": settings()})
 
@@ -555,12 +544,8 @@ class JudgeTraining:
 def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
     """Worker: the image judge, trained on the generated train scenes plus tokenizer reconstructions of
     half of them; scored on val and on val's reconstructions (the ceiling a generated image can reach)."""
-    from trimdm.data.tinyworld.scenes import read_image_folder
-    from trimdm.eval.judges import image as ij
-    from trimdm.tokenizers.image import ImageTokenizer
-
     def split(name: str):
-        items, _ = read_image_folder(Path(raw) / f"images_{name}", strict=strict)
+        items, _ = sc.read_image_folder(Path(raw) / f"images_{name}", strict=strict)
         if not items:
             raise ValueError(f"{raw}/images_{name}: no usable images")
         return np.stack([img for img, _, _ in items]), [scene for _, _, scene in items]
@@ -578,12 +563,8 @@ def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) ->
 def _train_speech_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
     """Worker: the speech judge on the generated train utterances; CER on val and on codec
     reconstructions of the first RECON_UTTERANCES of val."""
-    from trimdm.data.tinyworld.speech import read_speech_folder
-    from trimdm.eval.judges import speech as sj
-    from trimdm.tokenizers.audio import AudioCodec
-
     def split(name: str):
-        items, _ = read_speech_folder(Path(raw) / f"speech_{name}", max_seconds=tw.max_seconds, strict=strict)
+        items, _ = sp.read_speech_folder(Path(raw) / f"speech_{name}", max_seconds=tw.max_seconds, strict=strict)
         if not items:
             raise ValueError(f"{raw}/speech_{name}: no usable utterances")
         return [w for w, _ in items], [t for _, t in items]

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from trimdm.data.media import read_image
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 # RGB chosen far apart (pairwise L2 > 110) and away from every background tone (L2 > 90).
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -519,12 +521,6 @@ def write_image_folder(out_dir: str | Path, scenes: list[Scene], size: int = 32,
     return path
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        im.load()  # decodes fully: a truncated file fails here, not later in a data loader
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
 def read_image_folder(
     folder: str | Path, strict: bool = False
 ) -> tuple[list[tuple[np.ndarray, str, Scene | None]], dict[str, Any]]:
@@ -586,9 +582,9 @@ def read_image_folder(
                 skip("skipped_missing_file", file, "file not found")
                 continue
             try:
-                image = _load_rgb(path)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                skip("skipped_corrupt", file, f"unreadable image ({type(e).__name__}: {e})")
+                image = read_image(path)
+            except ValueError as e:
+                skip("skipped_corrupt", file, str(e).removeprefix(f"{path}: "))
                 continue
             items.append((image, text, scene))
             report["read"] += 1

@@ -34,8 +34,6 @@ import ctypes
 import dataclasses
 import functools
 import json
-import math
-import pickle
 import subprocess
 import sys
 import threading
@@ -45,6 +43,8 @@ from pathlib import Path
 import espeakng_loader
 import numpy as np
 import soundfile as sf
+
+from trimdm.data.media import audio_info, read_audio, resample
 
 SAMPLE_RATE = 16_000  # the rate tinyworld speech is stored and tokenized at
 CHUNK = 256  # utterances per fresh worker process; part of the corpus definition (see Determinism)
@@ -242,89 +242,6 @@ class Espeak:
 
 
 # ---------------------------------------------------------------------------------------------
-# resampling
-
-RESAMPLE_ROLLOFF = 0.9  # filter cutoff as a fraction of the lower Nyquist frequency
-RESAMPLE_ZEROS = 32  # zero crossings of the cutoff sinc on each side of the centre tap
-RESAMPLE_BETA = 8.0  # Kaiser beta: stopband ~ beta / 0.1102 + 8.7 = 81 dB
-_PHASES_PER_GROUP = 16  # output phases per matmul: speed only (same result up to float rounding)
-
-
-@functools.lru_cache(maxsize=16)
-def _polyphase_filters(orig_sr: int, new_sr: int):
-    """(M, L, left padding, [(input offset in a block, (span, phases) matrix) per phase group]).
-
-    Output n sits at input time t_n = n * orig / new. With g = gcd, M = orig / g inputs map to
-    L = new / g outputs per block, output phase p = n mod L has base input floor(p M / L) and
-    fraction f_p, and its taps are h(k - f_p) for integer k, where
-        h(t) = 2 fc sinc(2 fc t) * kaiser(t / T, beta),   |t| <= T = ZEROS / (2 fc),
-    fc = ROLLOFF * min(orig, new) / 2 / orig in cycles per input sample. The Kaiser transition
-    width is about (A - 8) fc_hz / (14.36 ZEROS) = 0.16 fc_hz, so for 22.05 -> 16 kHz the passband
-    is flat to ~6.6 kHz and everything above ~7.8 kHz (below the new Nyquist) is down >= 80 dB.
-    Each phase's taps are normalised to sum to 1 (exact unity gain at DC).
-    """
-    import torch  # deferred: synthesis workers import this module and must start fast
-
-    g = math.gcd(orig_sr, new_sr)
-    m, l_ = orig_sr // g, new_sr // g
-    fc = RESAMPLE_ROLLOFF * min(orig_sr, new_sr) / 2 / orig_sr
-    half = RESAMPLE_ZEROS / (2 * fc)
-    kh = int(math.floor(half))
-    n_taps = 2 * kh + 2  # k in [-kh, kh + 1] covers |k - f| < half for every f in [0, 1)
-    k = torch.arange(-kh, kh + 2, dtype=torch.float64)
-    groups = []
-    for p0 in range(0, l_, _PHASES_PER_GROUP):
-        phases = torch.arange(p0, min(p0 + _PHASES_PER_GROUP, l_), dtype=torch.int64)
-        base = phases * m // l_  # floor(p M / L)
-        frac = (phases * m % l_).double() / l_
-        t = k[None, :] - frac[:, None]  # (phases, taps): tap time minus output time
-        window = torch.special.i0(
-            RESAMPLE_BETA * torch.sqrt(torch.clamp(1 - (t / half) ** 2, min=0.0))
-        ) / torch.special.i0(torch.tensor(RESAMPLE_BETA, dtype=torch.float64))
-        taps = 2 * fc * torch.sinc(2 * fc * t) * window * (t.abs() <= half)
-        taps = taps / taps.sum(dim=1, keepdim=True)
-        offset = int(base[0])
-        span = int(base[-1]) - offset + n_taps
-        matrix = torch.zeros(span, len(phases), dtype=torch.float64)
-        for j in range(len(phases)):
-            start = int(base[j]) - offset
-            matrix[start:start + n_taps, j] = taps[j]
-        groups.append((offset, matrix.float()))
-    return m, l_, kh, groups
-
-
-def resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited resampling of a mono waveform to float32; length round(n * new / orig).
-
-    Kaiser-windowed sinc interpolation (see `_polyphase_filters`), zero-padded at both ends, output
-    sample n aligned with input time n * orig / new; the length rounds halves up.
-    """
-    import torch  # deferred, see _polyphase_filters
-
-    if not (isinstance(orig_sr, int) and isinstance(new_sr, int) and orig_sr > 0 and new_sr > 0):
-        raise ValueError(f"sample rates must be positive ints, got {orig_sr!r} -> {new_sr!r}")
-    wave = np.asarray(wave)
-    if wave.ndim != 1:
-        raise ValueError(f"resample takes a 1-D mono wave, got shape {wave.shape}")
-    n = wave.shape[0]
-    n_out = (n * new_sr + orig_sr // 2) // orig_sr
-    if orig_sr == new_sr:
-        return wave.astype(np.float32, copy=True)
-    if n_out == 0:
-        return np.zeros(0, np.float32)
-    m, l_, kh, groups = _polyphase_filters(orig_sr, new_sr)
-    n_blocks = -(-n_out // l_)
-    need = (n_blocks - 1) * m + max(offset + mat.shape[0] for offset, mat in groups)
-    x_T = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    x_T = torch.nn.functional.pad(x_T, (kh, max(0, need - kh - n)))
-    # one strided view per group of phases: row b holds the inputs that block b's outputs need
-    y_BL = torch.cat(
-        [x_T[offset:].unfold(0, mat.shape[0], m)[:n_blocks] @ mat for offset, mat in groups], dim=1
-    )
-    return y_BL.reshape(-1)[:n_out].numpy().copy()
-
-
-# ---------------------------------------------------------------------------------------------
 # corpus
 
 
@@ -349,14 +266,19 @@ def _trim(wave: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def _worker_main() -> None:
-    """Entry of a synthesis worker process: pickled [(text, voice dict)] in, int16 waves out."""
-    jobs = pickle.load(sys.stdin.buffer)
+    """Entry of a synthesis worker process: JSON [[text, voice fields], ...] on stdin; on stdout one JSON
+    line ({"sample_rate", "lengths"} or {"error"}) and then the int16 samples of every wave, in order."""
+    jobs = json.load(sys.stdin)
     espeak = Espeak()
     try:
-        result = (espeak.sample_rate, [espeak.synthesize_int16(t, Voice(**v)) for t, v in jobs])
+        waves = [espeak.synthesize_int16(t, Voice(**v)) for t, v in jobs]
     except ValueError as e:  # bad input stays a ValueError in the parent
-        result = e
-    pickle.dump(result, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        sys.stdout.buffer.write(json.dumps({"error": str(e)}).encode() + b"\n")
+        return
+    header = {"sample_rate": espeak.sample_rate, "lengths": [len(w) for w in waves]}
+    sys.stdout.buffer.write(json.dumps(header).encode() + b"\n")
+    for w in waves:
+        sys.stdout.buffer.write(np.ascontiguousarray(w, dtype="<i2").tobytes())
 
 
 # Load this file by path rather than as trimdm.data...: a worker must not pay for the package's
@@ -374,14 +296,19 @@ _WORKER_BOOTSTRAP = (
 def _synthesize_in_fresh_process(jobs: list[tuple[str, dict]]) -> tuple[int, list[np.ndarray]]:
     proc = subprocess.run(
         [sys.executable, "-c", _WORKER_BOOTSTRAP, str(Path(__file__).resolve())],
-        input=pickle.dumps(jobs), capture_output=True, check=False,
+        input=json.dumps(jobs).encode(), capture_output=True, check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"speech worker failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
-    result = pickle.loads(proc.stdout)
-    if isinstance(result, ValueError):
-        raise ValueError(str(result))
-    return result
+    line, _, body = proc.stdout.partition(b"\n")
+    header = json.loads(line)
+    if "error" in header:
+        raise ValueError(header["error"])
+    samples = np.frombuffer(body, dtype="<i2")
+    ends = np.cumsum(header["lengths"])
+    if len(samples) != (ends[-1] if len(ends) else 0):
+        raise RuntimeError(f"speech worker wrote {len(samples)} samples, its header promised {ends[-1]}")
+    return header["sample_rate"], [w.astype(np.int16) for w in np.split(samples, ends[:-1])]
 
 
 def synthesize_corpus(
@@ -468,34 +395,6 @@ class SpeechFolderReport:
         return dataclasses.asdict(self)
 
 
-def _wav_header_problem(path: Path) -> str | None:
-    """A reason if a RIFF/WAVE file promises more sample data than it holds, else None.
-
-    libsndfile silently reads what is there, so truncation is found from the chunk sizes.
-    Non-RIFF files (FLAC, ...) are left to soundfile.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        pos = 12
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return "truncated: no data chunk"
-            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            pos += 8
-            if chunk_id == b"data":
-                # 0 and 0xFFFFFFFF are placeholders written by streaming encoders: size unknown
-                if chunk_size not in (0, 0xFFFFFFFF) and pos + chunk_size > size:
-                    return (f"truncated: data chunk declares {chunk_size} bytes, "
-                            f"file holds {size - pos}")
-                return None
-            pos += chunk_size + (chunk_size & 1)
-            f.seek(pos)
-
-
 def read_speech_folder(
     root: str | Path,
     max_seconds: float | None,
@@ -547,28 +446,16 @@ def read_speech_folder(
             if not path.is_file():
                 skip("skipped_missing_file", str(path), "missing audio file")
                 continue
-            reason = _wav_header_problem(path)
             try:
-                info = sf.info(str(path)) if reason is None else None
-            except (sf.SoundFileError, RuntimeError) as e:
-                reason = f"unreadable: {e}"
-            if reason is None and info.frames == 0:
-                reason = "no audio frames"
-            if reason is not None:
-                skip("skipped_corrupt", str(path), reason)
+                frames, rate = audio_info(path)
+                seconds = frames / rate
+                if max_seconds is not None and seconds > max_seconds:
+                    skip("skipped_too_long", str(path), f"{seconds:.2f} s > max_seconds={max_seconds}")
+                    continue
+                wave = read_audio(path, sample_rate)
+            except ValueError as e:
+                skip("skipped_corrupt", str(path), str(e).removeprefix(f"{path}: not a readable audio file: "))
                 continue
-            seconds = info.frames / info.samplerate
-            if max_seconds is not None and seconds > max_seconds:
-                skip("skipped_too_long", str(path), f"{seconds:.2f} s > max_seconds={max_seconds}")
-                continue
-            try:
-                data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-            except (sf.SoundFileError, RuntimeError) as e:
-                skip("skipped_corrupt", str(path), f"unreadable: {e}")
-                continue
-            wave = data.mean(axis=1)
-            if file_sr != sample_rate:
-                wave = resample(wave, file_sr, sample_rate)
-            items.append((wave.astype(np.float32, copy=False), text))
+            items.append((wave, text))
             report.read += 1
     return items, report

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from pathlib import Path
@@ -47,13 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimdm.eval.judges import fit
+from trimdm.data.tinyworld.judges.training import fit_judge
 from trimdm.data.tinyworld.scenes import (BACKGROUNDS, COLORS, SHAPES, SIZES, Obj, Scene, caption_errors,
                                           has_heldout_pair)
+from trimdm.fileio import CONFIG, load_state, read_module, save_module
 
 FORMAT = "trimdm.image_judge"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 CELLS = 9  # the 3x3 grid of scenes.LOCATIONS
 _COLORS, _BACKGROUNDS = tuple(COLORS), tuple(BACKGROUNDS)
 _CHUNK = 512  # images per forward pass at inference; bounds memory
@@ -219,55 +217,26 @@ class ImageJudge:
         return torch.cat(parts) if parts else torch.zeros(0, self.cfg.feature_dim)
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS))
-        meta = {"format": FORMAT, "config": dataclasses.asdict(self.cfg)}
-        (directory / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
+        save_module(directory, self.net.state_dict(), {"format": FORMAT, "config": dataclasses.asdict(self.cfg)})
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageJudge:
-        meta, state = _read_saved(Path(directory), FORMAT)
+        meta = read_judge(directory, FORMAT)
         try:
             cfg = ImageJudgeConfig(**meta["config"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{directory}: invalid image judge config ({e})") from None
         net = ImageJudgeNet(cfg)
-        _load_state(net, state, directory)
+        load_state(net, meta["state"], directory)
         return cls(cfg, net)
 
 
-def _read_saved(directory: Path, fmt: str) -> tuple[dict, dict]:
-    """(config JSON, safetensors state) of a saved judge; ValueError naming the file when unusable."""
-    from safetensors.torch import load_file
-
-    cfg_path, w_path = directory / CONFIG, directory / WEIGHTS
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{cfg_path}: judge config is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: unreadable judge config ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{cfg_path}: not a {fmt} config")
-    if not w_path.is_file():
-        raise ValueError(f"{w_path}: judge weights are missing")
-    try:
-        state = load_file(str(w_path))  # safetensors: no pickle, no code runs on load
-    except Exception as e:  # SafetensorError derives from Exception only
-        raise ValueError(f"{w_path}: cannot read judge weights ({type(e).__name__}: {e})") from None
-    return meta, state
-
-
-def _load_state(net: nn.Module, state: dict, directory) -> None:
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{directory}: weights do not match the config ({e})") from None
-    net.eval()
+def read_judge(directory: str | Path, fmt: str) -> dict:
+    """A saved judge's config JSON, with its weights under "state"; ValueError naming the file when unusable."""
+    meta, state = read_module(directory, "judge")
+    if meta.get("format") != fmt or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{Path(directory) / CONFIG}: not a {fmt} config")
+    return {**meta, "state": state}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +317,7 @@ def train_image_judge(
                                        t.permute_fraction, gen)
             return _loss(net(x), tgt)
 
-        losses = fit(net, t, steps, loss_at, say, "image judge", t0, bf16=bf16)
+        losses = fit_judge(net, t, steps, loss_at, say, "image judge", t0, bf16=bf16)
     judge = ImageJudge(cfg, net)
     report = {"steps": steps, "batch": batch, "train_images": len(images) - n_recon,
               "reconstructions": n_recon, "threads": torch.get_num_threads(),

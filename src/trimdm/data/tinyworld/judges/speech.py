@@ -23,7 +23,6 @@ spaces collapse, ends stripped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import time
@@ -36,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimdm.eval.judges import fit
-from trimdm.eval.judges.image import CONFIG, WEIGHTS, _load_state, _read_saved
+from trimdm.data.tinyworld.judges.image import read_judge
+from trimdm.data.tinyworld.judges.training import fit_judge
+from trimdm.fileio import load_state, save_module
 
 FORMAT = "trimdm.speech_judge"
 SAMPLE_RATE = 16_000
@@ -76,7 +76,7 @@ def _normalized(hyps: Sequence[str], refs: Sequence[str]) -> tuple[list[str], li
     return h, r
 
 
-def _edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(edit distance, reference length) per utterance, both texts normalised."""
     h, r = _normalized(hyps, refs)
     return (np.array([_edit_distance(a, b) for a, b in zip(h, r)], dtype=np.float64),
@@ -85,19 +85,8 @@ def _edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.nda
 
 def cer(hyps: Sequence[str], refs: Sequence[str]) -> float:
     """Character error rate: total Levenshtein distance / total reference characters, both normalised."""
-    e, c = _edits(hyps, refs)
+    e, c = edits(hyps, refs)
     return float(e.sum() / c.sum())
-
-
-def cer_and_se(hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, float]:
-    """`cer` and its standard error over utterances (a ratio of sums: the delta method, edits e_i and
-    reference lengths c_i, residuals e_i − CER·c_i); the SE is nan for fewer than two utterances."""
-    e, c = _edits(hyps, refs)
-    rate, n = float(e.sum() / c.sum()), len(e)
-    if n < 2:
-        return rate, float("nan")
-    resid = e - rate * c
-    return rate, float(np.sqrt((resid ** 2).sum() * n / (n - 1)) / c.sum())
 
 
 def pairwise_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -287,19 +276,12 @@ class SpeechJudge:
         return out
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS))
-        meta = {"format": FORMAT, "config": dataclasses.asdict(self.cfg), "alphabet": ALPHABET,
-                "sample_rate": SAMPLE_RATE}
-        (directory / CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
+        save_module(directory, self.net.state_dict(), {"format": FORMAT, "config": dataclasses.asdict(self.cfg),
+                                                       "alphabet": ALPHABET, "sample_rate": SAMPLE_RATE})
 
     @classmethod
     def load(cls, directory: str | Path) -> SpeechJudge:
-        meta, state = _read_saved(Path(directory), FORMAT)
+        meta = read_judge(directory, FORMAT)
         if meta.get("alphabet") != ALPHABET or meta.get("sample_rate") != SAMPLE_RATE:
             raise ValueError(f"{directory}: saved with another alphabet or sample rate than this code uses")
         try:
@@ -307,7 +289,7 @@ class SpeechJudge:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{directory}: invalid speech judge config ({e})") from None
         net = SpeechJudgeNet(cfg)
-        _load_state(net, state, directory)
+        load_state(net, meta["state"], directory)
         return cls(cfg, net)
 
 
@@ -395,7 +377,7 @@ def train_speech_judge(
             return F.ctc_loss(logits.float().log_softmax(-1).transpose(0, 1), torch.cat(tgt), net.out_lengths(mel_len),
                               torch.tensor([len(y) for y in tgt]), blank=0, reduction="mean", zero_infinity=True)
 
-        losses = fit(net, t, steps, loss_at, say, "speech judge", t0, label="ctc", bf16=bf16)
+        losses = fit_judge(net, t, steps, loss_at, say, "speech judge", t0, label="ctc", bf16=bf16)
     net.eval()
     report = {"steps": steps, "batch": batch, "train_utterances": len(waves),
               "kept": len(mels), "threads": torch.get_num_threads(), "feature_seconds": round(feat_seconds, 1),

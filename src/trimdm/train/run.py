@@ -1,0 +1,86 @@
+"""A run, rebuilt from its checkpoint alone: the model, its vocabulary, its tokenizers, where it runs.
+
+Owns: the model a config describes (`model_args`, `build_model`, initialised from the run's `init`
+random stream), the device choice, the autocast policy of `train.dtype`, and `load_run`, which reads a
+run directory or checkpoint (config, vocab, weights, and the tokenizers the run carries) for sampling
+and evaluation. Does not own training (trainer.py) or the checkpoint format (checkpoint.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trimdm.config import Config
+from trimdm.model.transformer import Transformer, TransformerArgs
+from trimdm.streams import stream_seed
+from trimdm.tokenizers.audio import AudioCodec
+from trimdm.tokenizers.image import ImageTokenizer
+from trimdm.tokenizers.text import TextTokenizer
+from trimdm.tokenizers.vocab import JointVocab
+from trimdm.train.checkpoint import load_checkpoint
+
+
+def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
+    m, d = cfg.model, cfg.derived
+    return TransformerArgs(vocab_size=vocab.size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+                           mlp_hidden=m.mlp_hidden, max_seq_len=cfg.data.seq_len, rope_theta=m.rope_theta,
+                           norm_eps=m.norm_eps, init_std=m.init_std, residual_scale=1.0 / d.depth_mult,
+                           hidden_init_scale=1.0 / math.sqrt(d.width_mult), vocab_segments=vocab.segments())
+
+
+def build_model(cfg: Config, vocab: JointVocab) -> Transformer:
+    model = Transformer(model_args(cfg, vocab))
+    model.init_weights(torch.Generator().manual_seed(stream_seed(cfg.train.seed, "init")))
+    return model
+
+
+def autocast(dtype: str, device: torch.device):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready for sampling and evaluation, rebuilt from its checkpoint alone."""
+
+    cfg: Config
+    vocab: JointVocab
+    model: Transformer
+    tokenizer: object  # text
+    checkpoint: Path
+    device: torch.device
+    media_tokenizers: dict  # "image" / "audio" -> tokenizer, where the run has them
+
+    @property
+    def autocast_dtype(self):
+        return torch.bfloat16 if self.cfg.train.dtype == "bf16" else None
+
+
+def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
+    """The run at `path` (a run directory: its latest checkpoint; or a checkpoint directory), in eval mode."""
+    ckpt = load_checkpoint(path, with_optimizer=False)
+    cfg = Config.from_dict(ckpt["config"]).derive()
+    vocab = JointVocab.from_dict(ckpt["vocab"])
+    dev = pick_device(device)
+    model = Transformer(model_args(cfg, vocab))
+    model.load_state_dict(ckpt["model"])
+    model.to(dev).eval()
+    run_dir = ckpt["path"].parent.parent
+    tokenizer = TextTokenizer.load(run_dir / "tokenizer")
+    media = {}
+    if vocab.has("image"):
+        media["image"] = ImageTokenizer.load(run_dir / "tokenizers" / "image")
+    if vocab.has("audio"):
+        media["audio"] = AudioCodec.load(run_dir / "tokenizers" / "audio")
+    return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev, media)
