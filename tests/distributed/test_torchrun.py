@@ -5,7 +5,9 @@ only the order of floating-point additions differs (gradients are summed across 
 agree to ~1e-7 relative and the weights after 10 AdamW steps to ~1e-5 (measured 1.4e-7 and 1.8e-5 on
 this machine); the tolerances below leave a 10× margin and stay far below one update (lr = 3e-3).
 A DDP run killed with SIGKILL after a checkpoint and resumed at the same world size must match the
-uninterrupted DDP run bit for bit.
+uninterrupted DDP run bit for bit. The same holds for the tri-modal recipe with micro-batches, where a
+rank's slice of a step may hold no audio (or no image) rows: every parameter still takes part in every
+step on every rank, so the ranks' gradient buckets agree.
 """
 import json
 import os
@@ -21,10 +23,13 @@ from safetensors.torch import load_file
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 COMMON = ["train", "--recipe", "tiny", "train.dtype=fp32", "train.tokens=5120", "train.ckpt_every=5"]
+# tiny_tri: 8 rows of 384 per step, two micro-batches of 2 rows per rank (four in one process)
+TRI = ["train", "--recipe", "tiny_tri", "train.dtype=fp32", "train.tokens=30720", "train.ckpt_every=5",
+       "train.micro_batch_size=2"]
 
 
-def run(out: Path, data_root: str, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = (TORCHRUN if nproc > 1 else [sys.executable]) + ["-m", "trimdm", *COMMON, "--out", str(out),
+def run(out: Path, data_root: str, *extra: str, nproc: int = 2, common=COMMON) -> subprocess.CompletedProcess:
+    cmd = (TORCHRUN if nproc > 1 else [sys.executable]) + ["-m", "trimdm", *common, "--out", str(out),
                                                           f"data.root={data_root}", *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -92,11 +97,12 @@ def test_fsdp_matches_single_process(single, tmp_path, data_root):
     assert_matches(tmp_path, single)
 
 
-def test_ddp_killed_after_checkpoint_resumes_bit_identically(ddp, tmp_path, data_root):
-    cmd = TORCHRUN + ["-m", "trimdm", *COMMON, "--out", str(tmp_path), f"data.root={data_root}",
-                      "train.parallel=ddp"]
+def kill_after_checkpoint_and_resume(out: Path, data_root: str, common: list[str], parallel: str):
+    """Start a 2-process run, SIGKILL the whole job once step 5's checkpoint is in place, rerun it."""
+    cmd = TORCHRUN + ["-m", "trimdm", *common, "--out", str(out), f"data.root={data_root}",
+                      f"train.parallel={parallel}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = tmp_path / "checkpoints" / "latest"
+    latest = out / "checkpoints" / "latest"
     t0 = time.time()
     while not (latest.exists() and "step_00000005" in latest.read_text()):
         assert proc.poll() is None and time.time() - t0 < 240, "run ended or stalled before its checkpoint"
@@ -108,12 +114,20 @@ def test_ddp_killed_after_checkpoint_resumes_bit_identically(ddp, tmp_path, data
             pass
     proc.wait()
     assert "step_00000005" in latest.read_text()
-    res = run(tmp_path, data_root, "train.parallel=ddp")
+    res = run(out, data_root, f"train.parallel={parallel}", common=common)
     assert "resumed from" in res.stdout + res.stderr
-    got, ref = metrics(tmp_path), metrics(ddp)
+
+
+def assert_bit_identical_after_step_5(a: Path, b: Path):
+    got, ref = metrics(a), metrics(b)
     assert [r["loss"] for r in got[5:]] == [r["loss"] for r in ref[5:]]
-    wa, wb = weights(tmp_path), weights(ddp)
+    wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ddp_killed_after_checkpoint_resumes_bit_identically(ddp, tmp_path, data_root):
+    kill_after_checkpoint_and_resume(tmp_path, data_root, COMMON, "ddp")
+    assert_bit_identical_after_step_5(tmp_path, ddp)
 
 
 def test_a_ddp_checkpoint_loads_in_one_process(ddp):
@@ -121,3 +135,55 @@ def test_a_ddp_checkpoint_loads_in_one_process(ddp):
 
     loaded = load_run(ddp)
     assert loaded.checkpoint.name == "step_00000010"
+
+
+# -- the tri-modal recipe ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tri_single(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("tri_single")
+    run(out, data_root, nproc=1, common=TRI)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tri_fsdp(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("tri_fsdp")
+    run(out, data_root, "train.parallel=fsdp", common=TRI)
+    return out
+
+
+def test_some_rank_draws_no_audio_rows(tri_single):
+    """The runs below include steps where one rank's rows hold no audio (the case that desynchronised
+    the ranks' gradients): read back from the run's own data order."""
+    from trimdm.config import Config
+    from trimdm.data.loader import MixtureLoader, row_shares
+    from trimdm.data.prepare import prepare
+    from trimdm.diffusion.masking import clean_rows_per_batch
+    from trimdm.streams import stream_seed
+    from trimdm.train.run import load_run
+
+    cfg = Config.from_json(tri_single / "config.json").derive()
+    data = prepare(cfg.data, log=lambda *a: None, evaluation=False)
+    vocab = load_run(tri_single).vocab
+    sources = data.sources("train", vocab, cfg.data.seq_len)
+    mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
+    shares = row_shares(mix, data.tokens_per_row(cfg.data.seq_len))
+    rows = clean_rows_per_batch(cfg.diffusion.antimask, cfg.derived.batch)
+    loaders = [MixtureLoader(sources, shares, rows, stream_seed(cfg.train.seed, "data"), r, 2) for r in (0, 1)]
+    lacking = [step for step in range(cfg.derived.steps)
+               if any(not bool((loader.next()[:, 0] == vocab.TASK_audio_text).any()) for loader in loaders)]
+    assert lacking, "no step leaves a rank without audio rows: the test would not cover the case"
+
+
+def test_tri_modal_ddp_matches_single_process(tri_single, tmp_path, data_root):
+    run(tmp_path, data_root, "train.parallel=ddp", common=TRI)
+    assert_matches(tmp_path, tri_single)
+
+
+def test_tri_modal_fsdp_matches_single_process(tri_single, tri_fsdp):
+    assert_matches(tri_fsdp, tri_single)
+
+
+def test_tri_modal_fsdp_killed_after_checkpoint_resumes_bit_identically(tri_fsdp, tmp_path, data_root):
+    kill_after_checkpoint_and_resume(tmp_path, data_root, TRI, "fsdp")
+    assert_bit_identical_after_step_5(tmp_path, tri_fsdp)

@@ -44,7 +44,10 @@ class LossStats:
 def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float | None = None):
     """Returns (differentiable loss, LossStats). `denominator` overrides Σ maskable tokens of this
     batch, so that micro-batches and ranks divide by the count of the whole global batch."""
-    heads = row_tables(vocab, nb.noisy_BL.device).output_heads(nb.noisy_BL, nb.masked_BL)
+    # every head, empty ones too: each unembedding slice gets a gradient (zero where nothing of it is
+    # masked), so every parameter takes part in every step whatever the batch holds, and a distributed
+    # step all-reduces the same set of gradients on every rank
+    heads = row_tables(vocab, nb.noisy_BL.device).output_heads(nb.noisy_BL, nb.masked_BL, every=True)
     logits = model(nb.noisy_BL, nb.pad_BL, heads=[h[:4] for h in heads])
     tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
     masked = torch.stack([(nb.masked_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()
@@ -58,8 +61,6 @@ def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float 
         total = total + weighted
         wce[MODALITIES.index(m)] += weighted.detach().double()
     denom = float(tokens.sum()) if denominator is None else denominator
-    if not torch.is_tensor(total):  # nothing masked: a zero that still carries gradient structure
-        total = sum(p.sum() for p in model.parameters()) * 0.0
     # the statistics go to the CPU in one transfer (they are summed across micro-batches and tasks there)
     wce, tokens, masked = torch.stack([wce, tokens, masked]).cpu()
     return total / max(denom, 1.0), LossStats(wce, tokens, masked)

@@ -112,28 +112,27 @@ class RowTables:
         offset = torch.arange(ids_BL.shape[1], device=ids_BL.device)[None, :] - start[:, None] - 1
         return offset.remainder(max(v.audio_levels, 1))
 
-    def output_heads(self, ids_BL: torch.Tensor, select_BL: torch.Tensor) -> list[tuple]:
+    def output_heads(self, ids_BL: torch.Tensor, select_BL: torch.Tensor, every: bool = False) -> list[tuple]:
         """Split the selected positions by the output slice they predict: [(select, lo, hi, eos, m)].
 
         Text and image positions predict their modality's content ids plus its EOS; an audio position
         predicts only its own level's C codes plus EOS_audio (SPEC §2: level k's codes are a separate
-        range), which both the loss and the sampler use, so neither can put a code at the wrong level."""
+        range), which both the loss and the sampler use, so neither can put a code at the wrong level.
+        Heads that select nothing are left out, unless `every`: then every slice of the vocabulary has
+        its head, empty ones included, so that a loss built on them reaches every unembedding row (the
+        same parameters get gradients on every rank of a distributed step, whatever each rank drew)."""
         v = self.vocab
         modality = self.modality(ids_BL)
+        level = self.audio_level(ids_BL) if v.has("audio") else None
         heads = []
         for i, m in enumerate(MODALITIES):
+            if not v.has(m):
+                continue
             sel = select_BL & (modality == i)
-            if not v.has(m) or not bool(sel.any()):
-                continue
-            if m != "audio":
-                heads.append((sel, *v.content_range(m), v.eos(m), m))
-                continue
-            level = self.audio_level(ids_BL)
-            for k in range(v.audio_levels):
-                sel_k = sel & (level == k)
-                if bool(sel_k.any()):
-                    lo = v.off_audio + k * v.audio_codebook
-                    heads.append((sel_k, lo, lo + v.audio_codebook, v.EOS_audio, m))
+            slices = [(sel, *v.content_range(m))] if m != "audio" else [
+                (sel & (level == k), v.off_audio + k * v.audio_codebook, v.off_audio + (k + 1) * v.audio_codebook)
+                for k in range(v.audio_levels)]
+            heads += [(s, lo, hi, v.eos(m), m) for s, lo, hi in slices if every or bool(s.any())]
         return heads
 
     def modality(self, ids_BL: torch.Tensor) -> torch.Tensor:
