@@ -223,3 +223,60 @@ def test_sq_norm_accumulates_in_float64():
     assert sq_norm([g]) == pytest.approx(exact, rel=1e-12)
     # a bf16 accumulation would be off by far more than that tolerance
     assert abs(float(torch.linalg.vector_norm(g).square()) - exact) > 1e-6 * exact
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer's micro-batches: τ is drawn for the whole step (diffusion.masking.draw_noise) and each
+# micro-batch takes a contiguous slice of the rows. Synthetic per-row gradients with a τ-dependent mean:
+#     g_i = G + c·(τ_i − ½)·e + ε_i,   ε_i ~ N(0, σ²·I_d),
+# with the τ part 9% of the per-row noise, so B_simple = (d·σ² + c²/12)/|G|² for i.i.d. τ.
+# The step's τ are the stratified levels {w + k/B} (w ~ U[0, 1/B)) in a random order, so a micro-batch
+# of b rows is a sample without replacement of them, and the whole step's mean of τ is nearly exact.
+# Then, exactly,  E|m̄_b|² = c²/(12B²)·(1 + (B+1)(B−b)/b)  and  E|m̄_B|² = c²/(12B²),  so the
+# two-batch-size estimates have the expectations
+#     E[tr(Σ) estimate] = d·σ² + c²(B+1)/(12B),   E[|G|² estimate] = |G|² − c²/(12B),
+# whose ratio is the known target: 1.8% above the i.i.d. B_simple here (stratification removes most of
+# the τ noise from the big batch), where τ bands sliced in sorted order more than double it.
+TAU_DIM, TAU_SIGMA, C_TAU, G_NORM = 40, 1.0, math.sqrt(12 * 0.09 * 40), math.sqrt(40 / 12.0)
+B_IID = (TAU_DIM * TAU_SIGMA**2 + C_TAU**2 / 12) / G_NORM**2
+TAU_ROWS, TAU_MICRO, TAU_STEPS = 64, 16, 4000
+B_TARGET = ((TAU_DIM * TAU_SIGMA**2 + C_TAU**2 * (TAU_ROWS + 1) / (12 * TAU_ROWS))
+            / (G_NORM**2 - C_TAU**2 / (12 * TAU_ROWS)))
+
+
+def _measured_b_simple(contiguous_tau: bool, seed: int) -> tuple[float, float]:
+    """(B_simple from the two-batch-size estimates averaged over TAU_STEPS, its standard error)."""
+    from trimdm.diffusion.masking import draw_noise, stratified_tau
+
+    gen = torch.Generator().manual_seed(seed)
+    G = torch.zeros(TAU_DIM, dtype=torch.float64)
+    G[0] = G_NORM
+    e = torch.zeros(TAU_DIM, dtype=torch.float64)
+    e[1] = 1.0
+    g2s, traces = [], []
+    for _ in range(TAU_STEPS):
+        tau = stratified_tau(TAU_ROWS, gen, 0.0, 1.0) if contiguous_tau else draw_noise(TAU_ROWS, 1, gen, 0.0, 1.0)[0]
+        noise = TAU_SIGMA * torch.randn(TAU_ROWS, TAU_DIM, generator=gen, dtype=torch.float64)
+        g = G + C_TAU * (tau[:, None] - 0.5) * e + noise
+        micro = g.view(TAU_ROWS // TAU_MICRO, TAU_MICRO, TAU_DIM).mean(1)  # contiguous slices, as the trainer
+        g2, trace = noise_scale_estimates(float(micro.square().sum(1).mean()), TAU_MICRO,
+                                          float(g.mean(0).square().sum()), TAU_ROWS)
+        g2s.append(g2)
+        traces.append(trace)
+    g2s, traces = torch.tensor(g2s), torch.tensor(traces)
+    ratio = float(traces.mean() / g2s.mean())
+    # delta method for a ratio of means over independent steps
+    se = float((traces - ratio * g2s).std() / math.sqrt(TAU_STEPS) / g2s.mean())
+    return ratio, se
+
+
+def test_noise_scale_of_the_trainers_micro_batches_is_unbiased():
+    measured, se = _measured_b_simple(contiguous_tau=False, seed=11)
+    assert abs(measured - B_TARGET) < 4 * se, (measured, B_TARGET, se)
+    assert abs(B_TARGET / B_IID - 1) < 0.02
+
+
+def test_contiguous_tau_bands_would_bias_it():
+    """The power of the check above: micro-batches cut from τ in sorted order hold one τ band each."""
+    measured, se = _measured_b_simple(contiguous_tau=True, seed=11)
+    assert measured - B_TARGET > 4 * se and measured > 2 * B_IID, (measured, B_TARGET, se)

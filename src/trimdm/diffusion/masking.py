@@ -91,8 +91,13 @@ def apply_masks(clean_BL, masked_BL, weight_BL, maskable_BL, tables: RowTables, 
 def draw_noise(n_rows: int, seq_len: int, generator: torch.Generator, lo: float, hi: float):
     """The randomness of one batch, independent of its content: stratified τ per row, one uniform per
     position and one per row (which rows are conditional, see `conditional_modes`). Drawn for a whole
-    global batch and sliced per micro-batch or rank, so the masks do not depend on how it is split."""
-    tau_B = stratified_tau(n_rows, generator, lo, hi)
+    global batch and sliced per micro-batch or rank, so the masks do not depend on how it is split.
+
+    The stratified levels go to the rows in a random order: sliced in their sorted order, each
+    micro-batch (or rank) would hold one band of τ, its gradient would not be a random sample of the
+    batch's, and the gradient noise scale measured from micro-batch gradients (optim/noise_scale.py)
+    would count the difference between τ bands as noise."""
+    tau_B = stratified_tau(n_rows, generator, lo, hi)[torch.randperm(n_rows, generator=generator)]
     u_BL = torch.rand((n_rows, seq_len), generator=generator, dtype=torch.float64)
     return tau_B, u_BL, torch.rand(n_rows, generator=generator, dtype=torch.float64)
 
