@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trimdm.diffusion.schedules import parse_schedule
+from trimdm.optim.lr import SCHEDULES
 from trimdm.optim.reparam import BaseHParams, sde_hparams
 from trimdm.tokenizers.vocab import MODALITIES
 
@@ -245,13 +246,18 @@ class OptimConfig:
     reparam: str = "sde"  # sde | none | accumulate (SPEC §6)
     groups: GroupTable = field(default_factory=GroupTable)
     depth_ratio: float = 1.0  # block l of n gets lr × depth_ratio^(l/(n−1))
-    lr_schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1  # final lr of the cosine decay, as a fraction of lr
-    grad_clip: float = 1.0  # 0 disables clipping
+    lr_schedule: str = "cosine"  # cosine | constant | wsd (optim/lr.py)
+    min_lr_ratio: float = 0.1  # final lr of the cosine or WSD decay, as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the last fraction of the horizon's tokens decays linearly
+    # gradient-norm threshold at the base point (0 disables); under reparam=sde it is divided by √κ,
+    # as ε is (optim/reparam.py), and the run's value is derived.grad_clip
+    grad_clip: float = 1.0
 
     def validate(self) -> None:
         _check_positive("optim.base.", self.base, "lr")
-        _check_choice("optim.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        _check_choice("optim.lr_schedule", self.lr_schedule, SCHEDULES)
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"optim.decay_fraction={self.decay_fraction} must lie in (0, 1]")
         _check_choice("optim.reparam", self.reparam, ("sde", "none", "accumulate"))
         if self.gamma < 0:
             raise ValueError(f"optim.gamma={self.gamma} must be >= 0")
@@ -415,6 +421,8 @@ class Derived:
     betas: tuple[float, float] = (0.0, 0.0)
     eps: float = 0.0
     weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    decay_steps: int = 0  # wsd: steps of the final decay (decay_fraction of the steps)
     width_mult: float = 1.0
     depth_mult: float = 1.0
 
@@ -443,7 +451,8 @@ class Config:
         hp = self.batch_hparams()
         d.batch, d.tokens_per_step, d.steps, d.warmup_steps = hp.batch, hp.tokens_per_step, hp.steps, hp.warmup_steps
         d.kappa, d.logical_batch, d.lr, d.betas = hp.kappa, hp.logical_batch, hp.lr, tuple(hp.betas)
-        d.eps, d.weight_decay = hp.eps, hp.weight_decay
+        d.eps, d.weight_decay, d.grad_clip = hp.eps, hp.weight_decay, hp.grad_clip
+        d.decay_steps = max(1, round(self.optim.decay_fraction * d.steps)) if self.optim.lr_schedule == "wsd" else 0
         d.micro_batch_size = t.micro_batch_size or t.batch_size
         d.accum_steps = d.batch // d.micro_batch_size
         completep = m.parameterization == "completep"
@@ -455,7 +464,7 @@ class Config:
         """The SDE batch reparameterization of `optim.base` for this run (optim/reparam.py)."""
         b, t = self.optim.base, self.train
         base = BaseHParams(batch=b.batch, tokens=b.tokens, lr=b.lr, betas=tuple(b.betas), eps=b.eps,
-                           weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens)
+                           weight_decay=b.weight_decay, warmup_tokens=b.warmup_tokens, grad_clip=self.optim.grad_clip)
         return sde_hparams(base, t.batch_size, t.tokens, self.data.seq_len, self.optim.gamma, self.optim.reparam)
 
     def validate(self) -> None:

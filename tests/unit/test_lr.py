@@ -28,3 +28,23 @@ def test_constant_after_warmup_and_unknown_names():
     assert [lr_factor(s, 10, 2, "constant", 0.1) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
         lr_factor(5, 10, 0, "linear", 0.1)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_its_last_steps():
+    steps, warmup, decay, floor = 100, 10, 20, 0.1
+    f = [lr_factor(s, steps, warmup, "wsd", floor, decay) for s in range(steps)]
+    assert f[:warmup] == [(s + 1) / warmup for s in range(warmup)]
+    assert f[warmup:steps - decay + 1] == [1.0] * (steps - decay - warmup + 1)  # stable
+    drops = [a - b for a, b in zip(f[steps - decay:], f[steps - decay + 1:])]
+    assert all(d == pytest.approx((1 - floor) / decay) for d in drops)  # a straight line ...
+    assert lr_factor(steps, steps, warmup, "wsd", floor, decay) == pytest.approx(floor)  # ... down to the floor
+
+
+def test_wsd_decay_length_comes_from_its_fraction_of_the_horizon():
+    from trimdm.recipes import tiny
+
+    cfg = tiny().override(["optim.lr_schedule=wsd", "optim.decay_fraction=0.25"]).derive()
+    assert cfg.derived.decay_steps == round(0.25 * cfg.derived.steps) > 0
+    assert tiny().derive().derived.decay_steps == 0  # cosine: no decay phase of its own
+    with pytest.raises(ValueError, match=r"optim.decay_fraction=0.0 must lie in \(0, 1\]"):
+        tiny().override(["optim.lr_schedule=wsd", "optim.decay_fraction=0"]).derive()

@@ -8,7 +8,8 @@ from trimdm.optim.reparam import BaseHParams, Hyperparams, critical_batch, descr
 
 # The paper's base point: B_base = 256 sequences, D_base = 13B tokens.
 BASE = BaseHParams(
-    batch=256, tokens=13e9, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, warmup_tokens=1000 * 256 * 2048
+    batch=256, tokens=13e9, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, warmup_tokens=1000 * 256 * 2048,
+    grad_clip=1.0,
 )
 L = 2048
 GAMMA = 0.44
@@ -46,6 +47,8 @@ def test_sde_scaling_rules(batch, tokens):
     assert h.weight_decay == pytest.approx(BASE.weight_decay * math.sqrt(kappa), rel=1e-12)
     # torch AdamW applies lr·wd per step: per-step decay scales linearly with κ
     assert h.lr * h.weight_decay == pytest.approx(BASE.lr * BASE.weight_decay * kappa, rel=1e-12)
+    # the clipping threshold follows ε: the typical gradient norm scales as 1/√κ in the noise-dominated regime
+    assert h.grad_clip == pytest.approx(BASE.grad_clip / math.sqrt(kappa), rel=1e-12)
     assert h.steps == int(tokens // (batch * L))
 
 
@@ -73,7 +76,8 @@ def test_gamma_zero_is_plain_batch_rule():
 def test_none_keeps_base_values():
     h = sde_hparams(BASE, physical_batch=1024, tokens=100e9, seq_len=L, mode="none")
     assert h.mode == "none" and h.kappa == 1.0 and h.accum_steps == 1
-    assert (h.lr, h.betas, h.eps, h.weight_decay) == (BASE.lr, BASE.betas, BASE.eps, BASE.weight_decay)
+    assert (h.lr, h.betas, h.eps, h.weight_decay, h.grad_clip) == (BASE.lr, BASE.betas, BASE.eps, BASE.weight_decay,
+                                                                  BASE.grad_clip)
     assert h.logical_batch == pytest.approx(256 * (100e9 / 13e9) ** GAMMA, rel=1e-12)
     assert h.tokens_per_step == 1024 * L
     assert h.steps == int(100e9 // (1024 * L))
@@ -92,7 +96,8 @@ def test_accumulate_reaches_logical_batch(batch, tokens):
     else:
         assert h.accum_steps == 1  # accumulation cannot shrink a batch
     assert h.kappa == pytest.approx(h.batch / b_log, rel=1e-12)
-    assert (h.lr, h.betas, h.eps, h.weight_decay) == (BASE.lr, BASE.betas, BASE.eps, BASE.weight_decay)
+    assert (h.lr, h.betas, h.eps, h.weight_decay, h.grad_clip) == (BASE.lr, BASE.betas, BASE.eps, BASE.weight_decay,
+                                                                  BASE.grad_clip)
     assert h.tokens_per_step == h.batch * L
     assert h.steps == int(tokens // (h.batch * L))
 

@@ -28,6 +28,10 @@ Why each rule, with one optimizer step at batch B standing for κ steps of the S
   relative to √v.
 - wd·√κ (our reconstruction, (R)): torch AdamW applies decoupled decay θ ← θ − lr·wd·θ per step.
   With lr ∝ √κ and wd ∝ √κ the per-step decay lr·wd ∝ κ, i.e. the same decay per unit of SDE time.
+- clip/√κ (our reconstruction, (R)), for the reason ε follows: Adam divides by √v, and in the
+  noise-dominated regime √v, and with it the typical gradient norm, scale as 1/√κ. A threshold that
+  stays put would clip most steps of a small batch and none of a large one; divided by √κ it clips the
+  same share of the normalised updates at every batch, so the physical batch stays a hardware choice.
 
 Modes (the comparison is one flag):
 - "sde": the physical batch B is the optimizer batch; hyperparameters rescaled by κ = B / B_log.
@@ -83,6 +87,7 @@ class BaseHParams:
     eps: float
     weight_decay: float  # torch AdamW decoupled decay (multiplied by lr)
     warmup_tokens: float  # warmup length in tokens (0 = no warmup)
+    grad_clip: float = 0.0  # gradient-norm clipping threshold (0 = none)
 
     def __post_init__(self):
         _check_positive_int("BaseHParams.batch", self.batch)
@@ -91,6 +96,7 @@ class BaseHParams:
         _check_positive("BaseHParams.eps", self.eps)
         _check_nonnegative("BaseHParams.weight_decay", self.weight_decay)
         _check_nonnegative("BaseHParams.warmup_tokens", self.warmup_tokens)
+        _check_nonnegative("BaseHParams.grad_clip", self.grad_clip)
         try:
             betas = tuple(self.betas)
         except TypeError:
@@ -113,6 +119,7 @@ class Hyperparams:
     betas: tuple[float, float]
     eps: float
     weight_decay: float  # torch AdamW semantics: decay per step is lr·weight_decay
+    grad_clip: float  # clipping threshold of the gradient norm (0 = none)
     steps: int  # optimizer steps = tokens // tokens_per_step
     warmup_steps: int  # ceil(warmup_tokens / tokens_per_step), at most floor(25% of steps)
     accum_steps: int  # micro-batches per optimizer step (1 unless mode "accumulate")
@@ -140,7 +147,8 @@ def sde_hparams(
 
     Bethune et al. 2026, SDE reparameterization (SPEC §6):
         κ = (B/B_base)·(D_base/D)^γ = B/B_log,   B_log = B_base·(D/D_base)^γ
-        lr = lr_base·√κ,  β_i = β_i,base^κ,  ε = ε_base/√κ,  wd = wd_base·√κ (torch AdamW).
+        lr = lr_base·√κ,  β_i = β_i,base^κ,  ε = ε_base/√κ,  wd = wd_base·√κ (torch AdamW),
+        gradient clipping threshold = clip_base/√κ.
     `mode` selects "sde" (the rule above), "none" (base values at any B) or "accumulate" (reach B_log
     by gradient accumulation, base values); see the module docstring for the exact semantics.
     Raises ValueError on invalid inputs or a horizon shorter than one optimizer step.
@@ -178,11 +186,13 @@ def sde_hparams(
         betas = (base.betas[0] ** kappa, base.betas[1] ** kappa)
         eps = base.eps / root
         weight_decay = base.weight_decay * root
+        grad_clip = base.grad_clip / root
     else:
         # "none": κ = 1 is what the hyperparameters were computed with.
         # "accumulate": κ on the effective batch, reported for the logs, deliberately not applied.
         kappa = 1.0 if mode == "none" else batch / logical_batch
         lr, betas, eps, weight_decay = base.lr, tuple(base.betas), base.eps, base.weight_decay
+        grad_clip = base.grad_clip
 
     return Hyperparams(
         kappa=kappa,
@@ -191,6 +201,7 @@ def sde_hparams(
         betas=betas,
         eps=eps,
         weight_decay=weight_decay,
+        grad_clip=grad_clip,
         steps=steps,
         warmup_steps=warmup_steps,
         accum_steps=accum_steps,
@@ -230,6 +241,7 @@ def describe(h: Hyperparams) -> str:
         f"Batch (reparam={h.mode}): {how}. {h.micro_batch} sequences x {h.accum_steps} micro-batch(es) = {h.batch} "
         f"sequences of {h.seq_len} tokens per optimizer step ({h.tokens_per_step:,} tokens); "
         f"logical batch B_log = {h.logical_batch:.1f} (gamma = {h.gamma:g}). "
-        f"AdamW: lr {h.lr:.4g}, betas ({b1:.6g}, {b2:.6g}), eps {h.eps:.3g}, weight decay {h.weight_decay:.4g}. "
+        f"AdamW: lr {h.lr:.4g}, betas ({b1:.6g}, {b2:.6g}), eps {h.eps:.3g}, weight decay {h.weight_decay:.4g}, "
+        f"gradient clip {h.grad_clip:.4g}. "
         f"Schedule: {h.steps:,} optimizer steps, {h.warmup_steps:,} warmup steps."
     )

@@ -173,7 +173,8 @@ class Trainer:
                                       mode_B=mode[a:b]))
         counts = torch.tensor([float(nb.maskable_BL.sum()) for nb in batches], dtype=torch.float64)
         denominator = float(all_reduce_sum(counts.sum(), env))
-        factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
+        factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio,
+                           d.decay_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.zero_grad(set_to_none=True)
@@ -213,7 +214,7 @@ class Trainer:
         elif measure_micro:
             noise = self.noise_scale.update(sum(micro_sq) / len(micro_sq), self.micro,
                                             float(prev.square().sum()), self.rank_rows)
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        clip = d.grad_clip if d.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         self.optimizer.step()
