@@ -4,8 +4,8 @@ Owns: the reverse process at inference. Starting from a canvas whose target posi
 each of T steps predicts every masked position over its modality's sub-vocabulary (content + EOS),
 samples with temperature / top-k / top-p, scores confidence as the model's log-probability of the
 sampled token plus Gumbel noise annealed linearly to zero, and reveals the most confident positions so
-that the number still masked after step k is ⌊N·β(1 − k/T)⌋ for the inference schedule β (the same
-schedule objects as training). `remasking="random"` reveals a uniformly random subset instead (the
+that the number still masked after step k is ⌊N·(1 − β(k/T))⌋ for the inference schedule β (the same
+schedule objects as training; MaskGIT's convention, docs/sampling.md). `remasking="random"` reveals a uniformly random subset instead (the
 unbiased ancestral baseline). Revealed tokens never change. Classifier-free guidance combines a
 conditional and an unconditional canvas: logits = u + w·(c − u). Positions predict their output slice
 (RowTables.output_heads: a modality's content + EOS; audio one level's codes + EOS); a row whose
@@ -55,11 +55,15 @@ def truncate_after_eos(x_BL: torch.Tensor, tables: RowTables, vocab: JointVocab)
 
 
 def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> torch.Tensor:
-    """(steps + 1, B): positions still masked after each step k = 0..T (k = 0: all of them)."""
+    """(steps + 1, B): positions still masked after each step k = 0..T, ⌊N·(1 − β(k/T))⌋ (k = 0: all
+    of them, k = T: none). The inference convention (docs/sampling.md): after a fraction r of the steps
+    a fraction β(r) of the span is revealed, so `cosine` is MaskGIT's (few tokens first) and
+    `reverse-cosine` steps τ uniformly through the training cosine (many first)."""
     k = torch.arange(steps + 1, dtype=torch.float64)
-    frac = schedule.beta(1 - k / steps).clamp(0, 1)
+    frac = schedule.masked_after(k / steps).clamp(0, 1)
     counts = torch.floor(frac[:, None] * n_masked_B[None, :].double()).long()
     counts[0] = n_masked_B
+    counts[-1] = 0  # β(1) < 1 (loglinear) would leave a fraction masked
     return torch.minimum(counts, n_masked_B[None, :])
 
 
