@@ -299,8 +299,9 @@ class TrainConfig:
 
 
 # The config format's version, written into every config (config.json, checkpoints) and generation
-# sidecar. A config without one is of version 0, whose inference schedules counted backwards: its
-# `cosine` revealed many tokens first, which version 1 calls `reverse-cosine` (docs/sampling.md).
+# sidecar. A config without one is of version 0, whose inference schedules counted backwards (its
+# `cosine` revealed many tokens first, which version 1 calls `reverse-cosine`) and whose guidance 0 meant
+# the conditional pass, which version 1 writes as 1 (w = 0 is the unconditional model; docs/sampling.md).
 CONFIG_VERSION = 1
 
 
@@ -314,7 +315,9 @@ class ModalitySampling:
     # the opposite order (docs/sampling.md, "Inference schedules")
     schedule: str = "reverse-cosine"
     temperature: float = 1.0
-    guidance: float = 0.0  # classifier-free guidance weight w: logits = u + w·(c − u); 0: conditional only
+    # classifier-free guidance weight w: logits = u + w·(c − u); 1: the conditional model (no unconditional
+    # pass), 0: the unconditional one, > 1 guides
+    guidance: float = 1.0
     remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
     # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
     # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
@@ -326,9 +329,10 @@ class ModalitySampling:
 # on runs/tinyworld_h200, a model that has learned the tasks (the only setting outside noise there);
 # audio order `levels` from the order comparison on that run (T2S error 62.7% -> 59.3%). Grid, numbers and
 # reasons: docs/sampling.md. Those sweeps ran before the inference schedules were named as in the
-# literature: their "cosine" is `reverse-cosine` (many tokens first), kept until the sweep is re-run.
+# literature: their "cosine" is `reverse-cosine` (many tokens first), kept until the sweep is re-run, and
+# their guidance 0 the conditional pass, w = 1 now.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 64, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 0.0,
+    "text": {"steps": 64, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 1.0,
              "remasking": "confidence"},
     "image": {"steps": 16, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
     "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
@@ -547,8 +551,9 @@ def upgrade_sample(sample: dict[str, Any], version: int) -> dict[str, Any]:
     """A `sample` section (of a config or a generation sidecar) written at config version `version`, in
     this version's terms, decoding exactly as it did. Version 0: `sample.steps/schedule/temperature` (one
     setting for every modality) became the text row of the per-modality table, `sample.remasking` a
-    per-modality setting, and an inference schedule `X` counted backwards, which is `reverse-X` now
-    (linear is its own reverse). A modality row it lacks gets today's defaults."""
+    per-modality setting, an inference schedule `X` counted backwards, which is `reverse-X` now (linear
+    is its own reverse), and guidance 0 skipped the unconditional pass, the conditional model that w = 1
+    is now. A modality row it lacks gets today's defaults."""
     sample = dict(sample)
     legacy = {k: sample.pop(k) for k in ("steps", "schedule", "temperature") if k in sample}
     remasking = sample.pop("remasking", None)
@@ -558,8 +563,11 @@ def upgrade_sample(sample: dict[str, Any], version: int) -> dict[str, Any]:
             stored.update(legacy)
         if remasking is not None:
             stored["remasking"] = remasking
-        if version < 1 and isinstance(stored.get("schedule"), str) and stored["schedule"] != "linear":
-            stored["schedule"] = REVERSE + stored["schedule"]
+        if version < 1:
+            if isinstance(stored.get("schedule"), str) and stored["schedule"] != "linear":
+                stored["schedule"] = REVERSE + stored["schedule"]
+            if stored.get("guidance") == 0:
+                stored["guidance"] = 1.0
         sample[m] = stored if m in sample else {**SAMPLING_DEFAULTS[m], **stored}
     return sample
 

@@ -153,20 +153,82 @@ def test_level_order_decodes_each_level_on_its_own_schedule_after_the_coarser_on
     assert not (out == V.MASK_audio).any()
 
 
-def test_guidance_zero_equals_the_conditional_pass():
+class Blind(StandIn):
+    """StandIn that masks the condition (every text content id) of whatever canvas it is given."""
+
+    def forward(self, ids, pad=None):
+        return super().forward(torch.where(ids < V.n_text, V.MASK_text, ids), pad)
+
+
+def condition_masked(x):
+    return (x[:, 2:5] == V.MASK_text).all()
+
+
+def test_guidance_one_is_the_conditional_pass_without_an_unconditional_one():
     canvas = canvases()
     uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
     lin = make_schedule("linear")
     plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
-    w0 = decode(StandIn(), V, canvas, Decoding(5, lin, guidance=0.0), uncond_BL=uncond,
+    model = StandIn()
+    w1 = decode(model, V, canvas, Decoding(5, lin, guidance=1.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
-    assert torch.equal(plain, w0)
+    assert torch.equal(plain, w1)
+    assert len(model.seen) == 5 and not any(condition_masked(s) for s in model.seen)  # one pass per step
+    assert Decoding(5, lin).guidance == 1.0  # the neutral weight is the default
+
+
+def test_guidance_zero_is_the_unconditional_canvas_alone():
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    lin = make_schedule("linear")
+    model = StandIn()
+    w0 = decode(model, V, canvas, Decoding(5, lin, guidance=0.0), uncond_BL=uncond,
+                generator=torch.Generator().manual_seed(3))
+    assert len(model.seen) == 5 and all(condition_masked(s) for s in model.seen)  # no conditional pass
+    blind = decode(Blind(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(w0, blind)  # = the conditional decoding of a model that never sees the condition
+    assert torch.equal(w0[:, :5], canvas[:, :5])  # the condition stays in the returned canvas
+    plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(w0, plain)  # before config version 1, w = 0 was the conditional pass
+
+
+def test_guidance_above_one_runs_both_passes():
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    lin = make_schedule("linear")
+    plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
     model = StandIn()
     w2 = decode(model, V, canvas, Decoding(5, lin, guidance=2.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
     assert len(model.seen) == 10  # two passes per step
-    assert any((s[:, 2:5] == V.MASK_text).all() for s in model.seen)  # the unconditional canvas has its condition masked
+    assert any(condition_masked(s) for s in model.seen)  # the unconditional canvas has its condition masked
     assert not torch.equal(plain, w2)
+
+
+def test_an_old_config_decodes_as_the_old_code_did():
+    """A config without a version, image row schedule "cosine" and guidance 0 (then: the conditional pass
+    alone), loads as reverse-cosine and w = 1 and reveals exactly the old counts, with no unconditional pass."""
+    from trimdm.config import Config
+    from trimdm.recipes import tiny
+
+    d = tiny().to_dict()
+    del d["version"]
+    d["sample"]["image"].update(steps=6, schedule="cosine", guidance=0.0)
+    row = Config.from_dict(d).sample.image
+    assert (row.schedule, row.guidance) == ("reverse-cosine", 1.0)
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    model = StandIn()
+    how = Decoding(row.steps, parse_schedule(row.schedule), guidance=row.guidance)
+    out = decode(model, V, canvas, how, uncond_BL=uncond, generator=torch.Generator().manual_seed(0))
+    old = old_masked_counts((canvas == V.MASK_audio).sum(1), parse_schedule("cosine"), 6)
+    steps = [k for k in range(1, 7) if bool((old[k - 1] > old[k]).any())]
+    assert len(model.seen) == len(steps) and not any(condition_masked(s) for s in model.seen)
+    for x, k in zip(model.seen + [out], steps + [7]):
+        assert torch.equal((x == V.MASK_audio).sum(1), old[k - 1])
+    conditional = decode(StandIn(), V, canvas, Decoding(6, parse_schedule("reverse-cosine")),
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, conditional)
 
 
 def test_predictions_stay_in_their_output_slice():

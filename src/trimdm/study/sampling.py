@@ -41,7 +41,7 @@ GRID = {
     # cosine and square), evenly, and many first (their reverses: the τ-uniform ancestral sampler)
     "schedule": ["cosine", "polynomial:2", "linear", "reverse-cosine", "reverse-polynomial:2"],
     "temperature": [0.5, 0.7, 1.0],
-    "guidance": [0.0, 1.0, 2.0, 3.0],
+    "guidance": [1.0, 1.5, 2.0, 3.0],  # 1: the conditional model (0 would score the unconditional one)
     "remasking": ["confidence", "random"],
     "order": ["joint", "levels"],  # `levels` is audio's only (config.sampling_choices)
 }
