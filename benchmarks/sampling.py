@@ -44,7 +44,8 @@ def naive_decode(model, vocab, canvas_BL, how: Decoding, *, uncond_BL=None, gene
     steps, schedule, temperature, guidance = how.steps, how.schedule, how.temperature, how.guidance
     tables = RowTables.from_vocab(vocab)
     table = torch.cat([model.unembed[name] for name, _, _ in model.segments])
-    x, u = canvas_BL.clone(), (uncond_BL.clone() if uncond_BL is not None and guidance else None)
+    # logits = u + w·(c − u) at every w; w = 1 is the conditional pass alone, as in trimdm's decoder
+    x, u = canvas_BL.clone(), (uncond_BL.clone() if uncond_BL is not None and guidance != 1 else None)
     mask_ids = tables.mask_id_M
     is_mask = (x[..., None] == mask_ids).any(-1)
     counts = masked_counts(is_mask.sum(1), schedule, steps)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trimdm.diffusion.schedules import parse_schedule
+from trimdm.diffusion.schedules import REVERSE, parse_schedule
 from trimdm.optim.lr import SCHEDULES
 from trimdm.optim.reparam import BaseHParams, sde_hparams
 from trimdm.tokenizers.vocab import MODALITIES
@@ -304,14 +304,26 @@ class TrainConfig:
             raise ValueError(f"train.dtype={self.dtype!r}: expected 'bf16' or 'fp32'")
 
 
+# The config format's version, written into every config (config.json, checkpoints) and generation
+# sidecar. A config without one is of version 0, whose inference schedules counted backwards (its
+# `cosine` revealed many tokens first, which version 1 calls `reverse-cosine`) and whose guidance 0 meant
+# the conditional pass, which version 1 writes as 1 (w = 0 is the unconditional model; docs/sampling.md).
+CONFIG_VERSION = 1
+
+
 @dataclass
 class ModalitySampling:
     """How one modality is decoded (SPEC §8): the target span of a task is this modality's."""
 
     steps: int = 64  # decoding steps T (at most one per masked position is useful)
-    schedule: str = "cosine"  # inference unmasking schedule (a schedule name as in `diffusion`)
+    # inference unmasking schedule, a schedule spec as in `diffusion`: after a fraction r of the steps a
+    # fraction β(r) of the span is revealed; `cosine` is MaskGIT's (few tokens first), `reverse-cosine`
+    # the opposite order (docs/sampling.md, "Inference schedules")
+    schedule: str = "reverse-cosine"
     temperature: float = 1.0
-    guidance: float = 0.0  # classifier-free guidance weight w: logits = u + w·(c − u); 0: conditional only
+    # classifier-free guidance weight w: logits = u + w·(c − u); 1: the conditional model (no unconditional
+    # pass), 0: the unconditional one, > 1 guides
+    guidance: float = 1.0
     remasking: str = "confidence"  # confidence | random (the unbiased ancestral baseline)
     # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
     # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
@@ -322,12 +334,15 @@ class ModalitySampling:
 # on runs/tinyworld (2026-11-27) plus the remasking comparison beside it; text steps 64 from the re-sweep
 # on runs/tinyworld_h200, a model that has learned the tasks (the only setting outside noise there);
 # audio order `levels` from the order comparison on that run (T2S error 62.7% -> 59.3%). Grid, numbers and
-# reasons: docs/sampling.md.
+# reasons: docs/sampling.md. Those sweeps ran before the inference schedules were named as in the
+# literature: their "cosine" is `reverse-cosine` (many tokens first), kept until the sweep is re-run, and
+# their guidance 0 the conditional pass, w = 1 now.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 64, "schedule": "cosine", "temperature": 0.7, "guidance": 0.0, "remasking": "confidence"},
-    "image": {"steps": 16, "schedule": "cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
-    "audio": {"steps": 32, "schedule": "cosine", "temperature": 1.0, "guidance": 1.0, "remasking": "confidence",
-              "order": "levels"},
+    "text": {"steps": 64, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 1.0,
+             "remasking": "confidence"},
+    "image": {"steps": 16, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
+    "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
+              "remasking": "confidence", "order": "levels"},
 }
 
 
@@ -437,6 +452,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     recipe: str = ""
+    version: int = CONFIG_VERSION  # of the config format, written by trimdm (`_upgrade` reads older ones)
     derived: Derived = field(default_factory=Derived)
 
     # -- derived numbers ---------------------------------------------------------------------------
@@ -471,6 +487,8 @@ class Config:
         """Every section checks its own keys; here only what spans sections."""
         for section in (self.model, self.data, self.diffusion, self.optim, self.train, self.sample, self.eval):
             section.validate()
+        if self.version != CONFIG_VERSION:  # an older format is read through `from_dict`, which upgrades it
+            raise ValueError(f"version={self.version}: this trimdm writes config version {CONFIG_VERSION}")
         if self.diffusion.antimask == "complement" and (self.train.micro_batch_size or self.train.batch_size) % 2:
             raise ValueError("diffusion.antimask=complement needs an even (micro) batch: rows come in pairs")
 
@@ -517,28 +535,50 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """Read configs written by earlier versions: `sample.steps/schedule/temperature` (one setting for
-    every modality) became the text row of the per-modality table, `sample.remasking` a per-modality
-    setting, `diffusion.text_given_media` (one share for both media) a per-medium one. Anything else
-    unknown is still an error."""
+    """Read configs written by earlier versions: `diffusion.text_given_media` (one share for both media)
+    became a per-medium one; the `sample` section is `upgrade_sample`'s. Anything else unknown is still
+    an error."""
+    version = config_version(data.get("version", 0), "config")
     diffusion = data.get("diffusion")
     if isinstance(diffusion, dict) and isinstance(diffusion.get("text_given_media"), (int, float)):
         share = diffusion["text_given_media"]
         data = {**data, "diffusion": {**diffusion, "text_given_media": {"image": share, "audio": share}}}
-    sample = data.get("sample")
-    if not isinstance(sample, dict):
-        return data
+    if isinstance(data.get("sample"), dict):
+        data = {**data, "sample": upgrade_sample(data["sample"], version)}
+    return {**data, "version": CONFIG_VERSION}
+
+
+def config_version(value: Any, what: str) -> int:
+    """The config-format version stored in `what` (a config or a sidecar), checked."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= CONFIG_VERSION:
+        raise ValueError(f"{what}: version {value!r} is not one this trimdm reads (0 to {CONFIG_VERSION}; a "
+                         "newer trimdm wrote it?)")
+    return value
+
+
+def upgrade_sample(sample: dict[str, Any], version: int) -> dict[str, Any]:
+    """A `sample` section (of a config or a generation sidecar) written at config version `version`, in
+    this version's terms, decoding exactly as it did. Version 0: `sample.steps/schedule/temperature` (one
+    setting for every modality) became the text row of the per-modality table, `sample.remasking` a
+    per-modality setting, an inference schedule `X` counted backwards, which is `reverse-X` now (linear
+    is its own reverse), and guidance 0 skipped the unconditional pass, the conditional model that w = 1
+    is now. A modality row it lacks gets today's defaults."""
     sample = dict(sample)
     legacy = {k: sample.pop(k) for k in ("steps", "schedule", "temperature") if k in sample}
     remasking = sample.pop("remasking", None)
     for m in MODALITIES:
-        row = dict(sample.get(m, SAMPLING_DEFAULTS[m]))
+        stored = dict(sample.get(m, {}))
         if m == "text":
-            row.update(legacy)
+            stored.update(legacy)
         if remasking is not None:
-            row["remasking"] = remasking
-        sample[m] = row
-    return {**data, "sample": sample}
+            stored["remasking"] = remasking
+        if version < 1:
+            if isinstance(stored.get("schedule"), str) and stored["schedule"] != "linear":
+                stored["schedule"] = REVERSE + stored["schedule"]
+            if stored.get("guidance") == 0:
+                stored["guidance"] = 1.0
+        sample[m] = stored if m in sample else {**SAMPLING_DEFAULTS[m], **stored}
+    return sample
 
 
 def section_from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -654,6 +694,8 @@ def get_key(cfg: Config, key: str) -> Any:
 def set_key(cfg: Config, key: str, raw: Any) -> None:
     if key.startswith("derived."):
         raise ValueError(f"{key} is derived from other keys and cannot be set")
+    if key == "version":
+        raise ValueError("version is the config format's, written by trimdm, and cannot be set")
     node, last = _walk(cfg, key)
     tp = _hints(type(node))[last]
     if dataclasses.is_dataclass(tp):

@@ -65,6 +65,24 @@ def test_every_task_writes_outputs_and_sidecars(tiny_tri_run, tmp_path):
     assert (tmp_path / "again" / "000.png").read_bytes() == before
 
 
+def test_a_sidecar_of_an_earlier_version_regenerates_the_same_bits(tiny_tri_run, tmp_path):
+    """Before config versions a sidecar wrote "cosine" for today's reverse-cosine and guidance 0 for the
+    conditional pass (w = 1 now): read in its own terms, it decodes as it did."""
+    _, run = tiny_tri_run
+    generate(str(run), "t2i", "a red circle", n=2, seed=3, out=str(tmp_path / "new"), **QUIET)
+    side = json.loads((tmp_path / "new" / "001.json").read_text())
+    assert side.pop("config_version") == 1
+    rows = side["settings"]
+    assert [(rows[m]["schedule"], rows[m]["guidance"]) for m in ("text", "image")] == [("reverse-cosine", 1.0)] * 2
+    for m in ("text", "image", "audio"):
+        rows[m]["schedule"] = "cosine"
+    rows["image"]["guidance"] = 0.0
+    (tmp_path / "old.json").write_text(json.dumps(side))
+    again = generate_from_sidecar(tmp_path / "old.json", out=str(tmp_path / "again"), **QUIET)
+    assert again[1]["settings"]["image"] == {**rows["image"], "schedule": "reverse-cosine", "guidance": 1.0}
+    assert (tmp_path / "again" / "001.png").read_bytes() == (tmp_path / "new" / "001.png").read_bytes()
+
+
 def test_bad_requests_fail_with_clear_errors(tiny_tri_run, tmp_path):
     _, run = tiny_tri_run
     with pytest.raises(ValueError, match="unknown task 'draw'"):
@@ -167,7 +185,7 @@ def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp
     from trimdm.study.sampling import run_sampling_study
 
     _, run = tiny_tri_run
-    grid = {"steps": [2, 4], "guidance": [0.0, 1.0]}
+    grid = {"steps": [2, 4], "guidance": [1.0, 2.0]}
     result = run_sampling_study(str(run), tmp_path, n=3, modalities=("image", "text"), grid=grid,
                                 log=lambda *a: None)
     assert len(result["points"]) == 8

@@ -150,3 +150,45 @@ def test_the_default_world_is_the_whole_scene_vocabulary():
     tw = TinyworldConfig()
     assert (tw.sizes, tw.backgrounds, tw.colors) == (SIZES, tuple(BACKGROUNDS), tuple(COLORS))
     assert (tw.voices, tw.voice_jitter) == (VOICE_NAMES, 1.0)
+
+
+def test_configs_without_a_version_keep_their_decoding():
+    """Before config versions an inference schedule X counted backwards: it reads as reverse-X (linear is
+    its own reverse); a config of this version reads as written."""
+    from trimdm.config import CONFIG_VERSION
+
+    d = tiny().to_dict()
+    assert d["version"] == CONFIG_VERSION
+    del d["version"]
+    for m, spec in (("text", "polynomial:2"), ("image", "cosine"), ("audio", "linear")):
+        d["sample"][m]["schedule"] = spec
+    del d["sample"]["audio"]["schedule"]  # a row without the key: the default of its time, cosine
+    cfg = Config.from_dict(d)
+    assert cfg.version == CONFIG_VERSION
+    assert [cfg.sample[m].schedule for m in ("text", "image", "audio")] == [
+        "reverse-polynomial:2", "reverse-cosine", "reverse-cosine"]
+    assert Config.from_dict(cfg.to_dict()) == cfg  # converted once, not again
+    legacy = {**tiny().to_dict(), "sample": {"steps": 12, "schedule": "cosine", "temperature": 0.9}}
+    del legacy["version"]
+    assert Config.from_dict(legacy).sample.text.schedule == "reverse-cosine"
+    d["sample"]["audio"]["schedule"] = "linear"
+    assert Config.from_dict(d).sample.audio.schedule == "linear"
+    with pytest.raises(ValueError, match=f"version {CONFIG_VERSION + 1} is not one this trimdm reads"):
+        Config.from_dict({**d, "version": CONFIG_VERSION + 1})
+    with pytest.raises(ValueError, match="version is the config format's"):
+        tiny().override(["version=0"])
+
+
+def test_sidecar_settings_without_a_version_are_read_in_their_terms():
+    import copy
+    import dataclasses
+
+    from trimdm.config import SampleConfig, section_from_dict, upgrade_sample
+
+    new = dataclasses.asdict(tiny().sample)
+    old = copy.deepcopy(new)
+    for m in ("text", "image", "audio"):
+        assert new[m]["schedule"] == "reverse-cosine"
+        old[m]["schedule"] = "cosine"  # what a sidecar of an earlier version holds for the same decoding
+    assert section_from_dict(SampleConfig, upgrade_sample(old, 0), "sample.") == tiny().sample
+    assert upgrade_sample(new, 1) == new

@@ -1,5 +1,9 @@
-"""The sampler with stand-in models: exact unmasking schedule, frozen reveals, guidance, output slices."""
+"""The sampler with stand-in models: exact unmasking schedule in both directions, frozen reveals, guidance,
+output slices."""
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from trimdm.diffusion.schedules import make_schedule, parse_schedule
@@ -44,8 +48,54 @@ def canvases(n=4):
     return torch.from_numpy(np.stack(rows))
 
 
+def old_masked_counts(n_masked_B, schedule, steps):
+    """The sampler's counts before the schedules were named as in the literature (commit 158cf03), frozen."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    frac = schedule.beta(1 - k / steps).clamp(0, 1)
+    counts = torch.floor(frac[:, None] * n_masked_B[None, :].double()).long()
+    counts[0] = n_masked_B
+    return torch.minimum(counts, n_masked_B[None, :])
+
+
+# what the old "cosine" kept masked after each of 16 steps of a 256-token span (recorded with that code)
+OLD_COSINE_256_16 = [256, 230, 206, 181, 158, 135, 113, 93, 74, 58, 43, 30, 19, 11, 4, 1, 0]
+
+
+def test_cosine_reveals_few_tokens_first_as_maskgit_does():
+    n, steps = torch.tensor([256]), 16
+    r = torch.arange(steps + 1, dtype=torch.float64) / steps
+    for spec, kept in [("cosine", torch.cos(math.pi / 2 * r)), ("polynomial:2", 1 - r ** 2),
+                       ("polynomial:3", 1 - r ** 3), ("linear", 1 - r)]:
+        counts = masked_counts(n, parse_schedule(spec), steps)[:, 0]
+        assert counts.tolist() == torch.floor(256 * kept).long().tolist(), spec  # MaskGIT's γ(r)
+    reveals = -masked_counts(n, parse_schedule("cosine"), steps)[:, 0].diff()
+    assert reveals.tolist() == [2, 3, 7, 8, 11, 13, 15, 16, 19, 20, 22, 23, 23, 25, 24, 25]
+    back = -masked_counts(n, parse_schedule("reverse-cosine"), steps)[:, 0].diff()
+    assert back.tolist() == [26, 24, 25, 23, 23, 22, 20, 19, 16, 15, 13, 11, 8, 7, 3, 1]
+
+
+@pytest.mark.parametrize("spec", ["cosine", "polynomial:2", "polynomial:0.5", "linear", "loglinear"])
+def test_the_reverse_direction_reproduces_the_old_counts_exactly(spec):
+    old, new = parse_schedule(spec), parse_schedule("reverse-" + spec)
+    for steps in (1, 2, 3, 7, 16, 32, 64):
+        n = torch.arange(0, 300)
+        assert torch.equal(masked_counts(n, new, steps), old_masked_counts(n, old, steps)), steps
+    if spec == "cosine":
+        assert masked_counts(torch.tensor([256]), new, 16)[:, 0].tolist() == OLD_COSINE_256_16
+    if spec == "linear":  # its own reverse: the old and the new "linear" are one decoding
+        assert torch.equal(masked_counts(n, old, 16), old_masked_counts(n, old, 16))
+
+
+def test_every_schedule_reveals_the_whole_span_in_its_steps():
+    n = torch.tensor([1000, 7, 0])
+    for spec in ("loglinear:eps=0.01", "reverse-loglinear:eps=0.01", "cosine", "reverse-polynomial:3"):
+        counts = masked_counts(n, parse_schedule(spec), 5)
+        assert torch.equal(counts[0], n) and not counts[-1].any(), spec
+        assert (counts.diff(dim=0) <= 0).all(), spec
+
+
 def test_masked_count_follows_the_schedule_and_reveals_never_change():
-    for name in ("cosine", "linear", "polynomial:2"):
+    for name in ("cosine", "reverse-cosine", "linear", "polynomial:2"):
         schedule = parse_schedule(name)
         model = StandIn()
         canvas = canvases()
@@ -103,20 +153,82 @@ def test_level_order_decodes_each_level_on_its_own_schedule_after_the_coarser_on
     assert not (out == V.MASK_audio).any()
 
 
-def test_guidance_zero_equals_the_conditional_pass():
+class Blind(StandIn):
+    """StandIn that masks the condition (every text content id) of whatever canvas it is given."""
+
+    def forward(self, ids, pad=None):
+        return super().forward(torch.where(ids < V.n_text, V.MASK_text, ids), pad)
+
+
+def condition_masked(x):
+    return (x[:, 2:5] == V.MASK_text).all()
+
+
+def test_guidance_one_is_the_conditional_pass_without_an_unconditional_one():
     canvas = canvases()
     uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
     lin = make_schedule("linear")
     plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
-    w0 = decode(StandIn(), V, canvas, Decoding(5, lin, guidance=0.0), uncond_BL=uncond,
+    model = StandIn()
+    w1 = decode(model, V, canvas, Decoding(5, lin, guidance=1.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
-    assert torch.equal(plain, w0)
+    assert torch.equal(plain, w1)
+    assert len(model.seen) == 5 and not any(condition_masked(s) for s in model.seen)  # one pass per step
+    assert Decoding(5, lin).guidance == 1.0  # the neutral weight is the default
+
+
+def test_guidance_zero_is_the_unconditional_canvas_alone():
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    lin = make_schedule("linear")
+    model = StandIn()
+    w0 = decode(model, V, canvas, Decoding(5, lin, guidance=0.0), uncond_BL=uncond,
+                generator=torch.Generator().manual_seed(3))
+    assert len(model.seen) == 5 and all(condition_masked(s) for s in model.seen)  # no conditional pass
+    blind = decode(Blind(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(w0, blind)  # = the conditional decoding of a model that never sees the condition
+    assert torch.equal(w0[:, :5], canvas[:, :5])  # the condition stays in the returned canvas
+    plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(w0, plain)  # before config version 1, w = 0 was the conditional pass
+
+
+def test_guidance_above_one_runs_both_passes():
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    lin = make_schedule("linear")
+    plain = decode(StandIn(), V, canvas, Decoding(5, lin), generator=torch.Generator().manual_seed(3))
     model = StandIn()
     w2 = decode(model, V, canvas, Decoding(5, lin, guidance=2.0), uncond_BL=uncond,
                 generator=torch.Generator().manual_seed(3))
     assert len(model.seen) == 10  # two passes per step
-    assert any((s[:, 2:5] == V.MASK_text).all() for s in model.seen)  # the unconditional canvas has its condition masked
+    assert any(condition_masked(s) for s in model.seen)  # the unconditional canvas has its condition masked
     assert not torch.equal(plain, w2)
+
+
+def test_an_old_config_decodes_as_the_old_code_did():
+    """A config without a version, image row schedule "cosine" and guidance 0 (then: the conditional pass
+    alone), loads as reverse-cosine and w = 1 and reveals exactly the old counts, with no unconditional pass."""
+    from trimdm.config import Config
+    from trimdm.recipes import tiny
+
+    d = tiny().to_dict()
+    del d["version"]
+    d["sample"]["image"].update(steps=6, schedule="cosine", guidance=0.0)
+    row = Config.from_dict(d).sample.image
+    assert (row.schedule, row.guidance) == ("reverse-cosine", 1.0)
+    canvas = canvases()
+    uncond = torch.where(canvas < V.n_text, V.MASK_text, canvas)
+    model = StandIn()
+    how = Decoding(row.steps, parse_schedule(row.schedule), guidance=row.guidance)
+    out = decode(model, V, canvas, how, uncond_BL=uncond, generator=torch.Generator().manual_seed(0))
+    old = old_masked_counts((canvas == V.MASK_audio).sum(1), parse_schedule("cosine"), 6)
+    steps = [k for k in range(1, 7) if bool((old[k - 1] > old[k]).any())]
+    assert len(model.seen) == len(steps) and not any(condition_masked(s) for s in model.seen)
+    for x, k in zip(model.seen + [out], steps + [7]):
+        assert torch.equal((x == V.MASK_audio).sum(1), old[k - 1])
+    conditional = decode(StandIn(), V, canvas, Decoding(6, parse_schedule("reverse-cosine")),
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, conditional)
 
 
 def test_predictions_stay_in_their_output_slice():
@@ -139,3 +251,15 @@ def test_eos_truncation_pads_the_rest_of_the_span_only():
     out = truncate_after_eos(row, RowTables.from_vocab(v), v)
     assert out[0].tolist() == [v.TASK_image_text, v.BOS_text, 3, v.EOS_text, v.PAD_text, v.PAD_text, v.BOS_image,
                                v.off_image + 1, v.EOS_image, v.PAD_text]
+
+
+def test_the_sweep_grid_covers_both_directions_without_a_duplicate_point():
+    from trimdm.study.sampling import GRID
+
+    n = torch.tensor([256])
+    reveals = {spec: tuple((-masked_counts(n, parse_schedule(spec), 16)[:, 0].diff()).tolist())
+               for spec in GRID["schedule"]}
+    assert len(set(reveals.values())) == len(reveals)  # no two names for one decoding (linear = reverse-linear)
+    assert any(r[0] < r[-1] for r in reveals.values()) and any(r[0] > r[-1] for r in reveals.values())
+    for key, values in GRID.items():
+        assert len(set(values)) == len(values), key

@@ -1,8 +1,9 @@
 """Noise schedules of the masking process (SPEC §4): β(τ), β'(τ), β⁻¹ and the ELBO weight β'/β.
 
-Owns: the four schedule families and the parser of their config strings. One schedule object serves
-training (mask ratio and ELBO weight) and sampling (how many tokens stay masked after each step), so
-the two cannot drift apart. Does not own: how masks are drawn (masking.py) or the loss (loss.py).
+Owns: the four schedule families, their reverses (`reverse-<spec>`) and the parser of their config
+strings. One schedule object serves training (mask ratio and ELBO weight) and sampling (how many tokens
+stay masked after each step), so the two cannot drift apart. Does not own: how masks are drawn
+(masking.py) or the loss (loss.py).
 
 Every token is masked independently with probability β(τ), τ ~ U[0, 1], β increasing, β(0) = 0.
 The continuous-time negative ELBO (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024) weights the
@@ -11,6 +12,13 @@ depend on the schedule; the schedule only decides which mask ratios training see
 
 `complement_weight(τ) = β'(τ)/(1 − β(τ))` is the importance weight of a mask drawn at ratio 1 − β(τ)
 (anti-masking): substituting r = 1 − β(τ), dr = −β'(τ)dτ, turns its expectation into the NELBO integral.
+
+Sampling (docs/sampling.md, "Inference schedules"): after a fraction r of the decoding steps a fraction
+β(r) of the span is revealed, so 1 − β(r) stays masked (`masked_after`). With cosine this is MaskGIT's
+cos(πr/2) (Chang et al. 2022: few tokens first), with polynomial:k its 1 − r^k (square, cubic). The
+reverse of a schedule, β̃(τ) = 1 − β(1 − τ), reveals in the opposite order: `reverse-cosine` keeps
+β(1 − r) masked, which is stepping τ uniformly down through the training cosine (the ancestral sampler
+of MDLM and LLaDA: many tokens first).
 
 All methods accept floats or tensors and compute in the input's dtype (use float64 in tests).
 """
@@ -48,6 +56,10 @@ class Schedule:
     def complement_weight(self, t: Tensorish) -> torch.Tensor:
         """Unbiased weight β'(τ)/(1 − β(τ)) of a token masked at the complementary ratio 1 − β(τ)."""
         return self.dbeta(t) / (1 - self.beta(t))
+
+    def masked_after(self, r: Tensorish) -> torch.Tensor:
+        """Fraction of a span still masked after a fraction r of the decoding steps: 1 − β(r)."""
+        return 1 - self.beta(r)
 
     @property
     def beta_max(self) -> float:
@@ -101,6 +113,11 @@ class Cosine(Schedule):
     def inverse(self, b):
         return 2 / math.pi * torch.arccos((1 - _t(b)).clamp(-1, 1))
 
+    def masked_after(self, r):
+        # MaskGIT's cos(πr/2) itself: 1 − (1 − cos) rounds, and a floor of N·(it) then differs by one
+        # for some N and T
+        return torch.cos(math.pi / 2 * _t(r))
+
 
 @dataclass(frozen=True)
 class LogLinear(Schedule):
@@ -127,6 +144,31 @@ class LogLinear(Schedule):
         return _t(b) / (1 - self.eps)
 
 
+@dataclass(frozen=True)
+class Reversed(Schedule):
+    """β̃(τ) = 1 − β(1 − τ): the point reflection of `base`, which reveals in the opposite order at
+    sampling (config spec `reverse-<base spec>`). A training schedule too; from a base with β(1) < 1
+    (loglinear) it starts at β̃(0) = 1 − β(1) > 0, an O(ε) term the NELBO ignores, as loglinear's own."""
+
+    base: Schedule
+
+    def beta(self, t):
+        return 1 - self.base.beta(1 - _t(t))
+
+    def dbeta(self, t):
+        return self.base.dbeta(1 - _t(t))
+
+    def inverse(self, b):
+        return 1 - self.base.inverse(1 - _t(b))
+
+    def masked_after(self, r):
+        # β(1 − r) as written, not 1 − β̃(r): the exact counts of the sampler before the naming fix
+        # (docs/sampling.md), which old configs' `reverse-` schedules must reproduce bit for bit
+        return self.base.beta(1 - _t(r))
+
+
+REVERSE = "reverse-"  # spec prefix of a reversed schedule
+
 _FAMILIES: dict[str, type[Schedule]] = {
     "linear": Linear,
     "polynomial": Polynomial,
@@ -146,7 +188,14 @@ def make_schedule(name: str, **params: float) -> Schedule:
 
 
 def parse_schedule(spec: str) -> Schedule:
-    """Config strings: "linear", "cosine", "polynomial:2", "polynomial:k=3", "loglinear:eps=1e-3"."""
+    """Config strings: "linear", "cosine", "polynomial:2", "polynomial:k=3", "loglinear:eps=1e-3", and
+    any of them reversed: "reverse-cosine", "reverse-polynomial:2"."""
+    if spec.startswith(REVERSE):
+        base = spec[len(REVERSE):]
+        if base.startswith(REVERSE):
+            raise ValueError(f"schedule spec {spec!r}: the reverse of a reverse is the schedule itself, "
+                             f"{base[len(REVERSE):]!r}")
+        return Reversed(parse_schedule(base))
     name, _, arg = spec.partition(":")
     params: dict[str, float] = {}
     if arg:

@@ -14,9 +14,11 @@ indices of the image's raster (an 8×8 grid: 0:32 is the top half), seconds for 
 keeps the prompt as the clean caption or transcript; without one, the text span is generated too.
 
 Outputs go to `--out` (default RUN/samples/generate/TASK-seedS): `000.png|wav|txt` and `000.json`, the
-sidecar with the task, prompt, input (path and SHA-256), span, the resolved sampling settings, seed,
-n, the sample's index and the checkpoint. `--from SIDECAR` rebuilds the same call and regenerates
-the same bits (the whole batch is decoded again, since samples share one random stream).
+sidecar with the task, prompt, input (path and SHA-256), span, the resolved sampling settings and the
+config version they are written in, seed, n, the sample's index and the checkpoint. `--from SIDECAR`
+rebuilds the same call and regenerates the same bits (the whole batch is decoded again, since samples
+share one random stream); the settings of a sidecar of an earlier version are read in its terms
+(`config.upgrade_sample`: its "cosine" is today's "reverse-cosine").
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from trimdm.config import SampleConfig, section_from_dict
+from trimdm.config import CONFIG_VERSION, SampleConfig, config_version, section_from_dict, upgrade_sample
 from trimdm.data.media import read_audio, read_image
 from trimdm.fileio import sha256_file
 from trimdm.sample.tasks import TASKS, Tasks
@@ -129,7 +131,8 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
                                               / f"{task}-seed{seed}")
     base = {"task": task, "prompt": prompt, "input": str(input_path) if input_path else None,
             "input_sha256": sha256_file(Path(input_path)) if input_path else None, "span": span, "n": n,
-            "seed": seed, "settings": dataclasses.asdict(cfg.sample), "checkpoint": str(loaded.checkpoint)}
+            "seed": seed, "settings": dataclasses.asdict(cfg.sample), "config_version": CONFIG_VERSION,
+            "checkpoint": str(loaded.checkpoint)}
     outputs: list = []
     if task == "text":
         outputs = [("txt", t) for t in tasks.text(prompt, n, seed)]
@@ -184,7 +187,8 @@ def generate_from_sidecar(path: str | Path, out: str | None = None, log=print) -
     path = Path(path)
     try:
         side = json.loads(path.read_text())
-        settings = section_from_dict(SampleConfig, side["settings"], "sample.")
+        version = config_version(side.get("config_version", 0), str(path))  # absent: before versions
+        settings = section_from_dict(SampleConfig, upgrade_sample(side["settings"], version), "sample.")
         overrides = _flatten("sample", dataclasses.asdict(settings))
         args = dict(run=side["checkpoint"], task=side["task"], prompt=side["prompt"], n=side["n"], seed=side["seed"],
                     input_path=side["input"], span=side["span"])

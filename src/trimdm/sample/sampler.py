@@ -4,15 +4,16 @@ Owns: the reverse process at inference. Starting from a canvas whose target posi
 each of T steps predicts every masked position over its modality's sub-vocabulary (content + EOS),
 samples with temperature / top-k / top-p, scores confidence as the model's log-probability of the
 sampled token plus Gumbel noise annealed linearly to zero, and reveals the most confident positions so
-that the number still masked after step k is ⌊N·β(1 − k/T)⌋ for the inference schedule β (the same
-schedule objects as training). `remasking="random"` reveals a uniformly random subset instead (the
-unbiased ancestral baseline). Revealed tokens never change. Classifier-free guidance combines a
-conditional and an unconditional canvas: logits = u + w·(c − u). Positions predict their output slice
-(RowTables.output_heads: a modality's content + EOS; audio one level's codes + EOS); a row whose
-canvas already holds a clean EOS of a modality cannot draw another one (fixed-length spans). Decoding
-can run in stages (audio: residual level by level, `level_stages`), each on its own schedule. With
-`eos_truncate`, positions of a span after a revealed EOS become padding (SPEC §8, EOS-truncation).
-Does not own prompts or canvases (tasks.py) or the network.
+that the number still masked after step k is ⌊N·(1 − β(k/T))⌋ for the inference schedule β (the same
+schedule objects as training; MaskGIT's convention, docs/sampling.md). `remasking="random"` reveals a
+uniformly random subset instead (the unbiased ancestral baseline). Revealed tokens never change.
+Classifier-free guidance combines a conditional and an unconditional canvas: logits = u + w·(c − u) at
+every w (w = 1: the conditional model, w = 0: the unconditional one, w > 1 guides). Positions predict
+their output slice (RowTables.output_heads: a modality's content + EOS; audio one level's codes + EOS);
+a row whose canvas already holds a clean EOS of a modality cannot draw another one (fixed-length
+spans). Decoding can run in stages (audio: residual level by level, `level_stages`), each on its own
+schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (SPEC §8,
+EOS-truncation). Does not own prompts or canvases (tasks.py) or the network.
 """
 from __future__ import annotations
 
@@ -55,11 +56,15 @@ def truncate_after_eos(x_BL: torch.Tensor, tables: RowTables, vocab: JointVocab)
 
 
 def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> torch.Tensor:
-    """(steps + 1, B): positions still masked after each step k = 0..T (k = 0: all of them)."""
+    """(steps + 1, B): positions still masked after each step k = 0..T, ⌊N·(1 − β(k/T))⌋ (k = 0: all
+    of them, k = T: none). The inference convention (docs/sampling.md): after a fraction r of the steps
+    a fraction β(r) of the span is revealed, so `cosine` is MaskGIT's (few tokens first) and
+    `reverse-cosine` steps τ uniformly through the training cosine (many first)."""
     k = torch.arange(steps + 1, dtype=torch.float64)
-    frac = schedule.beta(1 - k / steps).clamp(0, 1)
+    frac = schedule.masked_after(k / steps).clamp(0, 1)
     counts = torch.floor(frac[:, None] * n_masked_B[None, :].double()).long()
     counts[0] = n_masked_B
+    counts[-1] = 0  # β(1) < 1 (loglinear) would leave a fraction masked
     return torch.minimum(counts, n_masked_B[None, :])
 
 
@@ -75,7 +80,7 @@ class Decoding:
     top_p: float = 1.0
     confidence_noise: float = 1.0  # scale of the Gumbel noise added to confidences, annealed to 0
     remasking: str = "confidence"  # confidence | random
-    guidance: float = 0.0  # classifier-free guidance weight w (see `decode`)
+    guidance: float = 1.0  # classifier-free guidance weight w, logits = u + w·(c − u) (see `decode`)
 
     def __post_init__(self):
         if self.remasking not in ("confidence", "random"):
@@ -88,8 +93,10 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
            eos_truncate: bool = False, autocast_dtype: torch.dtype | None = None,
            stages: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
-    enables guidance with weight `how.guidance`: w = 1 is the conditional pass, w > 1 guides, and w = 0
-    skips the unconditional pass (the conditional pass alone, as w = 1).
+    enables guidance with weight w = `how.guidance`: logits = u + w·(c − u). A pass whose weight is zero
+    is not run: w = 1 is the conditional pass alone, w = 0 the unconditional canvas alone (the condition
+    stays in the returned canvas, unseen), w > 1 guides. Without `uncond_BL` (a canvas with no condition
+    to drop: unconditional text, infill) there is no u and every w decodes the conditional pass.
 
     Stages: with `stages` = (a stage index per position, steps per stage), the masked positions of
     stage 0 are decoded first in its steps, those of stage 1 next, and so on; positions of later stages
@@ -102,7 +109,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
     stage_BL = stage_BL.to(device)
     tables = row_tables(vocab, device)
     mask_ids = tables.mask_id_M.to(device)
-    state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and how.guidance not in (0.0, 1.0)
+    state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and how.guidance != 1
                    else None)  # w = 1 is the conditional pass: no unconditional canvas needed
     # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
     has_eos = {m: (canvas_BL == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
@@ -155,19 +162,20 @@ class _State:
 
 def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, how: Decoding, anneal: float,
              generator, autocast_dtype):
-    """One forward pass: a sampled token and its confidence at every masked position (-inf elsewhere)."""
-    x, u = state.x, state.u
+    """One step's forward passes: a sampled token and its confidence at every masked position (-inf
+    elsewhere). Logits u + w·(c − u); at w = 0 that is u, so the conditional pass is not run."""
+    x, u, w = state.x, state.u, how.guidance
     device = x.device
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        h = model(x, tables.pad(x))
+        h = model(x, tables.pad(x)) if u is None or w != 0 else None
         hu = model(u, tables.pad(u)) if u is not None else None
     proposal = x.clone()
     confidence = torch.full(x.shape, float("-inf"), device=device)
     for sel, lo, hi, eos, m in tables.output_heads(x, is_mask):
-        logits = model.head(h[sel], lo, hi, eos).float()
+        logits = model.head(h[sel], lo, hi, eos).float() if h is not None else None
         if hu is not None:
             uncond = model.head(hu[sel], lo, hi, eos).float()
-            logits = uncond + how.guidance * (logits - uncond)
+            logits = uncond if logits is None else uncond + w * (logits - uncond)
         rows = sel.nonzero()[:, 0]
         logits[:, -1] = logits[:, -1].masked_fill(has_eos[m][rows], float("-inf"))
         scaled = filter_logits(logits / max(how.temperature, 1e-6), how.top_k, how.top_p)

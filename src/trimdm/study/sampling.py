@@ -37,9 +37,11 @@ from trimdm.train.run import load_run
 
 GRID = {
     "steps": [8, 16, 32, 64],
-    "schedule": ["cosine", "linear", "polynomial:2"],
+    # both directions (docs/sampling.md, "Inference schedules"): few tokens revealed first (MaskGIT's
+    # cosine and square), evenly, and many first (their reverses: the τ-uniform ancestral sampler)
+    "schedule": ["cosine", "polynomial:2", "linear", "reverse-cosine", "reverse-polynomial:2"],
     "temperature": [0.5, 0.7, 1.0],
-    "guidance": [0.0, 1.0, 2.0, 3.0],
+    "guidance": [1.0, 1.5, 2.0, 3.0],  # 1: the conditional model (0 would score the unconditional one)
     "remasking": ["confidence", "random"],
     "order": ["joint", "levels"],  # `levels` is audio's only (config.sampling_choices)
 }
@@ -92,6 +94,9 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {', '.join(SWEPT)}")
     heldout = heldout_prompts(data.directory, n)
     points, best = [], {}
+    for key, values in grid.items():
+        if len(set(values)) != len(values):
+            raise ValueError(f"grid {key}={values}: a value appears twice")
     for m in modalities:
         base = dataclasses.asdict(loaded.cfg.sample[m])
         name, higher = METRIC[m]
