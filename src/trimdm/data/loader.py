@@ -4,9 +4,9 @@ Owns: which rows form each optimizer step's global batch. Tasks (text, image_tex
 mixed by token share (`data.mix`): a task's share of rows is its token share divided by its mean
 tokens per row (padding excluded), and rows are apportioned step by step so that the cumulative count
 of every task stays within one row of its target (largest-remainder apportionment with memory). Within
-a task, each epoch is a permutation drawn from `np.random.default_rng([seed, task, epoch])`; the
-global batch is put in a per-step random order (so ranks see mixed tasks), and rank r of W takes the
-r-th contiguous slice. The state is small (step, rows served per task, per-task epoch and cursor), so
+a task, each epoch is a permutation from the named stream "<task> rows" (streams.py) and the epoch;
+the global batch is put in a per-step random order (stream "step order": ranks see mixed tasks), and
+rank r of W takes the r-th contiguous slice. The state is small (step, rows served per task, per-task epoch and cursor), so
 resuming mid-epoch reproduces the exact sequence. Every row of an epoch is served once before the
 next epoch begins; a batch may straddle two epochs.
 Does not own the row layout (sequence/) or masking (diffusion/).
@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
+from trimdm.streams import stream_seed
 
 
 class RowSource(Protocol):
@@ -61,7 +63,7 @@ class MixtureLoader:
         key = (task, epoch)
         if key not in self._perms:
             self._perms = {k: v for k, v in self._perms.items() if k[0] != task}  # keep one epoch per task
-            self._perms[key] = np.random.default_rng([self.seed, self.tasks.index(task), epoch]).permutation(
+            self._perms[key] = np.random.default_rng([stream_seed(self.seed, f"{task} rows"), epoch]).permutation(
                 len(self.sources[task]))
         return self._perms[key]
 
@@ -83,7 +85,7 @@ class MixtureLoader:
         items = [(t, i) for t in self.tasks for i in self._take(t, alloc[t])]
         for t in self.tasks:
             self.served[t] += alloc[t]
-        order = np.random.default_rng([self.seed, 1_000_003, self.step]).permutation(len(items))
+        order = np.random.default_rng([stream_seed(self.seed, "step order"), self.step]).permutation(len(items))
         self.step += 1
         return [items[j] for j in order]
 

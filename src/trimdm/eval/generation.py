@@ -45,6 +45,7 @@ from trimdm.data.tinyworld.scenes import (ERROR_KINDS, HELDOUT_PAIRS, error_kind
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.eval.stats import chance_level, mean_se, pairing_test, ratio_se
 from trimdm.sample.tasks import Tasks
+from trimdm.streams import stream_seed
 from trimdm.tokenizers.image import save_image_grid
 
 
@@ -122,10 +123,11 @@ def _caption_scores(captions: list[str], scenes: list, outputs: str) -> tuple[np
     return ok, partial
 
 
-def _caption_tests(ok_NN: np.ndarray, partial_NN: np.ndarray, seed: int) -> dict:
+def _caption_tests(ok_NN: np.ndarray, partial_NN: np.ndarray, seed: int, name: str) -> dict:
     """`pairing_test` of the all-right accuracy and of the attribute match (`_caption_scores`)."""
     n = len(ok_NN)
-    acc, am = pairing_test(ok_NN, n, True, seed), pairing_test(partial_NN, n, True, seed + 1)
+    acc = pairing_test(ok_NN, n, True, stream_seed(seed, f"{name} accuracy"))
+    am = pairing_test(partial_NN, n, True, stream_seed(seed, f"{name} attribute match"))
     return {**acc, "attribute_match_shuffled": am["shuffled"], "attribute_match_shuffled_p": am["shuffled_p"]}
 
 
@@ -139,7 +141,7 @@ def source_subsets(texts: list[str]) -> dict[str, list[int]]:
 
 
 def _cer_scores(hyps: list[str], refs: list[str], edits_NN: np.ndarray, chance_NN: np.ndarray,
-                lengths: np.ndarray, seed: int) -> dict:
+                lengths: np.ndarray, seed: int, name: str) -> dict:
     """CER of `hyps` against `refs` with its SE, the chance level from `chance_NN` (the real-data outputs
     against every reference) and the pairing test of the outputs (`edits_NN`, every output against every
     reference)."""
@@ -147,21 +149,21 @@ def _cer_scores(hyps: list[str], refs: list[str], edits_NN: np.ndarray, chance_N
     err, err_se = float(e.sum() / c.sum()), ratio_se(e, c)
     chance, chance_se = chance_level(chance_NN, lengths)
     return {"cer": err, "n": len(refs), "chance": chance, "cer_se": err_se, "chance_se": chance_se,
-            **pairing_test(edits_NN, float(lengths.sum()), False, seed)}
+            **pairing_test(edits_NN, float(lengths.sum()), False, stream_seed(seed, name))}
 
 
-def cer_results(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int) -> dict:
+def cer_results(hyps: list[str], refs: list[str], chance_hyps: list[str], seed: int, name: str) -> dict:
     """`_cer_scores` over every utterance, and under `captions` and `sentences` over those that speak a
     caption and those that do not (`source_subsets`): each subset's chance pairs it with its own
     references. `chance_hyps` are the real-data outputs: real speech heard by the judge (T2S) or the
     transcripts themselves (S2T). The edit distances are computed once, for all three."""
     edits, lengths = pairwise_edits(hyps, refs)
     chance_edits, _ = pairwise_edits(chance_hyps, refs)
-    out = _cer_scores(hyps, refs, edits, chance_edits, lengths, seed)
+    out = _cer_scores(hyps, refs, edits, chance_edits, lengths, seed, name)
     for key, sub in source_subsets(refs).items():
         ix = np.ix_(sub, sub)
         out[key] = _cer_scores([hyps[j] for j in sub], [refs[j] for j in sub], edits[ix], chance_edits[ix],
-                               lengths[sub], seed + 10 + (key == "sentences"))
+                               lengths[sub], seed, f"{name} {key}")
     return out
 
 
@@ -228,7 +230,7 @@ def _t2i(tasks: Tasks, items: list, image_judge, out_dir: Path, prompts: int, se
                         "attribute_match": float(np.mean(partial)),
                         "attribute_match_chance": partial_chance,
                         "attribute_match_se": mean_se(partial), "attribute_match_chance_se": partial_chance_se,
-                        **_caption_tests(*scores, seed),
+                        **_caption_tests(*scores, seed, f"t2i {name}"),
                         "errors": error_counts(errors[k:k + n])}
         k += n
     (out_dir / "t2i").mkdir(parents=True, exist_ok=True)
@@ -273,18 +275,18 @@ def _i2t(tasks: Tasks, items: list, out_dir: Path, prompts: int, seed: int) -> d
               "attribute_match": float(np.mean(partial)),
               "attribute_match_chance": partial_chance,
               "attribute_match_se": mean_se(partial), "attribute_match_chance_se": partial_chance_se,
-              **_caption_tests(*scores, seed + 1),
+              **_caption_tests(*scores, seed, "i2t"),
               "errors": error_counts(errors), "samples": i2t_samples,
               "items": [{"caption": m, "reference": r, "correct": o, "group": g}
                         for m, r, o, g in zip(made, refs, ok, groups)]}
     # the single-object images alone, and those of a held-out colour-shape pair; chance pairs each
     # subset's references among themselves
     heldout = [j for j in single if groups[j] == "heldout_single"]
-    for key, sub, salt in (("single", single, 3), ("single_heldout", heldout, 4)):
+    for key, sub in (("single", single), ("single_heldout", heldout)):
         if sub:
             result[key] = {"accuracy": float(np.mean([ok[j] for j in sub])), "n": len(sub),
                            "chance": chance_level(real_ok[np.ix_(sub, sub)])[0],
-                           **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed + salt)}
+                           **_caption_tests(*(m[np.ix_(sub, sub)] for m in scores), seed, f"i2t {key}")}
     return result
 
 
@@ -301,7 +303,7 @@ def _t2s(tasks: Tasks, waves: list, texts: list[str], speech_judge, out_dir: Pat
         sf.write(out_dir / name, np.clip(spoken[j], -1, 1), rate, subtype="PCM_16")
         samples.append({"prompt": texts[j], "wav": f"samples/eval/{name}", "heard": heard[j]})
     # chance: real speech, heard by the judge, against other transcripts
-    result = {**cer_results(heard, texts, heard_real, seed + 2),
+    result = {**cer_results(heard, texts, heard_real, seed, "t2s"),
               "judge_cer_on_real_speech": cer(heard_real, texts), "samples": samples,
               "items": [{"prompt": t, "heard": h} for t, h in zip(texts, heard)]}
     feats_real = speech_judge.features(waves)
@@ -320,5 +322,5 @@ def _s2t(tasks: Tasks, waves: list, texts: list[str], out_dir: Path, seed: int) 
         sf.write(out_dir / name, np.clip(waves[j], -1, 1), rate, subtype="PCM_16")
         samples.append({"wav": f"samples/eval/{name}", "transcript": transcripts[j], "reference": texts[j]})
     # chance: another item's transcript as the output
-    return {**cer_results(transcripts, texts, texts, seed + 3), "samples": samples,
+    return {**cer_results(transcripts, texts, texts, seed, "s2t"), "samples": samples,
             "items": [{"transcript": t, "reference": r} for t, r in zip(transcripts, texts)]}

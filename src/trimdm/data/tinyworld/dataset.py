@@ -48,6 +48,7 @@ from trimdm.data.tinyworld.judges import load_judges, settings
 from trimdm.data.tinyworld.judges import speech as sj
 from trimdm.fileio import atomic_write_text
 from trimdm.sequence.layout import PackedText, PairedRows
+from trimdm.streams import stream_seed
 from trimdm.tokenizers import audio as au
 from trimdm.tokenizers import image as im
 from trimdm.tokenizers.audio import AudioCodec, AudioCodecConfig
@@ -226,8 +227,10 @@ def data_spec(cfg) -> dict:
     codec = asdict(audio_config(cfg.tinyworld))
     if codec["emit_levels"] in (0, codec["levels"]):
         del codec["emit_levels"]
+    # "streams": the raw stage's seeds come from named streams (streams.py), not from the data set's seed
+    # plus salts, so a set prepared before draws other items and must not be reused for this spec
     return {"tinyworld": tinyworld, "text_vocab": cfg.text_vocab,
-            "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": codec}
+            "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": codec, "streams": 1}
 
 
 def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True) -> TinyworldData:
@@ -287,20 +290,23 @@ def _build_raw(tmp: Path, tw, log) -> dict:
               "test": (tw.eval_scenes, tw.eval_utterances)}
     docs = kjv.split(kjv.chapters())
     info = {"images": {}, "speech": {}}
-    for i, (split, (n_scenes, n_utt)) in enumerate(counts.items()):
+    for split, (n_scenes, n_utt) in counts.items():
         t0 = time.time()
         scenes = sc.sample_scenes(n_scenes, split, tw.seed, two_object_fraction=tw.two_object_fraction,
                                   sizes=tuple(tw.sizes), backgrounds=tuple(tw.backgrounds),
                                   colors=tuple(tw.colors))
-        sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size, seed=tw.seed + i)
+        sc.write_image_folder(tmp / f"images_{split}", scenes, size=tw.image_size,
+                              seed=stream_seed(tw.seed, f"{split} captions"))
         captions = [json.loads(line)["caption"] for line in
                     (tmp / f"images_{split}" / "captions.jsonl").read_text().splitlines()]
         # speak more texts than needed: utterances over max_seconds are dropped, `n_utt` are kept
-        texts = speech_texts(captions, docs["train" if split == "train" else "val"], 2 * n_utt, tw.seed + 10 + i)
+        texts = speech_texts(captions, docs["train" if split == "train" else "val"], 2 * n_utt,
+                             stream_seed(tw.seed, f"{split} speech texts"))
         utts, spoken = [], 0
         while len(utts) < n_utt and spoken < len(texts):
             batch = texts[spoken:spoken + max(64, int(1.2 * (n_utt - len(utts))))]
-            utts += sp.synthesize_corpus(batch, seed=tw.seed + 20 + i + 1000 * spoken, max_seconds=tw.max_seconds,
+            utts += sp.synthesize_corpus(batch, seed=stream_seed(tw.seed, f"{split} voices from {spoken}"),
+                                         max_seconds=tw.max_seconds,
                                          voices=tuple(tw.voices), voice_jitter=tw.voice_jitter)
             spoken += len(batch)
         utts = utts[:n_utt]
@@ -334,14 +340,11 @@ def _read_split(raw: Path, split: str, tw, strict: bool):
 
 
 # -- stage 2: tokenizers ------------------------------------------------------------------------------
-TOKENIZER_SCENES_SEED = 1_000_003  # offset of the tokenizer's own scenes from the data set's seed
-
-
 def tokenizer_scenes(tw) -> list:
     """The `tw.tokenizer_scenes` unlabeled scenes only the image tokenizer trains on: the data set's world,
     held-out compositions included (as in val), drawn from another seed than val so that no val or test
     image is among them. The generative model and the judges never see them."""
-    return sc.sample_scenes(tw.tokenizer_scenes, "val", tw.seed + TOKENIZER_SCENES_SEED,
+    return sc.sample_scenes(tw.tokenizer_scenes, "val", stream_seed(tw.seed, "tokenizer scenes"),
                             two_object_fraction=tw.two_object_fraction, sizes=tuple(tw.sizes),
                             backgrounds=tuple(tw.backgrounds), colors=tuple(tw.colors))
 
