@@ -7,7 +7,8 @@
     trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
-Errors in user input (config keys, values, files) are reported as one line and exit status 2.
+Errors in user input (config keys, values, files) are reported as one line and exit status 2; a
+checkpoint that cannot be written (disk full, permission) as one line and exit status 1.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from trimdm.recipes import RECIPES, get_recipe
 from trimdm.sample.run import generate, generate_from_sidecar
 from trimdm.study.batch import run_batch_study
 from trimdm.study.sampling import run_sampling_study
+from trimdm.train.checkpoint import CheckpointWriteError
 from trimdm.train.trainer import train
 
 
@@ -191,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"trimdm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as e:
+        print(f"trimdm {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"trimdm {args.command}: interrupted after {time.time() - t0:.0f}s", file=sys.stderr)
         return 130

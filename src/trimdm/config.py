@@ -290,12 +290,15 @@ class TrainConfig:
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
     eval_every: int = 0  # steps between held-out NELBO evaluations; 0: never during training
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    # steps in a row whose loss or gradient is not finite (each skipped: nothing applied) before the run
+    # stops; one finite step resets the count
+    max_skips: int = 10
     # a run directory or checkpoint whose model weights start this run (same data and model shape); the
     # optimizer, schedule and data order start afresh. A checkpoint of this run's own wins (resume).
     init: str = ""
 
     def validate(self) -> None:
-        _check_positive("train.", self, "tokens", "batch_size")
+        _check_positive("train.", self, "tokens", "batch_size", "max_skips")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise ValueError(
                 f"train.micro_batch_size={self.micro_batch_size} must divide train.batch_size={self.batch_size}")

@@ -43,7 +43,8 @@ from trimdm.optim.reparam import describe
 from trimdm.sequence.layout import RowTables
 from trimdm.streams import stream_seed
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
-from trimdm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trimdm.train.checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, load_newest_intact,
+                                    point_latest, save_checkpoint)
 from trimdm.train.metrics import MetricsLog, Progress, matmul_peak_flops
 from trimdm.train.run import autocast, build_model, pick_device
 
@@ -117,6 +118,7 @@ class Trainer:
         self.tau_lo, self.tau_hi = tau_bounds(self.schedules, antimask, cfg.diffusion.t_min)
         self.noise_scale = NoiseScaleTracker()
         self.step, self.tokens = 0, 0
+        self.skipped_steps, self.skips_in_a_row = 0, 0  # steps with a non-finite loss or gradient
         self.params = param_counts(self.model.args)
         self.peak = t.peak_tflops * 1e12 if t.peak_tflops else None
 
@@ -129,14 +131,22 @@ class Trainer:
             self.out, self.step, model_state, optim_state,
             rng={"mask": self.mask_gen.get_state()},
             trainer_state={"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
-                           "noise_scale": self.noise_scale.state_dict(), "world": self.env.world},
+                           "noise_scale": self.noise_scale.state_dict(), "world": self.env.world,
+                           "skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row},
             config=self.cfg.to_dict(), vocab=self.vocab.to_dict(), keep=self.cfg.train.keep_checkpoints)
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.out)
-        if path is None:
+        """Continue from the run's latest checkpoint or, when that one is corrupt, from its newest intact
+        one (with a warning, and `latest` repointed at it, so that the next save knows what it keeps)."""
+        if latest_checkpoint(self.out) is None:
             return False
-        ckpt = load_checkpoint(path)
+        ckpt, passed_over = load_newest_intact(self.out)
+        path = ckpt["path"]
+        for bad, why in passed_over:
+            self.log(f"warning: checkpoint {bad.name} is corrupt ({why}); resuming from {path.name}, the "
+                     "newest intact checkpoint")
+        if passed_over and self.env.is_main:
+            point_latest(path)
         saved = Config.from_dict(ckpt["config"]).derive().to_dict()
         diff = _diff(saved, self.cfg.to_dict())
         if diff:
@@ -152,12 +162,17 @@ class Trainer:
         self.loader.load_state_dict(ckpt["trainer"]["loader"])
         self.noise_scale.load_state_dict(ckpt["trainer"]["noise_scale"])
         self.step, self.tokens = ckpt["trainer"]["step"], ckpt["trainer"]["tokens"]
+        # checkpoints from before the skip counters had none to keep
+        self.skipped_steps = ckpt["trainer"].get("skipped_steps", 0)
+        self.skips_in_a_row = ckpt["trainer"].get("skips_in_a_row", 0)
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
     # -- one optimizer step ------------------------------------------------------------------------
-    def train_step(self) -> dict:
-        cfg, d, env = self.cfg, self.cfg.derived, self.env
+    def noisy_batches(self) -> tuple[list, torch.Tensor, float]:
+        """This rank's micro-batches of the next step, masked with its slice of the global batch's noise
+        draw; with each micro-batch's count of maskable tokens and the global batch's (all-reduced)."""
+        cfg, env = self.cfg, self.env
         tau, u, c = draw_noise(self.clean_global, cfg.data.seq_len, self.mask_gen, self.tau_lo, self.tau_hi)
         clean = self.loader.next()  # this rank's clean rows, split into micro-batches below
         offset = env.rank * self.clean_rank
@@ -172,7 +187,12 @@ class Trainer:
                                       tau[offset + a:offset + b], u[offset + a:offset + b],
                                       mode_B=mode[a:b]))
         counts = torch.tensor([float(nb.maskable_BL.sum()) for nb in batches], dtype=torch.float64)
-        denominator = float(all_reduce_sum(counts.sum(), env))
+        return batches, counts, float(all_reduce_sum(counts.sum(), env))
+
+    def train_step(self) -> dict:
+        """One optimizer step, or one skipped (`apply_or_skip`); returns what the log of a step needs."""
+        cfg, d, env = self.cfg, self.cfg.derived, self.env
+        batches, counts, denominator = self.noisy_batches()
         factor = lr_factor(self.step, d.steps, d.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio,
                            d.decay_steps)
         for group in self.optimizer.param_groups:
@@ -202,7 +222,7 @@ class Trainer:
                 g = flat if prev is None else flat - prev
                 micro_sq.append(float(g.square().sum()) * (denominator / float(counts[k])) ** 2)
                 prev = flat
-        noise = None
+        measured = None  # the noise-scale tracker's arguments; it takes them only from a step that is applied
         if measure_ranks:  # per-rank gradient (no_sync above) versus the all-reduced one
             local_sq = _grad_sq_norm(params) * (denominator / (env.world * float(counts.sum()))) ** 2
             for p in params:
@@ -210,21 +230,45 @@ class Trainer:
                     torch.distributed.all_reduce(p.grad)
                     p.grad.div_(env.world)
             small = float(all_reduce_sum(torch.tensor(local_sq, dtype=torch.float64), env)) / env.world
-            noise = self.noise_scale.update(small, self.rank_rows, _grad_sq_norm(params), d.batch)
+            measured = (small, self.rank_rows, _grad_sq_norm(params), d.batch)
         elif measure_micro:
-            noise = self.noise_scale.update(sum(micro_sq) / len(micro_sq), self.micro,
-                                            float(prev.square().sum()), self.rank_rows)
+            measured = (sum(micro_sq) / len(micro_sq), self.micro, float(prev.square().sum()), self.rank_rows)
         clip = d.grad_clip if d.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        self.optimizer.step()
-        self.step += 1
-        self.tokens += d.tokens_per_step
         if env.active:
             stats = LossStats(*(all_reduce_sum(x, env) for x in (stats.wce_M, stats.tokens_M, stats.masked_M)))
             positions = int(all_reduce_sum(torch.tensor(float(positions), dtype=torch.float64), env))
+        skipped = self.apply_or_skip(stats, grad_norm)
+        noise = self.noise_scale.update(*measured) if measured and not skipped else None
+        self.step += 1
+        self.tokens += d.tokens_per_step
         return {"stats": stats, "grad_norm": grad_norm, "lr_factor": factor, "noise_scale": noise,
-                "positions": positions}
+                "positions": positions, "skipped": skipped}
+
+    def apply_or_skip(self, stats: LossStats, grad_norm: float) -> bool:
+        """Step the optimizer, unless the step's loss or gradient norm is not finite: then skip the step
+        and count it. Returns whether it was skipped.
+
+        The flag is all-reduced, so that every rank makes the same decision (ranks that disagreed would
+        diverge, or under FSDP wait on each other for ever). A skipped step applies nothing: parameters,
+        AdamW moments and AdamW's step count stay as they were. Its data and mask draws are spent and
+        the trainer's step (so the lr schedule) and token counters advance, as in a run without the
+        fault: a resume stays bit-identical, and the step is not retried on other data."""
+        bad = not (math.isfinite(grad_norm) and bool(torch.isfinite(stats.wce_M).all()))
+        if self.env.active:
+            bad = bool(all_reduce_sum(torch.tensor(float(bad)), self.env) > 0)
+        if not bad:
+            self.optimizer.step()
+            self.skips_in_a_row = 0
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.skips_in_a_row += 1
+        self.log(f"step {self.step + 1}: loss {stats.loss_nats():.4g}, gradient norm {grad_norm:.4g}: not finite; "
+                 f"step skipped, nothing applied ({self.skips_in_a_row} in a row of at most train.max_skips="
+                 f"{self.cfg.train.max_skips}; {self.skipped_steps} in all)")
+        return True
 
     def step_flops(self, stats: LossStats, positions: int) -> float:
         """Useful FLOPs of a step: the trunk on every non-pad position, the logits of masked positions
@@ -264,33 +308,25 @@ class Trainer:
             window_t, window_tokens, window_flops = time.time(), 0, 0.0
             while self.step < d.steps:
                 out = self.train_step()
-                stats = out["stats"]
                 window_tokens += d.tokens_per_step
-                window_flops += self.step_flops(stats, out["positions"])
+                window_flops += self.step_flops(out["stats"], out["positions"])
                 last = self.step == d.steps
                 if self.step % t.log_every == 0 or last:
-                    elapsed = max(time.time() - window_t, 1e-9)
-                    record = {"step": self.step, "tokens": self.tokens, "loss": stats.loss_nats(),
-                              **{f"nelbo_{m}": v for m, v in stats.nelbo_bits().items()},
-                              "lr": self.cfg.derived.lr * out["lr_factor"], "grad_norm": out["grad_norm"],
-                              "tokens_per_s": window_tokens / elapsed,
-                              "mfu": window_flops / elapsed / self.peak / self.env.world}
-                    if self.noise_scale.value is not None:
-                        record["grad_noise_scale"] = self.noise_scale.value
-                    if t.eval_every and (self.step % t.eval_every == 0 or last):
-                        record.update({f"val_nelbo_{m}": v["bits_per_token"] for m, v in
-                                       self.evaluate()["nelbo"].items()})
+                    record = self.record(out, time.time() - window_t, window_tokens, window_flops, last)
                     if metrics:
                         metrics.write(record)
                     if self.env.is_main and self.show_progress:
                         progress.update(self.step - 1, record["loss"], record["tokens_per_s"])
                     window_t, window_tokens, window_flops = time.time(), 0, 0.0
+                if self.skips_in_a_row >= t.max_skips:
+                    raise ValueError(self.stuck(d.lr * out["lr_factor"]))
                 stopping = bool(self.env.active and all_reduce_sum(
                     torch.tensor(float(stop["signal"] is not None)), self.env) > 0) or stop["signal"] is not None
-                if (t.ckpt_every and self.step % t.ckpt_every == 0) or last:
-                    self.save()
+                if last or stopping:
+                    path = self.save()  # no later save would try again: a failed write stops the run
+                elif t.ckpt_every and self.step % t.ckpt_every == 0:
+                    self.save_periodic()
                 if stopping and not last:
-                    path = self.save()
                     status = "interrupted"
                     self.log(f"SIGTERM: saved {path} at step {self.step}; rerun the same command to resume")
                     break
@@ -299,6 +335,41 @@ class Trainer:
             if metrics:
                 metrics.close()
         return {"status": status, "step": self.step, "tokens": self.tokens}
+
+    def record(self, out: dict, elapsed: float, tokens: int, flops: float, last: bool) -> dict:
+        """The metrics.jsonl line of a logged step: `out` from train_step, and the tokens and useful FLOPs
+        of the steps since the last line, which took `elapsed` seconds."""
+        t, stats, elapsed = self.cfg.train, out["stats"], max(elapsed, 1e-9)
+        record = {"step": self.step, "tokens": self.tokens, "loss": stats.loss_nats(),
+                  **{f"nelbo_{m}": v for m, v in stats.nelbo_bits().items()},
+                  "lr": self.cfg.derived.lr * out["lr_factor"], "grad_norm": out["grad_norm"],
+                  "skipped": out["skipped"], "skipped_steps": self.skipped_steps,
+                  "tokens_per_s": tokens / elapsed, "mfu": flops / elapsed / self.peak / self.env.world}
+        if self.noise_scale.value is not None:
+            record["grad_noise_scale"] = self.noise_scale.value
+        if t.eval_every and (self.step % t.eval_every == 0 or last):
+            record.update({f"val_nelbo_{m}": v["bits_per_token"] for m, v in self.evaluate()["nelbo"].items()})
+        return record
+
+    def stuck(self, lr: float) -> str:
+        """Why the run stops after train.max_skips skipped steps in a row, and where to look."""
+        n = self.skips_in_a_row
+        return (f"step {self.step}: {n} steps in a row had a non-finite loss or gradient and were skipped "
+                f"(train.max_skips={self.cfg.train.max_skips}; {self.skipped_steps} skipped in all); the model "
+                f"is as it was after step {self.step - n}. Look at the learning rate (lr {lr:.3g} at this step: "
+                "a lower optim.base.lr or a longer warm-up) and at the data of these steps (their order "
+                "follows train.seed). Rerunning the same command resumes from the last checkpoint and meets "
+                "these steps again; to change the recipe, start a new run with train.init=<that checkpoint>")
+
+    def save_periodic(self) -> None:
+        """A periodic checkpoint that cannot be written is a warning, not the end of the run: the
+        previous checkpoint is intact either way, so going on loses nothing that stopping would keep,
+        and the next periodic save tries again (a disk may be cleared, a quota raised). The final and
+        the SIGTERM saves have no later one and raise."""
+        try:
+            self.save()
+        except CheckpointWriteError as e:
+            self.log(f"warning: {e}; training continues and tries again at the next checkpoint")
 
     def evaluate(self) -> dict:
         """A quick held-out NELBO for metrics.jsonl (eval.periodic_*); `trimdm eval` is the full one."""
