@@ -1,4 +1,4 @@
-"""`trimdm` console script: parse, build the config, dispatch (SPEC §1).
+"""`trimdm` console script: parse, build the config, dispatch (method §1).
 
     trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached); with
                     [--mc FILE.jsonl]                    also multiple-choice questions from its val split

@@ -93,7 +93,7 @@ class Mix:
 
 @dataclass
 class TinyworldConfig:
-    """Sizes and training budgets of the embedded data set (SPEC §10); each setting gets its own
+    """Sizes and training budgets of the embedded data set (method §10); each setting gets its own
     prepared directory, so recipes of different sizes never overwrite each other."""
 
     scenes: int = 10_000  # training scenes (val and test: eval_scenes each)
@@ -174,7 +174,7 @@ class DataConfig:
 class DiffusionConfig:
     # Training noise schedule per modality: "linear", "cosine", "polynomial:2", "loglinear:eps=1e-3".
     schedule: PerModality = field(default_factory=PerModality)
-    antimask: str = "none"  # none | complement | crossmodal (SPEC §4)
+    antimask: str = "none"  # none | complement | crossmodal (method §4)
     t_min: float = 1e-3  # τ clamp; with complement pairs both β and 1−β stay ≥ t_min
     conditional: float = 0.0  # fraction of paired rows noised in one modality only (masking.py)
     # of those, the share with the text noised and the medium clean (I2T, S2T); the rest are media|text
@@ -198,7 +198,7 @@ class DiffusionConfig:
 
 @dataclass
 class OptimBase:
-    """AdamW settings tuned once at a base point (B_base sequences per step, D_base tokens), SPEC §6."""
+    """AdamW settings tuned once at a base point (B_base sequences per step, D_base tokens), method §6."""
 
     batch: int = 16  # B_base
     tokens: int = 1_000_000  # D_base
@@ -222,7 +222,7 @@ def _no_decay() -> GroupMult:
 
 @dataclass
 class GroupTable:
-    """Per-module multipliers of lr, weight decay and ε (SPEC §6). Norm gains never decay."""
+    """Per-module multipliers of lr, weight decay and ε (method §6). Norm gains never decay."""
 
     embed_text: GroupMult = field(default_factory=GroupMult)
     embed_image: GroupMult = field(default_factory=GroupMult)
@@ -243,7 +243,7 @@ class GroupTable:
 class OptimConfig:
     base: OptimBase = field(default_factory=OptimBase)
     gamma: float = 0.44  # horizon exponent of the logical batch B_log = B_base·(D/D_base)^γ
-    reparam: str = "sde"  # sde | none | accumulate (SPEC §6)
+    reparam: str = "sde"  # sde | none | accumulate (method §6)
     groups: GroupTable = field(default_factory=GroupTable)
     depth_ratio: float = 1.0  # block l of n gets lr × depth_ratio^(l/(n−1))
     lr_schedule: str = "cosine"  # cosine | constant | wsd (optim/lr.py)
@@ -264,7 +264,7 @@ class OptimConfig:
         if self.grad_clip < 0 or self.depth_ratio <= 0:
             raise ValueError("optim.grad_clip must be >= 0 and optim.depth_ratio > 0")
         if self.groups.norms.wd != 0:
-            raise ValueError("optim.groups.norms.wd must be 0: norm gains get no weight decay (SPEC §6)")
+            raise ValueError("optim.groups.norms.wd must be 0: norm gains get no weight decay (method §6)")
         for name in (f.name for f in dataclasses.fields(GroupTable)):
             g = getattr(self.groups, name)
             if g.lr < 0 or g.wd < 0 or g.eps <= 0:
@@ -316,7 +316,7 @@ CONFIG_VERSION = 1
 
 @dataclass
 class ModalitySampling:
-    """How one modality is decoded (SPEC §8): the target span of a task is this modality's."""
+    """How one modality is decoded (method §8): the target span of a task is this modality's."""
 
     steps: int = 64  # decoding steps T (at most one per masked position is useful)
     # inference unmasking schedule, a schedule spec as in `diffusion`: after a fraction r of the steps a
@@ -333,7 +333,7 @@ class ModalitySampling:
     order: str = "joint"
 
 
-# The per-modality sampling defaults (SPEC §8) in one table. Image row chosen by `trimdm study sampling`
+# The per-modality sampling defaults (method §8) in one table. Image row chosen by `trimdm study sampling`
 # on runs/tinyworld (2026-11-27) plus the remasking comparison beside it; text steps 64 from the re-sweep
 # on runs/tinyworld_h200, a model that has learned the tasks (the only setting outside noise there);
 # audio order `levels` from the order comparison on that run (T2S error 62.7% -> 59.3%). Grid, numbers and

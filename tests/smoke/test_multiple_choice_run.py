@@ -1,4 +1,4 @@
-"""Smoke tier for multiple-choice evaluation (SPEC §9): the JSONL reader's errors, a question file from
+"""Smoke tier for multiple-choice evaluation (method §9): the JSONL reader's errors, a question file from
 tinyworld's val split, and `run_multiple_choice` on a tiny trained tri-modal checkpoint."""
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""The training-loss estimator is unbiased for the objective it claims (SPEC §4), on toys small enough
+"""The training-loss estimator is unbiased for the objective it claims (method §4), on toys small enough
 to enumerate, and each check has power: a deliberately wrong weight in the same case must fail it.
 
 Toys: text-only rows of 3 text tokens over 4 maskable positions, and paired rows
@@ -245,7 +245,7 @@ def test_estimator_is_unbiased(text_toy, name, params, antimask):
 
 @dataclass(frozen=True)
 class WrongComplement(Polynomial):
-    """The tempting but biased complement weight w(β⁻¹(1−β(τ))) (SPEC §4)."""
+    """The tempting but biased complement weight w(β⁻¹(1−β(τ))) (method §4)."""
 
     def complement_weight(self, t):
         return self.weight(self.inverse(1 - self.beta(t)))

@@ -1,4 +1,4 @@
-"""The multiple-choice estimator (SPEC §9, LLaDA Eq. 6) on toys small enough to enumerate.
+"""The multiple-choice estimator (method §9, LLaDA Eq. 6) on toys small enough to enumerate.
 
 The estimator is unbiased for the bound E_l E_M[(ℓ/l) Σ_{i∈M} log p(a_i | c, a_∖M)], which the tests
 compute exactly by enumerating every non-empty mask subset of the answer (at most 2^6 − 1 forward

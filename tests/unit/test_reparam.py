@@ -1,4 +1,4 @@
-"""SDE batch reparameterization formulas (SPEC §6, Bethune et al. 2026)."""
+"""SDE batch reparameterization formulas (method §6, Bethune et al. 2026)."""
 import dataclasses
 import math
 

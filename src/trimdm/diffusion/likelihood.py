@@ -1,4 +1,4 @@
-"""Likelihoods of a masked diffusion model (SPEC §9): the held-out NELBO and the Monte-Carlo
+"""Likelihoods of a masked diffusion model (method §9): the held-out NELBO and the Monte-Carlo
 log-likelihood of an answer given the rest of its row.
 
 Owns two estimators, used by training (the periodic held-out NELBO), evaluation (NELBO, multiple

@@ -1,4 +1,4 @@
-"""The training objective: the exact continuous-time NELBO estimator of SPEC §4.
+"""The training objective: the exact continuous-time NELBO estimator of method §4.
 
     loss = Σ_rows Σ_{masked i} w_i · CE_i  /  Σ_rows #(maskable, non-pad tokens)
 

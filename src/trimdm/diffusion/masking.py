@@ -1,4 +1,4 @@
-"""The forward (masking) process (SPEC §4): τ per row, masks per modality schedule, anti-masking.
+"""The forward (masking) process (method §4): τ per row, masks per modality schedule, anti-masking.
 
 Owns: drawing τ (one per row, stratified across the batch, clamped), drawing which maskable tokens
 become `MASK_m` of their own modality, and the ELBO weight of every masked position. Does not own: the

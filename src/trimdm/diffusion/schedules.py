@@ -1,4 +1,4 @@
-"""Noise schedules of the masking process (SPEC §4): β(τ), β'(τ), β⁻¹ and the ELBO weight β'/β.
+"""Noise schedules of the masking process (method §4): β(τ), β'(τ), β⁻¹ and the ELBO weight β'/β.
 
 Owns: the four schedule families, their reverses (`reverse-<spec>`) and the parser of their config
 strings. One schedule object serves training (mask ratio and ELBO weight) and sampling (how many tokens

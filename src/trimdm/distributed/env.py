@@ -1,4 +1,4 @@
-"""Process-group set-up for `torchrun` (SPEC §7). A single process needs none of this.
+"""Process-group set-up for `torchrun` (method §7). A single process needs none of this.
 
 Owns: reading torchrun's environment, choosing the backend (nccl on GPUs, gloo on CPUs), the device of
 each rank, small collectives the trainer needs, and a clean exit. Workers end with barrier, destroy,

@@ -1,4 +1,4 @@
-"""Generation quality on held-out tinyworld data (SPEC §9), scored by the data set's offline judges.
+"""Generation quality on held-out tinyworld data (method §9), scored by the data set's offline judges.
 
 - T2I: draw an image for each held-out caption; correct when the image judge reads a scene for which
   every attribute the caption names is right (data/tinyworld/judges/image.py:judge_caption). Reported for

@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation by Monte-Carlo conditional likelihood (SPEC §9; LLaDA, Nie et al. 2025).
+"""Multiple-choice evaluation by Monte-Carlo conditional likelihood (method §9; LLaDA, Nie et al. 2025).
 
 Owns: the JSONL question format and its reader, the row layouts of a question's candidates, and
 `run_multiple_choice` (accuracy of a run on a file). The estimator of log p(answer | context), with its

@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts beside the model (SPEC §5), embedding and non-embedding separately.
+"""Parameter and FLOP counts beside the model (method §5), embedding and non-embedding separately.
 
 Scaling fits depend on which N is used: at small scale the embedding tables are a large share of the
 parameters (the paper's 320M pilot has about 240M embedding parameters), so both counts are reported.

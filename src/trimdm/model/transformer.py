@@ -1,4 +1,4 @@
-"""The network: a bidirectional pre-norm transformer over the joint vocabulary (SPEC §5).
+"""The network: a bidirectional pre-norm transformer over the joint vocabulary (method §5).
 
 Owns: token embedding, blocks (RMSNorm, multi-head attention with RoPE and QK-norm through
 `scaled_dot_product_attention` with a key-padding mask, SwiGLU MLP), final norm, unembedding.

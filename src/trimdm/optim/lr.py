@@ -1,4 +1,4 @@
-"""Learning-rate schedules in tokens (SPEC §7): linear warmup, then cosine decay, constant, or
+"""Learning-rate schedules in tokens (method §7): linear warmup, then cosine decay, constant, or
 warmup–stable–decay (WSD).
 
 Expressed per optimizer step because a step is a fixed number of tokens (`derived.tokens_per_step`);

@@ -1,4 +1,4 @@
-"""Online estimate of the gradient noise scale B_simple = tr(Σ)/|G|² (SPEC §6).
+"""Online estimate of the gradient noise scale B_simple = tr(Σ)/|G|² (method §6).
 
 Owns: the two-batch-size estimator of McCandlish et al. 2018 ("An Empirical Model of Large-Batch
 Training", Appendix A.1), a tracker that smooths it over steps, and the squared-norm helper. Does not

@@ -1,4 +1,4 @@
-"""Per-module AdamW parameter groups (SPEC §6).
+"""Per-module AdamW parameter groups (method §6).
 
 Owns: which group every parameter belongs to, and each AdamW param group's lr, weight decay and ε:
 

@@ -1,4 +1,4 @@
-"""SDE batch-size reparameterization of AdamW hyperparameters (SPEC §6).
+"""SDE batch-size reparameterization of AdamW hyperparameters (method §6).
 
 Owns: turning hyperparameters tuned once at a base point (B_base sequences per optimizer step, a
 horizon of D_base tokens) into the hyperparameters and step counts of a run with physical batch B and
@@ -44,7 +44,7 @@ Modes (the comparison is one flag):
   informational only: it shows the residual mismatch left by rounding, or a κ > 1 when B > B_log
   (accumulation cannot shrink a batch). Steps count optimizer steps of the effective batch.
 
-Warmup is defined in tokens (SPEC §6): warmup_steps = ceil(warmup_tokens / tokens_per_step), capped at
+Warmup is defined in tokens (method §6): warmup_steps = ceil(warmup_tokens / tokens_per_step), capped at
 floor(25% of steps).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ import numbers
 from dataclasses import dataclass
 
 MODES = ("sde", "none", "accumulate")
-WARMUP_CAP = 0.25  # SPEC §6: warmup at most 25% of the optimizer steps
+WARMUP_CAP = 0.25  # method §6: warmup at most 25% of the optimizer steps
 
 
 def _is_real(x) -> bool:
@@ -145,7 +145,7 @@ def sde_hparams(
 ) -> Hyperparams:
     """Hyperparameters for physical batch B = `physical_batch` sequences and horizon D = `tokens`.
 
-    Bethune et al. 2026, SDE reparameterization (SPEC §6):
+    Bethune et al. 2026, SDE reparameterization (method §6):
         κ = (B/B_base)·(D_base/D)^γ = B/B_log,   B_log = B_base·(D/D_base)^γ
         lr = lr_base·√κ,  β_i = β_i,base^κ,  ε = ε_base/√κ,  wd = wd_base·√κ (torch AdamW),
         gradient clipping threshold = clip_base/√κ.

@@ -1,4 +1,4 @@
-"""Confidence-based parallel decoding (MaskGIT, Chang et al. 2022; LLaDA, Nie et al. 2025), SPEC §8.
+"""Confidence-based parallel decoding (MaskGIT, Chang et al. 2022; LLaDA, Nie et al. 2025), method §8.
 
 Owns: the reverse process at inference. Starting from a canvas whose target positions hold `MASK_m`,
 each of T steps predicts every masked position over its modality's sub-vocabulary (content + EOS),
@@ -12,7 +12,7 @@ every w (w = 1: the conditional model, w = 0: the unconditional one, w > 1 guide
 their output slice (RowTables.output_heads: a modality's content + EOS; audio one level's codes + EOS);
 a row whose canvas already holds a clean EOS of a modality cannot draw another one (fixed-length
 spans). Decoding can run in stages (audio: residual level by level, `level_stages`), each on its own
-schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (SPEC §8,
+schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (method §8,
 EOS-truncation). Does not own prompts or canvases (tasks.py) or the network.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def masked_counts(n_masked_B: torch.Tensor, schedule: Schedule, steps: int) -> t
 
 @dataclass(frozen=True)
 class Decoding:
-    """How one span is decoded (SPEC §8): its modality's row of the sampling table (config
+    """How one span is decoded (method §8): its modality's row of the sampling table (config
     `sample.<modality>`) plus the filters every modality shares."""
 
     steps: int  # decoding steps T

@@ -1,4 +1,4 @@
-"""Generation tasks (SPEC §8): build the canvas of a task, decode it, turn ids back into outputs.
+"""Generation tasks (method §8): build the canvas of a task, decode it, turn ids back into outputs.
 
 Every task is a row in the training layout (sequence/layout.py) with the target span set to MASK:
 
@@ -372,7 +372,7 @@ class Tasks:
     def _pair_loglik(self, modality: str, texts: list, media: list[list[int]], of: str, seed: int,
                      hide_media: bool = False) -> np.ndarray:
         """Monte-Carlo estimate of log p(`of` | the other) for each (text, medium) pair, `of` the text or
-        the medium (the LLaDA estimator of diffusion/likelihood.py, SPEC §9); texts are strings or BPE
+        the medium (the LLaDA estimator of diffusion/likelihood.py, method §9); texts are strings or BPE
         ids. With `hide_media`, the medium's span is MASK: log p(text), the text's prior in that task's
         rows. The candidates share the answer's length and the same mask draws, so that their
         differences carry little noise."""

@@ -1,4 +1,4 @@
-"""Layout of one training row (SPEC §3): packed text rows, padded paired rows, per-position tables.
+"""Layout of one training row (method §3): packed text rows, padded paired rows, per-position tables.
 
 Owns: where TASK/BOS/EOS/PAD go, how documents are packed, how paired rows are padded, and which
 positions are maskable, padded, and of which modality. Does not own: ids of specials (JointVocab) or
@@ -116,7 +116,7 @@ class RowTables:
         """Split the selected positions by the output slice they predict: [(select, lo, hi, eos, m)].
 
         Text and image positions predict their modality's content ids plus its EOS; an audio position
-        predicts only its own level's C codes plus EOS_audio (SPEC §2: level k's codes are a separate
+        predicts only its own level's C codes plus EOS_audio (method §2: level k's codes are a separate
         range), which both the loss and the sampler use, so neither can put a code at the wrong level.
         Heads that select nothing are left out, unless `every`: then every slice of the vocabulary has
         its head, empty ones included, so that a loss built on them reaches every unembedding row (the

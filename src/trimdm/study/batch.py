@@ -1,6 +1,6 @@
 """`trimdm study batch`: does the SDE reparameterization make the physical batch a hardware choice?
 
-The paper's claim (SPEC §6, §11): with hyperparameters rescaled by κ = B/B_log (`reparam=sde`), runs at
+The paper's claim (method §6, §11): with hyperparameters rescaled by κ = B/B_log (`reparam=sde`), runs at
 any physical batch B below the critical batch train like the logical batch, so loss-versus-tokens
 curves nearly coincide; with the base hyperparameters at every B (`reparam=none`) they do not.
 This study trains one recipe at several physical batches to the same token horizon under each arm and
@@ -111,7 +111,7 @@ def markdown(result: dict) -> str:
         cells = [f"{s['per_batch'][b]['mean']:.4f} [{s['per_batch'][b]['seed_range']:.4f}]"
                  for b in result["batches"]]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {s['spread_across_batches']:.4f} |")
-    lines += ["", "Expected (SPEC §6): under `sde` the spread across batch sizes is small (comparable to the",
+    lines += ["", "Expected (method §6): under `sde` the spread across batch sizes is small (comparable to the",
               "seed range) below the critical batch; under `none` it is larger.", ""]
     s = result["summary"]
     if "sde" in s and "none" in s:

@@ -1,4 +1,4 @@
-"""`trimdm study sampling --run DIR`: the per-modality sampling-default sweep (SPEC §8, §9).
+"""`trimdm study sampling --run DIR`: the per-modality sampling-default sweep (method §8, §9).
 
 For each generated modality the sweep varies one setting at a time around the current table
 (config.SAMPLING_DEFAULTS): steps, inference schedule, temperature, guidance, remasking and, for

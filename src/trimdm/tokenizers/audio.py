@@ -3,7 +3,7 @@
 Owns: the log-mel front end (mel filterbank built here, STFT with torch), the convolutional encoder
 and decoder over mel frames, the residual quantiser (ResidualFSQ or ResidualVQ from
 `vector-quantize-pytorch`), waveform synthesis by fast Griffin-Lim, training on random crops, the
-reconstruction metrics of SPEC §9 (mel distance, STOI, codebook usage, token rate), saving and loading.
+reconstruction metrics of method §9 (mel distance, STOI, codebook usage, token rate), saving and loading.
 Does not own: where audio ids sit in the joint vocabulary (JointVocab: level k's code c is
 off_audio + k·C + c) or the speech data (data/tinyworld/speech.py).
 
@@ -543,7 +543,7 @@ def train_audio_codec(
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics (SPEC §9: mel distance, STOI, tokens per second, codebook usage)
+# metrics (method §9: mel distance, STOI, tokens per second, codebook usage)
 
 
 def mel_l1_decoded(codec: AudioCodec, waves: Sequence[np.ndarray]) -> float:

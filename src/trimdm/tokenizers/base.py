@@ -1,7 +1,7 @@
 """The one protocol every tokenizer implements (text BPE, image autoencoder, audio codec, adapters).
 
 A tokenizer maps a raw item to *local* codes; it knows nothing of the joint id space. `JointVocab`
-(vocab.py) turns local codes into joint ids, so offsets are computed in one place only (SPEC §2).
+(vocab.py) turns local codes into joint ids, so offsets are computed in one place only (method §2).
 
 Local code layout per modality:
 - text:  shape (n,),      codes in [0, codebook_sizes[0])

@@ -1,4 +1,4 @@
-"""Image tokenizer: a small convolutional autoencoder with a scalar or vector quantiser (SPEC §10).
+"""Image tokenizer: a small convolutional autoencoder with a scalar or vector quantiser (method §10).
 
 Owns: the autoencoder (encoder, quantiser, decoder), its config, training on uint8 images, encoding
 images to local codes and decoding codes back to images, saving/loading (safetensors + config.json),

@@ -1,4 +1,4 @@
-"""JointVocab: the single id space over text, image and audio tokens plus specials (SPEC §2).
+"""JointVocab: the single id space over text, image and audio tokens plus specials (method §2).
 
 Owns: every offset and special id, the modality of any id, the per-modality output slice used for
 logits, and the lookup tables the masking process needs. No other code computes offsets; the vocab is
@@ -133,7 +133,7 @@ class JointVocab:
         return table
 
     def maskable_table(self) -> torch.Tensor:
-        """True for content ids and EOS_*; False for TASK_*, BOS_*, PAD_text and MASK_* (SPEC §3)."""
+        """True for content ids and EOS_*; False for TASK_*, BOS_*, PAD_text and MASK_* (method §3)."""
         table = torch.zeros(self.size, dtype=torch.bool)
         for m in MODALITIES:
             lo, hi = self.content_range(m)

@@ -1,4 +1,4 @@
-"""The training loop: the one place where data, masking, model, loss and optimizer meet (SPEC §7).
+"""The training loop: the one place where data, masking, model, loss and optimizer meet (method §7).
 
 Owns: building a run from a config, the step (micro-batches, bf16 autocast with fp32 master weights,
 gradient clipping, lr schedule in tokens), the gradient noise scale measurement, logging, checkpoint
@@ -11,7 +11,7 @@ mask draws). Per optimizer step, τ and the uniforms that decide masks are drawn
 batch at once and sliced per rank and micro-batch, so a step does not depend on how the batch is
 split: one process, micro-batches, DDP and FSDP2 compute the same step. Every micro-batch loss is
 divided by the global batch's count of maskable tokens (all-reduced), so the summed gradient is the
-gradient of the SPEC §4 estimator over the whole batch.
+gradient of the method §4 estimator over the whole batch.
 """
 from __future__ import annotations
 

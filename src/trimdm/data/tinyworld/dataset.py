@@ -1,4 +1,4 @@
-"""The embedded tri-modal data set `tinyworld`, prepared in four cached stages (SPEC §10).
+"""The embedded tri-modal data set `tinyworld`, prepared in four cached stages (method §10).
 
     raw/         images_{split}/ (PNG + captions.jsonl) and speech_{split}/ (WAV + transcripts.jsonl),
                  written by scenes.py and speech.py from a seed; the text corpus is the KJV
@@ -204,7 +204,7 @@ class TinyworldData:
         self.tokenizers["text"].save(Path(run_dir) / "tokenizer")
         for m in ("image", "audio"):
             self.tokenizers[m].save(Path(run_dir) / "tokenizers" / m)
-        # the audio length rule travels with the codec: T2S canvases are sized from it (SPEC §8)
+        # the audio length rule travels with the codec: T2S canvases are sized from it (method §8)
         rule = Path(run_dir) / "tokenizers" / "audio" / "length_rule.json"
         rule.write_text(json.dumps(self.manifest["audio_length_rule"], indent=2) + "\n")
         # and the range of training caption lengths: I2T decodes a caption at every length in it
@@ -485,7 +485,7 @@ def _build_shards(tmp: Path, raw: Path, tok: dict, cfg, log, strict: bool) -> di
         log(f"prepare: shards {split}: {len(kjv_ids)} chapters, {len(codes)} image-text, "
             f"{len(audio_codes)} audio-text pairs")
     p = (unigram["train"] + 1) / (unigram["train"].sum() + len(unigram["train"]))
-    # audio length rule (SPEC §8): least squares frames ≈ a + b·(transcript tokens), plus the spread
+    # audio length rule (method §8): least squares frames ≈ a + b·(transcript tokens), plus the spread
     b, a = np.polyfit(np.array(pairs_text, float), np.array(pairs_frames, float), 1)
     resid = np.array(pairs_frames) - (a + b * np.array(pairs_text))
     return {"stage": "shards", "shards": shards, "read": reads,

@@ -1,4 +1,4 @@
-"""tinyworld scenes: the image half of the embedded data set (SPEC §10).
+"""tinyworld scenes: the image half of the embedded data set (method §10).
 
 Owns: the scene vocabulary (shapes, colours, 3x3 grid cells, sizes, backgrounds), seeded sampling of
 scenes per split with held-out (colour, shape) compositions, rendering a scene to an RGB uint8 array,

@@ -1,5 +1,5 @@
 """Offline judges of the embedded data set tinyworld: its stand-ins for CLIP (image.py: reads an image
-back into its scene) and Whisper (speech.py: a CTC character recogniser), SPEC §9.
+back into its scene) and Whisper (speech.py: a CTC character recogniser), method §9.
 
 Owns: `settings()`, every default that shapes a trained judge (the prepare stage hashes it, so changing
 a default retrains only the judges), and `load_judges`, the judges a prepared data set holds under

@@ -1,4 +1,4 @@
-"""Image judge: tinyworld's offline stand-in for CLIP (SPEC §9, T2I attribute accuracy and I2T caption
+"""Image judge: tinyworld's offline stand-in for CLIP (method §9, T2I attribute accuracy and I2T caption
 accuracy, FID-style distances).
 
 Owns: a small CNN that reads a tinyworld image back into its scene (for each of the 3x3 grid cells:

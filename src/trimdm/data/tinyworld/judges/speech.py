@@ -1,4 +1,4 @@
-"""Speech judge: tinyworld's offline stand-in for Whisper (SPEC §9, T2S intelligibility and speech match,
+"""Speech judge: tinyworld's offline stand-in for Whisper (method §9, T2S intelligibility and speech match,
 FAD-style distances).
 
 Owns: a small CTC character recogniser (Graves et al. 2006) over log-mel features of 16 kHz speech, its
