@@ -43,7 +43,7 @@ def naive_decode(model, vocab, canvas_BL, how: Decoding, *, uncond_BL=None, gene
     guidance and reveal rule as trimdm's decoder."""
     steps, schedule, temperature, guidance = how.steps, how.schedule, how.temperature, how.guidance
     tables = RowTables.from_vocab(vocab)
-    table = torch.cat([model.unembed[name] for name, _, _ in model.segments])
+    table = torch.cat([model.unembed[name] for name, _, _ in model.segments]) * model.args.logit_scale
     # logits = u + w·(c − u) at every w; w = 1 is the conditional pass alone, as in trimdm's decoder
     x, u = canvas_BL.clone(), (uncond_BL.clone() if uncond_BL is not None and guidance != 1 else None)
     mask_ids = tables.mask_id_M

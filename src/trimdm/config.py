@@ -66,8 +66,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    # standard | completep (Dey et al. 2025): hidden lr, ε and init std scale with 1/width multiplier
-    # (d_model/base_width; init std with its square root), residual branches with 1/depth multiplier.
+    # standard | completep (Dey et al. 2025, Table 1 at α = 1): with m_N = d_model/base_width and
+    # m_L = n_layers/base_depth, residual branches × 1/m_L, logits × 1/m_N, block matrices' init std
+    # × 1/√m_N (no 1/√(2·n_layers)), hidden lr × 1/m_N and weight decay × m_N, ε × 1/m_N (× 1/m_L
+    # inside blocks); optim/param_groups.py and model/transformer.py hold the rules.
     parameterization: str = "standard"
     base_width: int = 256
     base_depth: int = 4

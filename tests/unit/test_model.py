@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from trimdm.model.flops import param_counts
@@ -48,6 +50,14 @@ def test_head_slice_equals_full_logits_slice():
     part = m.head(h, 10, 20, extra_id=42)
     torch.testing.assert_close(part[:, :10], full[:, 10:20])
     torch.testing.assert_close(part[:, 10], full[:, 42])
+
+
+def test_logit_scale_multiplies_every_head():
+    m = model()
+    scaled = Transformer(dataclasses.replace(ARGS, logit_scale=0.25))
+    scaled.load_state_dict(m.state_dict())
+    h = torch.randn(5, 32)
+    torch.testing.assert_close(scaled.head(h, 10, 20, extra_id=42), 0.25 * m.head(h, 10, 20, extra_id=42))
 
 
 def test_heads_in_forward_equal_head_on_hidden_and_respect_segments():

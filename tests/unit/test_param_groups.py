@@ -43,19 +43,42 @@ def test_multipliers_and_depth_factor_reach_the_optimizer():
     assert by[("norms", None)]["weight_decay"] == 0.0
 
 
-def test_completep_scales_hidden_lr_eps_and_residuals_with_width_and_depth():
+def test_completep_follows_the_published_table():
+    """Dey et al. 2025, Table 1 at α = 1 (ε as in their Eq. 40): m_N = 2, m_L = 2 against the base."""
     base = ["model.parameterization=completep", "model.base_width=64", "model.base_depth=2"]
     cfg1, m1, o1 = optimizer_for(*base, "model.d_model=64", "model.n_layers=2")
     cfg2, m2, o2 = optimizer_for(*base, "model.d_model=128", "model.n_layers=4", "model.n_heads=4")
     g1 = {(g["group"], g["block"]): g for g in o1.param_groups}
     g2 = {(g["group"], g["block"]): g for g in o2.param_groups}
-    for group in ("attn_qkv", "attn_out", "mlp_in", "mlp_out"):
-        assert g2[(group, 0)]["lr"] == pytest.approx(g1[(group, 0)]["lr"] / 2)
-        assert g2[(group, 0)]["eps"] == pytest.approx(g1[(group, 0)]["eps"] / 2)
-    assert g2[("embed_text", None)]["lr"] == pytest.approx(g1[("embed_text", None)]["lr"])
-    assert m1.blocks[0].residual_scale == 1.0 and m2.blocks[0].residual_scale == 0.5
-    std = lambda m: float(m.blocks[0].mlp.w_in.weight.detach().std())  # noqa: E731
-    assert std(m2) / std(m1) == pytest.approx(1 / math.sqrt(2), rel=0.05)
+    ratio = lambda key, field: g2[key][field] / g1[key][field]  # noqa: E731
+    for group in ("attn_qkv", "attn_out", "mlp_in", "mlp_out"):  # lr 1/m_N, ε 1/(m_N·m_L), wd m_N
+        assert (ratio((group, 0), "lr"), ratio((group, 0), "eps"), ratio((group, 0), "weight_decay")) == \
+            pytest.approx((1 / 2, 1 / 4, 2))
+    for key in (("embed_text", None), ("unembed_image", None), ("norms", None)):  # lr 1, ε 1/m_N
+        assert (ratio(key, "lr"), ratio(key, "eps")) == pytest.approx((1, 1 / 2))
+    assert ratio(("embed_text", None), "weight_decay") == pytest.approx(1)
+    assert (ratio(("norms", 0), "lr"), ratio(("norms", 0), "eps")) == pytest.approx((1, 1 / 4))
+    assert g2[("norms", 3)]["weight_decay"] == 0.0
+    assert m1.args.residual_scale == 1.0 and m2.args.residual_scale == 0.5
+    assert m1.args.logit_scale == 1.0 and m2.args.logit_scale == 0.5
+    std = lambda w: float(w.detach().std())  # noqa: E731
+    w_in = [std(m.blocks[0].mlp.w_in.weight) for m in (m1, m2)]
+    assert w_in[1] / w_in[0] == pytest.approx(1 / math.sqrt(2), rel=0.05)  # init std 1/√m_N
+    # depth counted once: output projections start like the other block matrices (no 1/√(2·n_layers))
+    for out in (m2.blocks[0].attn.out.weight, m2.blocks[3].mlp.w_out.weight):
+        assert std(out) == pytest.approx(std(m2.blocks[0].attn.qkv.weight), rel=0.05)
+
+
+def test_standard_keeps_gpt2_init_and_unscaled_groups():
+    cfg, model, opt = optimizer_for("model.n_layers=4", "model.base_width=32", "model.base_depth=1")
+    d = cfg.derived
+    assert (d.width_mult, d.depth_mult, model.args.logit_scale, model.args.residual_scale) == (1.0, 1.0, 1.0, 1.0)
+    for g in opt.param_groups:
+        assert g["lr"] == d.lr and g["eps"] == d.eps
+        assert g["weight_decay"] == (0.0 if g["group"] == "norms" else d.weight_decay)
+    std = lambda w: float(w.detach().std())  # noqa: E731
+    hidden = std(model.blocks[0].attn.qkv.weight)
+    assert std(model.blocks[1].mlp.w_out.weight) == pytest.approx(hidden / math.sqrt(8), rel=0.05)
 
 
 def test_unknown_parameter_is_an_error():

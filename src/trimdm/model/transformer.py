@@ -11,6 +11,10 @@ selected positions over the contiguous id range (plus one extra id, e.g. the mod
 head names: the loss pays for logits of masked positions over one modality's slice, not the whole
 vocabulary at every position. Heads are computed inside `forward` so that wrappers applied from
 outside (FSDP) see one call. Embedding and unembedding are stored per vocabulary segment.
+
+The width/depth parameterization (standard, or CompleteP: Dey et al. 2025, "Don't be lazy", Table 1)
+arrives as plain numbers in `TransformerArgs` (residual branch multiplier, init scales, logit
+multiplier); the model does not know the base shape they were derived from.
 """
 from __future__ import annotations
 
@@ -33,8 +37,14 @@ class TransformerArgs:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    residual_scale: float = 1.0  # multiplies every residual branch (CompleteP uses 1/depth multiplier)
-    hidden_init_scale: float = 1.0  # multiplies the init std of hidden matrices (CompleteP: 1/√width mult)
+    # Width and depth parameterization, as numbers (train/run.py derives them; CompleteP, Dey et al. 2025,
+    # Table 1 with α = 1 and multipliers m_N, m_L; every default is the standard parameterization)
+    residual_scale: float = 1.0  # multiplies every residual branch (CompleteP: 1/m_L)
+    hidden_init_scale: float = 1.0  # multiplies the init std of block matrices (CompleteP: 1/√m_N)
+    # GPT-2's depth rule: output projections of residual branches start at init std ÷ √(2·n_layers).
+    # CompleteP turns it off: residual_scale carries depth, and both would count it twice.
+    depth_scaled_init: bool = True
+    logit_scale: float = 1.0  # multiplies the logits (μP's output multiplier; CompleteP: 1/m_N)
     # (name, size) of contiguous id ranges, in id order, with their own embedding and unembedding
     # parameters (so an optimizer can treat each modality's tables separately). Empty ranges get no
     # parameters. () means one range "tokens" of vocab_size.
@@ -177,10 +187,11 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Normal(0, init_std); output projections of residual branches scaled by 1/√(2·n_layers)."""
+        """Normal(0, init_std); block matrices × hidden_init_scale, and output projections of residual
+        branches × 1/√(2·n_layers) when `depth_scaled_init`."""
         std = self.args.init_std
         hidden_std = std * self.args.hidden_init_scale
-        out_std = hidden_std / math.sqrt(2 * self.args.n_layers)
+        out_std = hidden_std / math.sqrt(2 * self.args.n_layers) if self.args.depth_scaled_init else hidden_std
         for name, p in self.named_parameters():
             if p.ndim == 1:
                 nn.init.ones_(p)  # norm gains
@@ -224,8 +235,11 @@ class Transformer(nn.Module):
         return x
 
     def head(self, h_ND: torch.Tensor, lo: int, hi: int, extra_id: int | None = None) -> torch.Tensor:
-        """Logits of the final norm of h over ids [lo, hi) (then `extra_id`, e.g. the modality's EOS)."""
+        """Logits of the final norm of h over ids [lo, hi) (then `extra_id`, e.g. the modality's EOS),
+        × logit_scale."""
         w = self._rows(self.unembed, lo, hi)
         if extra_id is not None:
             w = torch.cat([w, self._rows(self.unembed, extra_id, extra_id + 1)])
-        return F.linear(self.norm(h_ND), w)
+        x_ND = self.norm(h_ND)
+        # the same product with the scale on the (N, D) side, usually smaller than the (N, V) one
+        return F.linear(x_ND if self.args.logit_scale == 1.0 else self.args.logit_scale * x_ND, w)

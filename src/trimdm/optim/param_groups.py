@@ -2,16 +2,31 @@
 
 Owns: which group every parameter belongs to, and each AdamW param group's lr, weight decay and ε:
 
-    lr  = derived lr  × group lr multiplier  × depth_ratio^(l/(n−1))  [× 1/m_N for hidden, CompleteP]
-    eps = derived eps × group eps multiplier                          [× 1/m_N for hidden, CompleteP]
-    wd  = derived wd  × group wd multiplier                           (norm gains: always 0)
+    lr  = derived lr  × group lr multiplier  × depth_ratio^(l/(n−1))  × CompleteP lr factor
+    eps = derived eps × group eps multiplier                          × CompleteP ε factor
+    wd  = derived wd  × group wd multiplier                           × CompleteP wd factor
+                                                                      (norm gains: always 0)
+
+CompleteP (Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers",
+Table 1 at α = 1; ε split between block and other parameters as in the authors' reference code, after
+their Eq. 40), width multiplier m_N, depth multiplier m_L:
+
+    group                                 lr       ε                wd
+    hidden matrices (the four below)      1/m_N    1/(m_N·m_L)      m_N
+    norm gains inside blocks              1        1/(m_N·m_L)      (0)
+    embeddings, unembeddings, final norm  1        1/m_N            1
+
+Hidden lr carries m_L^(α−1) = 1 at α = 1. Every gradient inside a block is scaled by its branch's
+1/m_L, hence ε's depth factor; under μP every gradient shrinks as 1/m_N, hence ε's width factor
+everywhere. Weight decay × m_N keeps torch AdamW's per-step decay lr·wd of hidden matrices
+width-independent. With m_N = m_L = 1 (the standard parameterization) every factor is exactly 1.
 
 Groups: embed_/unembed_ per vocabulary segment (text, image, audio, special), attn_qkv, attn_out,
 mlp_in, mlp_out, norms. Hidden groups are the four block matrices. The depth factor applies to every
 parameter of block l (n blocks; l = 0 … n−1). One AdamW param group per (group, block), tagged with
 `group`, `block` and `base_lr` (the lr before the schedule's factor). Takes the run's values as an
 `OptimizerSettings`; does not own how they are derived (config.derive / reparam.py) or the schedule
-(lr.py).
+(lr.py). The model's side of CompleteP (residual and logit multipliers, init) is model/transformer.py's.
 """
 from __future__ import annotations
 
@@ -53,6 +68,17 @@ class OptimizerSettings:
     n_layers: int
     depth_ratio: float = 1.0
     width_mult: float = 1.0  # CompleteP's m_N (1: standard)
+    depth_mult: float = 1.0  # CompleteP's m_L (1: standard)
+
+
+def completep_factors(group: str, block: int | None, s: OptimizerSettings) -> tuple[float, float, float]:
+    """(lr, ε, wd) factors of CompleteP for one (group, block); see the table above."""
+    m_n, m_l = s.width_mult, s.depth_mult
+    if group in HIDDEN:
+        return 1.0 / m_n, 1.0 / (m_n * m_l), m_n
+    if block is not None:  # norm gains inside a block
+        return 1.0, 1.0 / (m_n * m_l), 1.0
+    return 1.0, 1.0 / m_n, 1.0
 
 
 def param_groups(model: torch.nn.Module, s: OptimizerSettings) -> list[dict]:
@@ -67,12 +93,12 @@ def param_groups(model: torch.nn.Module, s: OptimizerSettings) -> list[dict]:
     for (group, block), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
         mult = s.multipliers[group]
         depth = s.depth_ratio ** (block / (n - 1)) if block is not None and n > 1 else 1.0
-        hidden = 1.0 / s.width_mult if group in HIDDEN else 1.0
+        lr_f, eps_f, wd_f = completep_factors(group, block, s)
         groups.append({
             "params": params, "group": group, "block": block,
-            "base_lr": s.lr * mult.lr * depth * hidden, "lr": s.lr * mult.lr * depth * hidden,
-            "eps": s.eps * mult.eps * hidden,
-            "weight_decay": 0.0 if group == "norms" else s.weight_decay * mult.wd,
+            "base_lr": s.lr * mult.lr * depth * lr_f, "lr": s.lr * mult.lr * depth * lr_f,
+            "eps": s.eps * mult.eps * eps_f,
+            "weight_decay": 0.0 if group == "norms" else s.weight_decay * mult.wd * wd_f,
         })
     return groups
 

@@ -25,11 +25,17 @@ from trimdm.train.checkpoint import load_checkpoint
 
 
 def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
+    """The network of a config. CompleteP's model side (Dey et al. 2025, Table 1 at α = 1): residual
+    branches × 1/m_L, logits × 1/m_N, block matrices' init std × 1/√m_N and no GPT-2 1/√(2·n_layers)
+    on output projections (the 1/m_L branch multiplier already carries depth). Under `standard`
+    m_N = m_L = 1 and GPT-2's rule stays."""
     m, d = cfg.model, cfg.derived
     return TransformerArgs(vocab_size=vocab.size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
                            mlp_hidden=m.mlp_hidden, max_seq_len=cfg.data.seq_len, rope_theta=m.rope_theta,
                            norm_eps=m.norm_eps, init_std=m.init_std, residual_scale=1.0 / d.depth_mult,
-                           hidden_init_scale=1.0 / math.sqrt(d.width_mult), vocab_segments=vocab.segments())
+                           hidden_init_scale=1.0 / math.sqrt(d.width_mult),
+                           depth_scaled_init=m.parameterization == "standard", logit_scale=1.0 / d.width_mult,
+                           vocab_segments=vocab.segments())
 
 
 def build_model(cfg: Config, vocab: JointVocab) -> Transformer:

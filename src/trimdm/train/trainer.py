@@ -58,7 +58,8 @@ def optimizer_settings(cfg: Config) -> OptimizerSettings:
     d, o = cfg.derived, cfg.optim
     return OptimizerSettings(lr=d.lr, betas=tuple(d.betas), eps=d.eps, weight_decay=d.weight_decay,
                              multipliers={f.name: getattr(o.groups, f.name) for f in dataclasses.fields(GroupTable)},
-                             n_layers=cfg.model.n_layers, depth_ratio=o.depth_ratio, width_mult=d.width_mult)
+                             n_layers=cfg.model.n_layers, depth_ratio=o.depth_ratio, width_mult=d.width_mult,
+                             depth_mult=d.depth_mult)
 
 
 def _grad_sq_norm(params) -> float:
