@@ -1,6 +1,6 @@
 """Generation quality along a run: every kept checkpoint scored by the data set's judges. Prints JSON.
 
-    python benchmarks/generation_curve.py --run DIR [--prompts 64] [--utterances 16]
+    python benchmarks/generation_curve.py [--run runs/demo] [--prompts 64] [--utterances 16]
                                           [--tasks t2i,i2t,t2s; also i2t_single] [--steps 1000,5000]
                                           [key=value sample overrides]
 
@@ -11,12 +11,15 @@ seen and held-out (colour, shape) compositions, I2T caption all right (val image
 and seed at every checkpoint (or at the `--steps` chosen).
 With `train.ckpt_every` and `train.keep_checkpoints` this is the learning curve of the generation tasks,
 the quantity a recipe's token budget is sized by (tinyworld runs only: the judges score the samples).
+Each checkpoint's point is also written to stderr as it is scored. The run defaults to runs/demo, which
+`make demo` trains; without it the script says so and stops.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from trimdm.train.run import load_run
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", default="runs/demo", help="a trained run directory (`make demo` trains runs/demo)")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--utterances", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -41,7 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     steps = dict(sorted((int(p.name.split("_")[1]), p) for p in Path(args.run, "checkpoints").glob("step_*")))
     if not steps:
-        raise SystemExit(f"{args.run}: no checkpoints/step_* to score")
+        raise SystemExit(f"{args.run}: no trained run there (no checkpoints/step_* to score); `make demo` trains "
+                         "runs/demo, or pass --run DIR")
     if args.steps:
         try:
             wanted = sorted({int(s) for s in args.steps.split(",")})
@@ -86,7 +90,8 @@ def main() -> None:
                 point[f"t2s_{key}_n"] = len(sub)
         point["seconds"] = round(time.time() - t0, 1)
         points.append(point)
-        print(json.dumps(point), flush=True)
+        # progress on stderr: stdout is the one JSON document below
+        print(json.dumps(point), file=sys.stderr, flush=True)
     print(json.dumps({"run": args.run, "prompts": args.prompts, "utterances": args.utterances,
                       "sample": settings,
                       "points": points}, indent=2))

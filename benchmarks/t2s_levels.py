@@ -1,7 +1,9 @@
 """Where T2S errors come from: the speech judge's character error rate on val utterances when parts of
 the audio are given from the real recording. Prints JSON.
 
-    python benchmarks/t2s_levels.py --run DIR [--utterances 32] [--seed 0] [key=value sample overrides]
+    python benchmarks/t2s_levels.py [--run runs/demo] [--utterances 32] [--seed 0] [key=value sample overrides]
+
+The run defaults to runs/demo, which `make demo` trains; without it the script says so and stops.
 
 Rows (tinyworld runs only: the speech judge scores the samples):
     real_speech        the judge on the recordings themselves
@@ -26,17 +28,22 @@ from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.judges.speech import cer
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.sample.tasks import Tasks
+from trimdm.train.checkpoint import resolve_checkpoint
 from trimdm.train.run import load_run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", default="runs/demo", help="a trained run directory (`make demo` trains runs/demo)")
     ap.add_argument("--utterances", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="sample.* overrides")
     args = ap.parse_args()
     t0 = time.time()
+    try:
+        resolve_checkpoint(args.run)
+    except ValueError as e:
+        raise SystemExit(f"{e}; `make demo` trains runs/demo, or pass --run DIR") from None
     loaded = load_run(args.run)
     data = prepare(loaded.cfg.data)
     if not hasattr(data, "judges"):

@@ -4,6 +4,8 @@ next to the bf16 matmul peak measured in the same run. Prints one JSON object.
     python benchmarks/train_throughput.py [--configs demo,demo_text,d512] [--steps 6]
     python benchmarks/train_throughput.py --nproc 2 --parallel ddp|fsdp [--configs d512]
 
+Configs: demo, demo_text, tinyworld, d512, and tiny (the `tiny` recipe: seconds, for the smoke test).
+
 With --nproc N the script relaunches itself under torchrun; each rank then gets cores/N threads, and
 the peak is the single-process matmul peak measured first (so MFU compares the whole machine).
 
@@ -32,6 +34,7 @@ CONFIGS = {  # name -> (recipe, overrides)
     "demo": ("demo", []),  # tri-modal tinyworld (prepares it on first use)
     "demo_text": ("demo_text", []),
     "tinyworld": ("tinyworld", []),
+    "tiny": ("tiny", []),  # the smoke test's: a run of the script in seconds, not a measurement
     "d512": ("demo_text", ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
                            "train.batch_size=8"]),
 }

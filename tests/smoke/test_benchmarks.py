@@ -1,0 +1,78 @@
+"""Every benchmark at its smallest setting, run as a user runs it (`python benchmarks/X.py`, a
+subprocess): it exits 0 and its stdout is one JSON document whose main figures are present and finite.
+The benchmarks that read a trained tinyworld run score the session's tiny tri-modal run."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_benchmark(name: str, *args) -> dict:
+    # OMP_NUM_THREADS=1 reaches the subprocess through the environment (tests/conftest.py)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout)
+
+
+def assert_finite(row: dict, *keys: str) -> None:
+    for key in keys:
+        assert math.isfinite(row[key]), f"{key} = {row[key]}"
+
+
+def test_train_throughput(data_root):
+    out = run_benchmark("train_throughput", "--configs", "tiny", "--steps", "1", f"data.root={data_root}",
+                        "train.threads=1")
+    assert_finite(out, "bf16_matmul_peak_gflops")
+    [row] = out["results"]
+    assert_finite(row, "tokens_per_s", "seconds_per_step", "achieved_gflops", "fraction_of_bf16_peak")
+
+
+def test_data_throughput(data_root):
+    out = run_benchmark("data_throughput", "--recipe", "tiny", "--steps", "2", "--train-steps", "1",
+                        f"data.root={data_root}", "train.threads=1")
+    assert_finite(out["loader"], "rows_per_s", "tokens_per_s")
+    assert_finite(out["training"], "rows_per_s", "tokens_per_s", "seconds_per_step")
+    assert_finite(out, "loader_over_training")
+
+
+def test_sampling_raises_the_row_length_to_the_longest_canvas():
+    out = run_benchmark("sampling", "--recipe", "tiny", "--batch", "1", "--repeats", "1", "--steps", "2",
+                        "train.threads=1")
+    t2i, t2s = out["results"]["t2i"], out["results"]["t2s"]
+    assert_finite(t2i, "images_per_s", "naive_images_per_s", "speedup")
+    assert_finite(t2s, "audio_seconds_per_s", "naive_audio_seconds_per_s", "speedup")
+    # the recorded workload: the whole tinyworld vocabulary's T2S canvas, longer than the recipe's rows
+    assert t2s["row_length"] == 263 and out["recipe_seq_len"] == 64 and out["model_seq_len"] == 263
+
+
+def test_attention():
+    out = run_benchmark("attention", "--repeats", "1", "--heads", "1", "--head-dim", "8")
+    assert out["results"]
+    for row in out["results"]:
+        assert_finite(row, "sdpa_ms", "explicit_ms", "attend_ms", "sdpa_over_explicit")
+
+
+def test_generation_curve(tiny_tri_run):
+    _, run = tiny_tri_run
+    out = run_benchmark("generation_curve", "--run", run, "--prompts", "1", "--utterances", "1")
+    [point] = out["points"]  # the tiny run keeps its final checkpoint
+    assert_finite(point, "t2i_seen", "t2i_heldout", "i2t", "t2s_cer")
+
+
+def test_t2s_levels(tiny_tri_run):
+    _, run = tiny_tri_run
+    out = run_benchmark("t2s_levels", "--run", run, "--utterances", "1")
+    assert set(out["cer"]) == {"real_speech", "codec", "rule_length", "real_length", "level0_given",
+                               "fine_levels_given"}
+    assert_finite(out["cer"], *out["cer"])
+
+
+def test_benchmarks_that_need_a_run_say_how_to_make_one(tmp_path):
+    for name in ("generation_curve", "t2s_levels"):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py")], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert done.returncode == 1 and "runs/demo" in done.stderr and "make demo" in done.stderr
