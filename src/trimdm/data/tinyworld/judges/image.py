@@ -221,22 +221,23 @@ class ImageJudge:
 
     @classmethod
     def load(cls, directory: str | Path) -> ImageJudge:
-        meta = read_judge(directory, FORMAT)
-        try:
-            cfg = ImageJudgeConfig(**meta["config"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{directory}: invalid image judge config ({e})") from None
-        net = ImageJudgeNet(cfg)
-        load_state(net, meta["state"], directory)
+        _, cfg, net = load_judge(directory, FORMAT, ImageJudgeConfig, ImageJudgeNet)
         return cls(cfg, net)
 
 
-def read_judge(directory: str | Path, fmt: str) -> dict:
-    """A saved judge's config JSON, with its weights under "state"; ValueError naming the file when unusable."""
+def load_judge(directory: str | Path, fmt: str, config_cls, net_cls) -> tuple[dict, object, nn.Module]:
+    """(saved config JSON, config, network with its weights) of a judge saved with `save_module`; a
+    ValueError naming the file when it is unusable."""
     meta, state = read_module(directory, "judge")
     if meta.get("format") != fmt or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{Path(directory) / CONFIG}: not a {fmt} config")
-    return {**meta, "state": state}
+    try:
+        cfg = config_cls(**meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{directory}: invalid {fmt} config ({e})") from None
+    net = net_cls(cfg)
+    load_state(net, state, directory)
+    return meta, cfg, net
 
 
 # ---------------------------------------------------------------------------------------------------

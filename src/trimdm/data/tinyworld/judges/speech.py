@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimdm.data.tinyworld.judges.image import read_judge
+from trimdm.data.tinyworld.judges.image import load_judge
 from trimdm.data.tinyworld.judges.training import fit_judge
-from trimdm.fileio import load_state, save_module
+from trimdm.fileio import save_module
 
 FORMAT = "trimdm.speech_judge"
 SAMPLE_RATE = 16_000
@@ -281,15 +281,9 @@ class SpeechJudge:
 
     @classmethod
     def load(cls, directory: str | Path) -> SpeechJudge:
-        meta = read_judge(directory, FORMAT)
+        meta, cfg, net = load_judge(directory, FORMAT, SpeechJudgeConfig, SpeechJudgeNet)
         if meta.get("alphabet") != ALPHABET or meta.get("sample_rate") != SAMPLE_RATE:
             raise ValueError(f"{directory}: saved with another alphabet or sample rate than this code uses")
-        try:
-            cfg = SpeechJudgeConfig(**meta["config"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{directory}: invalid speech judge config ({e})") from None
-        net = SpeechJudgeNet(cfg)
-        load_state(net, meta["state"], directory)
         return cls(cfg, net)
 
 
