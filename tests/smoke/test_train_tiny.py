@@ -180,3 +180,18 @@ def test_cli_bad_input(args, msg, tmp_path):
     out = subprocess.run([sys.executable, "-m", "trimdm", *args], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
     assert out.returncode == 2 and msg in out.stderr, out.stderr
+
+
+def test_a_modality_no_step_masks_keeps_its_output_table(data_root, tmp_path):
+    """Without audio rows no step masks audio: its unembedding gets zero gradients (so that distributed
+    ranks reduce the same set) but is left out of every update, as AdamW leaves out a parameter without a
+    gradient; the image table, used, moves."""
+    from trimdm.recipes import tiny_tri
+    from trimdm.train.run import build_model, load_run
+
+    cfg = tiny_tri().override([f"data.root={data_root}", "data.mix.audio_text=0", "train.tokens=12288"]).derive()
+    train(cfg, tmp_path / "run", log=lambda *a: None, progress=False)
+    loaded = load_run(tmp_path / "run")
+    initial = build_model(cfg, loaded.vocab)
+    assert torch.equal(loaded.model.unembed["audio"], initial.unembed["audio"])
+    assert not torch.equal(loaded.model.unembed["image"], initial.unembed["image"])

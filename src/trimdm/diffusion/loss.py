@@ -45,8 +45,8 @@ def diffusion_loss(model, vocab: JointVocab, nb: NoisyBatch, denominator: float 
     """Returns (differentiable loss, LossStats). `denominator` overrides Σ maskable tokens of this
     batch, so that micro-batches and ranks divide by the count of the whole global batch."""
     # every head, empty ones too: each unembedding slice gets a gradient (zero where nothing of it is
-    # masked), so every parameter takes part in every step whatever the batch holds, and a distributed
-    # step all-reduces the same set of gradients on every rank
+    # masked), so every rank of a distributed step reduces the same set of gradients whatever it drew
+    # (the trainer then leaves out of the update the tables no rank used: Trainer.drop_unused_outputs)
     heads = row_tables(vocab, nb.noisy_BL.device).output_heads(nb.noisy_BL, nb.masked_BL, every=True)
     logits = model(nb.noisy_BL, nb.pad_BL, heads=[h[:4] for h in heads])
     tokens = torch.stack([(nb.maskable_BL & (nb.modality_BL == i)).sum() for i in range(3)]).double()

@@ -240,12 +240,23 @@ class Trainer:
         if env.active:
             stats = LossStats(*(all_reduce_sum(x, env) for x in (stats.wce_M, stats.tokens_M, stats.masked_M)))
             positions = int(all_reduce_sum(torch.tensor(float(positions), dtype=torch.float64), env))
+        self.drop_unused_outputs(stats)
         skipped = self.apply_or_skip(stats, grad_norm)
         noise = self.noise_scale.update(*measured) if measured and not skipped else None
         self.step += 1
         self.tokens += d.tokens_per_step
         return {"stats": stats, "grad_norm": grad_norm, "lr_factor": factor, "noise_scale": noise,
                 "positions": positions, "skipped": skipped}
+
+    def drop_unused_outputs(self, stats: LossStats) -> None:
+        """The unembedding of a modality with no masked position anywhere in the step (all ranks, all
+        micro-batches) is left out of the update, as AdamW leaves out any parameter without a gradient:
+        no moment decay, no weight decay. Every rank built its gradient (zero) so that the ranks' gradient
+        sets matched (diffusion_loss); `stats` is already summed over ranks, so every rank drops the same
+        ones, and one process, micro-batches, DDP and FSDP2 update the same parameters."""
+        for i, m in enumerate(MODALITIES):
+            if m in self.model.unembed and float(stats.masked_M[i]) == 0:
+                self.model.unembed[m].grad = None
 
     def apply_or_skip(self, stats: LossStats, grad_norm: float) -> bool:
         """Step the optimizer, unless the step's loss or gradient norm is not finite: then skip the step
