@@ -196,6 +196,15 @@ def test_sampling_study_writes_table_plot_and_a_recommendation(tiny_tri_run, tmp
     current = result["current"]["image"]["steps"]
     assert result["recommended"]["image"]["steps"] == (current if current in ties else ties[0])
     assert (tmp_path / "sampling_study.png").exists() and "Recommended" in (tmp_path / "sampling_study.md").read_text()
+    # a recommended row that differs is scored whole on two seeds; the current row's first score is the
+    # sweep's own point at the current settings
+    from trimdm.study.sampling import METRIC
+
+    for m, both in result["together"].items():
+        assert result["recommended"][m] != result["current"][m] and len(both["recommended"]) == 2
+        point = next(p for p in result["points"] if p["modality"] == m and p["settings"] == result["current"][m])
+        assert both["current"][0] == point[METRIC[m][0]]
+    assert set(result["together"]) == {m for m in ("image", "text") if result["recommended"][m] != result["current"][m]}
     # `order` exists for audio only: swept there, skipped for the other modalities
     both = run_sampling_study(str(run), tmp_path / "order", n=2, modalities=("text", "audio"),
                               grid={"order": ["joint", "levels"]}, log=lambda *a: None)

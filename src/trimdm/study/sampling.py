@@ -10,7 +10,8 @@ set's judges:
     audio: T2S character error rate read by the speech judge (lower is better)
     text:  I2T attribute match of the captions of held-out images (all-right recorded beside it)
 
-The best value of each setting (ties: the cheaper or the current one) forms the recommended row. One
+The best value of each setting (ties: the cheaper or the current one) forms the recommended row, which
+is then scored whole against the current row on two decoding seeds (`score_together`). One
 pass of coordinate search, not a full grid: 5–6 settings × 2–4 values per modality instead of ~300
 combinations, which is what a CPU can afford. Writes OUT/sampling_study.json (every point), .md (the
 table and the recommended defaults) and .png (one panel per setting). The defaults table cites it.
@@ -122,13 +123,31 @@ def run_sampling_study(run: str, out: Path, n: int = 48, seed: int = 0, modaliti
             pick = max(scored, key=lambda vs: vs[1]) if higher else min(scored, key=lambda vs: vs[1])
             ties = [v for v, s in scored if s == pick[1]]
             best[m][key] = base[key] if base[key] in ties else ties[0]
+    current = {m: dataclasses.asdict(loaded.cfg.sample[m]) for m in modalities}
     result = {"run": str(run), "checkpoint": str(loaded.checkpoint), "n": n, "seed": seed, "grid": grid,
-              "points": points, "recommended": best,
-              "current": {m: dataclasses.asdict(loaded.cfg.sample[m]) for m in modalities}}
+              "points": points, "recommended": best, "current": current,
+              "together": score_together(loaded, heldout, judges, current, best, (seed, seed + 1), log)}
     (out / "sampling_study.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_md(result, out / "sampling_study.md")
     _plot(result, grid, out / "sampling_study.png")
     return result
+
+
+def score_together(loaded, heldout: dict, judges: dict, current: dict, recommended: dict, seeds: tuple[int, ...],
+                   log=print) -> dict:
+    """Per modality whose recommended row differs from the current one: both rows scored whole on every
+    decoding seed in `seeds`. Settings picked one at a time can lose together, and a single seed's
+    difference is often noise: adopt a row that wins on each."""
+    out = {}
+    for m, row in recommended.items():
+        if row == current[m]:
+            continue
+        out[m] = {}
+        for which, setting in (("current", current[m]), ("recommended", row)):
+            cfg = dataclasses.replace(loaded.cfg.sample, **{m: type(loaded.cfg.sample[m])(**setting)})
+            out[m][which] = [score_modality(m, Tasks(loaded, cfg), heldout, judges, s)[0] for s in seeds]
+            log(f"study sampling: {m} {which} row: {out[m][which]}")
+    return out
 
 
 def _write_md(result: dict, path: Path) -> None:
@@ -146,6 +165,13 @@ def _write_md(result: dict, path: Path) -> None:
               "|---" * (len(keys) + 1) + "|"]
     for m, s in result["recommended"].items():
         lines.append(f"| {m} | " + " | ".join(str(s.get(k, "—")) for k in keys) + " |")
+    if result["together"]:
+        lines += ["", "## The recommended rows scored together", "",
+                  f"Seeds {result['seed']} and {result['seed'] + 1}; adopt a row that wins on each.", "",
+                  "| modality | metric | current row | recommended row |", "|---|---|---|---|"]
+        for m, both in result["together"].items():
+            fmt = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
+            lines.append(f"| {m} | {METRIC[m][0]} | {fmt(both['current'])} | {fmt(both['recommended'])} |")
     path.write_text("\n".join(lines) + "\n")
 
 
