@@ -28,7 +28,6 @@ from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.judges.speech import cer
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.sample.tasks import Tasks
-from trimdm.train.checkpoint import resolve_checkpoint
 from trimdm.train.run import load_run
 
 
@@ -41,10 +40,9 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     try:
-        resolve_checkpoint(args.run)
+        loaded = load_run(args.run)
     except ValueError as e:
         raise SystemExit(f"{e}; `make demo` trains runs/demo, or pass --run DIR") from None
-    loaded = load_run(args.run)
     data = prepare(loaded.cfg.data)
     if not hasattr(data, "judges"):
         raise SystemExit(f"{args.run}: a tinyworld run is needed (its speech judge scores the samples)")
