@@ -172,7 +172,7 @@ def open_image_text(spec: str, options: SourceOptions) -> list[FileSource]:
     for path in parquets:
         _parquet_fields(path, settings)
     if named:
-        other = [p for p in files if p not in set(tars) | set(parquets)]
+        other = [p for p in files if p.suffix.lower() not in (TAR_SUFFIX, ".parquet")]
         if other:
             raise ValueError(f"{other[0]}: not a recognised image-text source; expected {EXPECTED}")
         folder = None

@@ -4,6 +4,9 @@ Owns: iterating rows with their position (1-based line for text files, as editor
 row for Parquet, as Arrow shows it), the field names of a file (a header, the first object's keys, a
 Parquet schema) for checks before reading, and Parquet in record batches (never a whole file at once).
 
+A file that breaks mid-read (a damaged Parquet page, a CSV field past the csv module's limit) raises
+ValueError naming it: neither reader can go on past it.
+
 Does not own what a field means (the format readers pick text, caption, image and audio fields) or the
 text checks (base.clean_text). Text is decoded with `surrogateescape`, so a non-UTF-8 byte becomes a lone
 surrogate in that one value and clean_text reports "non-UTF-8 text" for the field that holds it, not for
@@ -57,8 +60,11 @@ def iter_delimited(path: Path) -> Iterator[tuple[int, dict]]:
     line where the row ends (the header is line 1). Missing cells are None."""
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = _csv_reader(f, DELIMITERS[path.suffix.lower()])
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except csv.Error as e:  # the reader cannot go on past it
+            raise ValueError(f"{path}: unreadable at line {reader.line_num} ({e})") from None
 
 
 def delimited_header(path: Path) -> list[str]:
@@ -85,9 +91,12 @@ def iter_parquet(path: Path, columns: list[str], batch_size: int) -> Iterator[tu
     """(row, {column: value}) for every row of a Parquet file, reading `columns` only, `batch_size` rows
     at a time. Binary and string values come as bytes; structs as dicts."""
     row = 0
-    with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            values = {name: _values(batch.column(name)) for name in columns}
-            for i in range(batch.num_rows):
-                yield row, {name: values[name][i] for name in columns}
-                row += 1
+    try:
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                values = {name: _values(batch.column(name)) for name in columns}
+                for i in range(batch.num_rows):
+                    yield row, {name: values[name][i] for name in columns}
+                    row += 1
+    except (pa.ArrowException, OSError) as e:  # a damaged page: the file cannot be read on
+        raise ValueError(f"{path}: unreadable from row {row} on ({e})") from None
