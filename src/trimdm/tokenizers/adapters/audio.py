@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trimdm.tokenizers.adapters.folder import load_model, read_model_config, require, write_settings
-from trimdm.tokenizers.audio import _as_wave
+from trimdm.tokenizers.adapters.folder import from_local, read_model_config, require, write_settings
+from trimdm.tokenizers.audio import _as_wave  # the native codec's wave check: 1-D, floating, finite
 
 KINDS = ("mimi", "dac", "encodec")
 _CLASSES = {"mimi": ("MimiConfig", "MimiModel"), "dac": ("DacConfig", "DacModel"),
@@ -97,14 +97,14 @@ class PretrainedAudioCodec:
         read_model_config(path, kind, "model_type", kind)
         transformers = require("transformers", kind)
         config_cls, model_cls = (getattr(transformers, name) for name in _CLASSES[kind])
-        config = load_model(config_cls, path, kind)
+        config = from_local(config_cls, path, kind)
         _check_supported(kind, config, path)
         self.kind, self.path, self.device = kind, path, torch.device(device)
         self.hop = _hop(kind, config, path)
         self.levels, self.bandwidth = _levels(kind, config, levels, path)
         self.codebook_size = int(config.codebook_size)
         self._sample_rate = int(config.sampling_rate)
-        model = load_model(model_cls, path, kind, config=config, use_safetensors=True)
+        model = from_local(model_cls, path, kind, config=config, use_safetensors=True)
         self.model = model.to(device=self.device, dtype=torch.float32).eval()
         if kind == "encodec":
             assert self.model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth) == self.levels

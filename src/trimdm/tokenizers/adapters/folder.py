@@ -74,8 +74,9 @@ def read_settings(directory: str | Path) -> tuple[str, str, dict[str, Any]]:
     return record["modality"], record["kind"], record["settings"]
 
 
-def load_model(cls, path: Path, kind: str, **kwargs):
-    """`cls.from_pretrained` from the local folder only, its failures as a ValueError naming the path."""
+def from_local(cls, path: Path, kind: str, **kwargs):
+    """`cls.from_pretrained` (a model or config class) from the local folder only, never the Hub; its
+    failures as a ValueError naming the path."""
     try:
         return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

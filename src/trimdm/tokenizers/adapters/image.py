@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trimdm.tokenizers.adapters.folder import load_model, read_model_config, require, write_settings
+from trimdm.tokenizers.adapters.folder import from_local, read_model_config, require, write_settings
+# the native tokenizer's pixel conventions, so both map uint8 <-> [-1, 1] and check inputs alike
 from trimdm.tokenizers.image import _check_images, _to_uint8, _to_unit
 
 KIND = "vqmodel"
@@ -59,7 +60,7 @@ class VQModelTokenizer:
         diffusers = require("diffusers", KIND)
         self.path, self.device = path, torch.device(device)
         # float32 at load (diffusers warns about casting afterwards); low_cpu_mem_usage needs `accelerate`
-        model = load_model(diffusers.VQModel, path, KIND, use_safetensors=True, torch_dtype=torch.float32,
+        model = from_local(diffusers.VQModel, path, KIND, use_safetensors=True, torch_dtype=torch.float32,
                            low_cpu_mem_usage=False)
         self.model = model.to(self.device).eval()
         self.n_codes = int(self.model.config.num_vq_embeddings)
