@@ -292,7 +292,7 @@ def _i2t(tasks: Tasks, items: list, out_dir: Path, prompts: int, seed: int) -> d
 
 def _t2s(tasks: Tasks, waves: list, texts: list[str], speech_judge, out_dir: Path, seed: int) -> tuple[dict, float]:
     """T2S of held-out transcripts, heard by the speech judge; (results, Fréchet distance of speech)."""
-    rate = tasks.media["audio"].cfg.sample_rate
+    rate = tasks.media["audio"].sample_rate
     spoken, _ = tasks.t2s(texts, seed)
     heard = speech_judge.transcribe(spoken)
     heard_real = speech_judge.transcribe(waves)
@@ -313,7 +313,7 @@ def _t2s(tasks: Tasks, waves: list, texts: list[str], speech_judge, out_dir: Pat
 
 def _s2t(tasks: Tasks, waves: list, texts: list[str], out_dir: Path, seed: int) -> dict:
     """S2T of held-out utterances: CER against their transcripts."""
-    rate = tasks.media["audio"].cfg.sample_rate
+    rate = tasks.media["audio"].sample_rate
     transcripts = tasks.s2t(waves, seed)
     (out_dir / "s2t").mkdir(parents=True, exist_ok=True)
     samples = []

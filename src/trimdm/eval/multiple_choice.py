@@ -168,7 +168,7 @@ def run_multiple_choice(loaded, path: str | Path, n_samples: int = 64, seed: int
     t0 = time.time()
     path = Path(path)
     audio = loaded.media_tokenizers.get("audio")
-    questions = read_questions(path, sample_rate=audio.cfg.sample_rate if audio is not None else 16_000)
+    questions = read_questions(path, sample_rate=audio.sample_rate if audio is not None else 16_000)
     seq_len = loaded.cfg.data.seq_len
     encode = loaded.tokenizer.encode
     laid_out = []

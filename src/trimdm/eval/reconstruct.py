@@ -30,9 +30,9 @@ def write_reconstructions(run_dir: Path, data, n_images: int = 16, n_utterances:
     speech, _ = read_speech_folder(raw / "speech_val", max_seconds=None)
     files = []
     for i, (wave, text) in enumerate(speech[:n_utterances]):
-        sf.write(out / f"utterance{i}_original.wav", wave, codec.cfg.sample_rate, subtype="PCM_16")
+        sf.write(out / f"utterance{i}_original.wav", wave, codec.sample_rate, subtype="PCM_16")
         sf.write(out / f"utterance{i}_codec.wav", np.clip(codec.decode(codec.encode(wave)), -1, 1),
-                 codec.cfg.sample_rate, subtype="PCM_16")
+                 codec.sample_rate, subtype="PCM_16")
         files.append({"text": text, "original": f"utterance{i}_original.wav", "codec": f"utterance{i}_codec.wav"})
     return {"directory": str(out), "image_grid": "images.png", "utterances": files,
             "image_metrics": image_metrics(image_tok, images),

@@ -73,13 +73,13 @@ def _infill_row(tasks: Tasks, prompt: str, input_path: str | None, span: str):
     modality = "audio" if suffix in (".wav", ".flac") else "image"
     tasks._need(modality)
     if modality == "image":
-        media = tasks.image_ids(read_image_input(input_path, tasks.media["image"].cfg.image_size)[None])[0]
+        media = tasks.image_ids(read_image_input(input_path, tasks.media["image"].image_size)[None])[0]
         a, b = (int(x) for x in parse_span(span, "image token indices"))
         if b > len(media):
             raise ValueError(f"--span {span}: an image has {len(media)} tokens")
     else:
         codec = tasks.media["audio"]
-        media = tasks.audio_ids([read_audio(input_path, codec.cfg.sample_rate)])[0]
+        media = tasks.audio_ids([read_audio(input_path, codec.sample_rate)])[0]
         s0, s1 = parse_span(span, "seconds")
         K, fps = v.audio_levels, codec.frames_per_second
         a, b = int(s0 * fps) * K, min(len(media), int(np.ceil(s1 * fps)) * K)
@@ -142,11 +142,11 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         outputs = [("wav", w) for w in tasks.t2s([prompt] * n, seed)[0]]
     elif task == "i2t":
         tasks._need("image")
-        image = read_image_input(input_path, tasks.media["image"].cfg.image_size)
+        image = read_image_input(input_path, tasks.media["image"].image_size)
         outputs = [("txt", t) for t in tasks.i2t(np.stack([image] * n), seed)]
     elif task == "s2t":
         tasks._need("audio")
-        wave = read_audio(input_path, tasks.media["audio"].cfg.sample_rate)
+        wave = read_audio(input_path, tasks.media["audio"].sample_rate)
         outputs = [("txt", t) for t in tasks.s2t([wave] * n, seed)]
     else:
         row, a, b, modality = _infill_row(tasks, prompt, input_path, span)
@@ -170,7 +170,7 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         elif kind == "png":
             Image.fromarray(value).save(out_dir / name)
         else:
-            rate = tasks.media["audio"].cfg.sample_rate
+            rate = tasks.media["audio"].sample_rate
             sf.write(out_dir / name, np.clip(value, -1, 1), rate, subtype="PCM_16")
             side["seconds"] = round(len(value) / rate, 3)
         (out_dir / f"{i:03d}.json").write_text(json.dumps(side, indent=2) + "\n")

@@ -326,6 +326,11 @@ class AudioCodec:
         return (self.cfg.codebook_size,) * self.cfg.emitted
 
     @property
+    def sample_rate(self) -> int:
+        """Samples per second of the waves encode takes and decode returns."""
+        return self.cfg.sample_rate
+
+    @property
     def frames_per_second(self) -> float:
         return self.cfg.sample_rate / self.cfg.hop
 

@@ -51,6 +51,7 @@ from PIL import Image
 
 from trimdm.fileio import CONFIG, WEIGHTS, load_state, read_module, save_module
 from trimdm.optim.fit import fit
+from trimdm.tokenizers.base import ImageMediaTokenizer
 from trimdm.optim.lr import lr_factor
 
 QUANTIZERS: tuple[str, ...] = ("fsq", "lfq", "vq")
@@ -310,6 +311,11 @@ class ImageTokenizer:
         self.model.eval()
 
     @property
+    def image_size(self) -> int:
+        """Side length in pixels of the square images encode takes and decode returns."""
+        return self.cfg.image_size
+
+    @property
     def codebook_sizes(self) -> tuple[int, ...]:
         return (self.cfg.n_codes,)
 
@@ -475,13 +481,13 @@ def train_image_tokenizer(
 # Metrics and pictures
 
 
-def reconstruction_metrics(tokenizer: ImageTokenizer, images: np.ndarray) -> dict[str, float]:
-    """PSNR (dB, mean over images of per-image PSNR on 0..255 pixels), SSIM (mean, 11x11 Gaussian),
+def reconstruction_metrics(tokenizer: ImageMediaTokenizer, images: np.ndarray) -> dict[str, float]:
+    """Of any image tokenizer (native or adapter): PSNR (dB, mean over images of per-image PSNR on 0..255 pixels), SSIM (mean, 11x11 Gaussian),
     codebook usage (fraction of codes used on this set), perplexity of the code histogram, tokens/image.
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    batch, _ = _check_images(images, tokenizer.cfg.image_size)
+    batch, _ = _check_images(images, tokenizer.image_size)
     if len(batch) == 0:
         raise ValueError("reconstruction_metrics needs at least one image")
     codes = tokenizer.encode(batch)
@@ -494,7 +500,7 @@ def reconstruction_metrics(tokenizer: ImageTokenizer, images: np.ndarray) -> dic
     ssim = structural_similarity_index_measure(
         rearrange(y, "n h w c -> n c h w") / 255.0, rearrange(x, "n h w c -> n c h w") / 255.0, data_range=1.0
     )
-    counts = np.bincount(codes.ravel(), minlength=tokenizer.cfg.n_codes).astype(np.float64)
+    counts = np.bincount(codes.ravel(), minlength=tokenizer.codebook_sizes[0]).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return {
         "psnr": float(psnr_N.mean()),

@@ -17,8 +17,7 @@ import torch
 from trimdm.config import Config
 from trimdm.model.transformer import Transformer, TransformerArgs
 from trimdm.streams import stream_seed
-from trimdm.tokenizers.audio import AudioCodec
-from trimdm.tokenizers.image import ImageTokenizer
+from trimdm.tokenizers.media import load_media_tokenizer
 from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
 from trimdm.train.checkpoint import load_checkpoint
@@ -84,9 +83,6 @@ def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
     model.to(dev).eval()
     run_dir = ckpt["path"].parent.parent
     tokenizer = TextTokenizer.load(run_dir / "tokenizer")
-    media = {}
-    if vocab.has("image"):
-        media["image"] = ImageTokenizer.load(run_dir / "tokenizers" / "image")
-    if vocab.has("audio"):
-        media["audio"] = AudioCodec.load(run_dir / "tokenizers" / "audio")
+    # native or pretrained-adapter tokenizers alike: the run directory carries whichever it trained on
+    media = {m: load_media_tokenizer(run_dir / "tokenizers" / m, m) for m in ("image", "audio") if vocab.has(m)}
     return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev, media)

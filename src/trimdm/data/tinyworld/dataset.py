@@ -51,8 +51,9 @@ from trimdm.sequence.layout import PackedText, PairedRows
 from trimdm.streams import stream_seed
 from trimdm.tokenizers import audio as au
 from trimdm.tokenizers import image as im
-from trimdm.tokenizers.audio import AudioCodec, AudioCodecConfig
-from trimdm.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from trimdm.tokenizers.audio import AudioCodecConfig
+from trimdm.tokenizers.image import ImageTokenizerConfig
+from trimdm.tokenizers.media import load_media_tokenizer
 from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
 
@@ -256,8 +257,7 @@ def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, Judge
     _ensure(root / "tokenizers", lambda tmp: _build_tokenizers(tmp, root / "raw", cfg, log, strict),
             _upstream(root, "tokenizers"), log)
     tokenizers = {"text": TextTokenizer.load(root / "tokenizers" / "text"),
-                  "image": ImageTokenizer.load(root / "tokenizers" / "image"),
-                  "audio": AudioCodec.load(root / "tokenizers" / "audio")}
+                  **{m: load_media_tokenizer(root / "tokenizers" / m, m) for m in ("image", "audio")}}
     # the judges need the tokenizers (their ceiling is read on reconstructions), not the shards
     job = JudgeTraining(root, tw, log, strict) if judges else None
     try:
@@ -555,12 +555,16 @@ def _train_image_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) ->
 
     images, scenes = split("train")
     val_images, val_scenes = split("val")
-    tokenizer = ImageTokenizer.load(Path(tokenizers) / "image")
+    tokenizer = load_media_tokenizer(Path(tokenizers) / "image", "image")
+
+    def reconstruct(x: np.ndarray) -> np.ndarray:
+        return tokenizer.decode(tokenizer.encode(x))
+
     judge, report = ij.train_image_judge(images, scenes, cfg=ij.ImageJudgeConfig(image_size=tw.image_size),
-                                         reconstruct=tokenizer.reconstruct, bf16=tw.prepare_dtype == "bf16")
+                                         reconstruct=reconstruct, bf16=tw.prepare_dtype == "bf16")
     judge.save(Path(out))
     return {"train": report, "val": ij.attribute_accuracy(judge, val_images, val_scenes),
-            "reconstructed_val": ij.attribute_accuracy(judge, tokenizer.reconstruct(val_images), val_scenes)}
+            "reconstructed_val": ij.attribute_accuracy(judge, reconstruct(val_images), val_scenes)}
 
 
 def _train_speech_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -> dict:
@@ -576,7 +580,7 @@ def _train_speech_judge(raw: str, out: str, tw, strict: bool, tokenizers: str) -
     val_waves, val_texts = split("val")
     judge, report = sj.train_speech_judge(waves, texts, bf16=tw.prepare_dtype == "bf16")
     judge.save(Path(out))
-    codec = AudioCodec.load(Path(tokenizers) / "audio")
+    codec = load_media_tokenizer(Path(tokenizers) / "audio", "audio")
     sub = val_waves[:RECON_UTTERANCES]
     recon = [codec.decode(codec.encode(w))[:len(w)] for w in sub]
     heard = judge.transcribe(val_waves)
