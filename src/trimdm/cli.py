@@ -2,6 +2,9 @@
 
     trimdm prepare  --recipe NAME [key=value ...]        build the data a recipe needs (cached); with
                     [--mc FILE.jsonl]                    also multiple-choice questions from its val split
+    trimdm prepare  --text SRC... --image-text SRC...    a corpus of your own data (docs/data.md); then
+                    --audio-text SRC... --out DIR        train --recipe custom data.corpus=DIR
+                    [tokenizers.*=V ingest.*=V ...]
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
     trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
     trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from trimdm.config import Config
+from trimdm.config import Config, CorpusConfig
+from trimdm.data.ingest import prepare_corpus
 from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.questions import write_tinyworld_mc
 from trimdm.demo import run_demo
@@ -39,6 +44,8 @@ def build_config(recipe: str, overrides: list[str], base: Config | None = None) 
 
 
 def cmd_prepare(args) -> None:
+    if args.text or args.image_text or args.audio_text:
+        return cmd_prepare_corpus(args)
     extra = [f"data.dataset={args.dataset}"] if args.dataset else []
     extra += [f"data.root={args.out}"] if args.out else []
     extra += ["data.strict=true"] if args.strict else []
@@ -60,6 +67,36 @@ def cmd_prepare(args) -> None:
         path = write_tinyworld_mc(data.directory, args.mc, n_image=n, n_audio=n, seed=args.mc_seed)
         print(f"multiple choice: {path}, {n} image and {n} speech questions from the val split "
               f"(evaluate with: trimdm eval --run DIR --mc {path})")
+
+
+KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+CORPUS_FLAGS = {"val_fraction": "ingest.val_fraction", "workers": "ingest.workers", "on_error": "ingest.on_error",
+                "text_field": "ingest.text_field", "caption_field": "ingest.caption_field",
+                "image_field": "ingest.image_field", "audio_field": "ingest.audio_field",
+                "transcript_field": "ingest.transcript_field"}
+
+
+def cmd_prepare_corpus(args) -> None:
+    """`--text/--image-text/--audio-text`: a corpus of the user's own data (data/ingest.py)."""
+    specs, overrides = {}, list(args.overrides)
+    for kind in ("text", "image_text", "audio_text"):
+        given = getattr(args, kind) or []
+        # nargs="+" also takes the key=value settings that follow a source list
+        overrides += [x for x in given if KEY_VALUE.match(x) and not Path(x).exists()]
+        specs[kind] = [x for x in given if not (KEY_VALUE.match(x) and not Path(x).exists())]
+    if not args.out:
+        raise ValueError("prepare --text/--image-text/--audio-text needs --out DIR (the corpus directory)")
+    if args.mc or args.dataset or args.strict:
+        raise ValueError("--mc, --dataset and --strict belong to recipe data sets; a corpus takes "
+                         "--on-error fail instead of --strict")
+    flags = [f"{key}={getattr(args, name)}" for name, key in CORPUS_FLAGS.items() if getattr(args, name) is not None]
+    flags += ["ingest.lowercase=true"] * args.lowercase + ["ingest.whitespace=collapse"] * args.collapse_whitespace
+    flags += ["ingest.paragraphs=true"] * args.paragraphs
+    settings = CorpusConfig().override([*overrides, *flags])
+    out = prepare_corpus(args.out, specs, settings)
+    print((out / "prepare_report.md").read_text())
+    print(f"prepared: {out}\ntrain on it: trimdm train --recipe custom --out RUN data.corpus={out}")
 
 
 def cmd_train(args) -> None:
@@ -112,6 +149,26 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out), args.overrides, args.recipe)
 
 
+def _corpus_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a corpus of your own data (docs/data.md)")
+    src = "files, folders, globs or brace ranges"
+    g.add_argument("--text", nargs="+", action="extend", help=f"text: .txt, .jsonl, .json, .parquet, a saved "
+                   f"datasets folder ({src})")
+    g.add_argument("--image-text", nargs="+", action="extend", help=f"image-text: webdataset tars, an image "
+                   f"folder with metadata.jsonl/.csv or .txt captions, parquet ({src})")
+    g.add_argument("--audio-text", nargs="+", action="extend", help=f"audio-text: a LibriSpeech tree, a "
+                   f".jsonl/.csv/.tsv manifest, webdataset tars ({src})")
+    g.add_argument("--val-fraction", type=float, default=None, help="share of samples held out (default 0.01)")
+    g.add_argument("--workers", type=int, default=None, help="tokenising processes (default 1)")
+    g.add_argument("--on-error", choices=("skip", "fail"), default=None,
+                   help="a bad sample: skip it into DIR/rejects.jsonl (default) or stop")
+    g.add_argument("--lowercase", action="store_true", help="lowercase every text")
+    g.add_argument("--collapse-whitespace", action="store_true", help="every run of whitespace to one space")
+    g.add_argument("--paragraphs", action="store_true", help=".txt: a document per blank-line paragraph")
+    for name in ("text", "caption", "image", "audio", "transcript"):
+        g.add_argument(f"--{name}-field", default=None, help=f"the {name} field or column")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimdm", description="Tri-modal masked diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,13 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="build the data set a recipe needs")
     p.add_argument("--recipe", default="demo", help=f"one of: {recipes} (sizes of the data set)")
     p.add_argument("--dataset", default=None, help="kjv | tinyworld (default: the recipe's)")
-    p.add_argument("--out", default=None, help="data root directory (default: the recipe's data.root)")
+    p.add_argument("--out", default=None, help="data root directory (default: the recipe's data.root); "
+                   "with --text/--image-text/--audio-text: the corpus directory")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input file")
     p.add_argument("--mc", default=None, help="also write a multiple-choice JSONL file (tinyworld: which caption "
                    "matches this image or this utterance) for `trimdm eval --mc`")
     p.add_argument("--mc-questions", type=int, default=32, help="--mc: image and speech questions, each")
     p.add_argument("--mc-seed", type=int, default=0, help="--mc: which val items and distractors")
-    p.add_argument("overrides", nargs="*", help="config key=value overrides")
+    _corpus_arguments(p)
+    p.add_argument("overrides", nargs="*", help="config key=value overrides (a corpus: tokenizers.* and ingest.*)")
     p.set_defaults(fn=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model from a recipe plus key=value overrides")

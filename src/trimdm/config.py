@@ -154,8 +154,9 @@ class TinyworldConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "kjv"  # kjv (text only) | tinyworld (text, image-text, audio-text)
+    dataset: str = "kjv"  # kjv (text only) | tinyworld (text, image-text, audio-text) | corpus (data.corpus)
     root: str = "data"  # where prepared data sets live (relative to the working directory)
+    corpus: str = ""  # dataset=corpus: a directory written by `trimdm prepare --text/--image-text/--audio-text`
     seq_len: int = 256  # physical sequence length L of every training row
     text_vocab: int = 4096  # BPE vocabulary size (ids [0, text_vocab) of the joint vocabulary)
     max_docs: int = 0  # 0: the whole corpus; >0: the first N documents (tiny runs)
@@ -168,8 +169,139 @@ class DataConfig:
         shares = [self.mix.text, self.mix.image_text, self.mix.audio_text]
         if min(shares) < 0 or sum(shares) <= 0:
             raise ValueError(f"data.mix shares {shares} must be >= 0 with a positive sum")
-        _check_choice("data.dataset", self.dataset, ("kjv", "tinyworld"))
+        _check_choice("data.dataset", self.dataset, ("kjv", "tinyworld", "corpus"))
+        if self.corpus and self.dataset != "corpus":
+            raise ValueError(f"data.corpus={self.corpus!r} is read only with data.dataset=corpus (recipe custom), "
+                             f"not data.dataset={self.dataset!r}")
         self.tinyworld.validate()
+
+
+# -- a corpus of the user's own data (`trimdm prepare --text/--image-text/--audio-text`) ------------------
+@dataclass
+class TextTokenizerSettings:
+    kind: str = "bpe"  # bpe: byte-level BPE trained on the corpus | file: a tokenizer.json at `path`
+    path: str = ""
+    vocab: int = 8192  # bpe: vocabulary size
+    train_chars: int = 50_000_000  # bpe: characters of training-split text it learns from (a prefix)
+
+    def validate(self, prefix: str = "tokenizers.text.") -> None:
+        _check_choice(f"{prefix}kind", self.kind, ("bpe", "file"))
+        _check_positive(prefix, self, "vocab", "train_chars")
+        if self.kind == "file" and not self.path:
+            raise ValueError(f"{prefix}kind=file needs {prefix}path=FILE (a tokenizer.json)")
+
+
+@dataclass
+class ImageTokenizerSettings:
+    kind: str = "native"  # native: trimdm's autoencoder + FSQ, trained on the corpus | vqmodel: diffusers VQModel
+    path: str = ""  # vqmodel: a local directory written by save_pretrained
+    resolution: int = 64  # pixels per side the images are fitted to
+    downsample: int = 8  # native: pixels per token side (64 px -> 8×8 tokens)
+    fit: str = "crop"  # crop: shorter side to `resolution`, centre crop | pad: longer side, padded with white
+    steps: int = 2000  # native: training steps
+    batch: int = 32
+    train_images: int = 20_000  # native: training-split images it learns from (the first ones)
+
+    def validate(self, prefix: str = "tokenizers.image.") -> None:
+        _check_choice(f"{prefix}kind", self.kind, ("native", "vqmodel"))
+        _check_choice(f"{prefix}fit", self.fit, ("crop", "pad"))
+        _check_positive(prefix, self, "resolution", "downsample", "steps", "batch", "train_images")
+        if self.downsample & (self.downsample - 1) or self.downsample < 2:
+            raise ValueError(f"{prefix}downsample={self.downsample} must be a power of two >= 2")
+        if self.kind == "native" and self.resolution % self.downsample:
+            raise ValueError(f"{prefix}resolution={self.resolution} is not divisible by {prefix}downsample="
+                             f"{self.downsample}")
+        if self.kind != "native" and not self.path:
+            raise ValueError(f"{prefix}kind={self.kind} needs {prefix}path=DIR (a local save_pretrained folder)")
+
+
+@dataclass
+class AudioTokenizerSettings:
+    kind: str = "native"  # native: trimdm's mel codec, trained on the corpus | mimi | dac | encodec (transformers)
+    path: str = ""  # mimi/dac/encodec: a local directory written by save_pretrained
+    sample_rate: int = 16_000  # native: the codec's rate (a pretrained codec brings its own)
+    frame_rate: int = 25  # native: token frames per second; sample_rate / frame_rate samples per frame
+    levels: int = 4  # residual codebooks K per frame (a pretrained codec: the first K of its own)
+    steps: int = 2000  # native: training steps
+    batch: int = 16
+    train_seconds: float = 3600.0  # native: seconds of training-split audio it learns from (the first ones)
+    max_seconds: float = 10.0  # utterances longer than this are dropped (or trimmed: `too_long`)
+    too_long: str = "drop"  # drop | trim
+
+    def validate(self, prefix: str = "tokenizers.audio.") -> None:
+        _check_choice(f"{prefix}kind", self.kind, ("native", "mimi", "dac", "encodec"))
+        _check_choice(f"{prefix}too_long", self.too_long, ("drop", "trim"))
+        _check_positive(prefix, self, "sample_rate", "frame_rate", "levels", "steps", "batch", "train_seconds",
+                        "max_seconds")
+        if self.kind == "native" and (self.sample_rate % self.frame_rate or (self.sample_rate // self.frame_rate) % 4):
+            raise ValueError(f"{prefix}sample_rate={self.sample_rate} / frame_rate={self.frame_rate} must be a whole "
+                             "number of samples per frame, divisible by 4 (four mel frames per token frame)")
+        if self.kind != "native" and not self.path:
+            raise ValueError(f"{prefix}kind={self.kind} needs {prefix}path=DIR (a local save_pretrained folder)")
+
+
+@dataclass
+class TokenizersConfig:
+    text: TextTokenizerSettings = field(default_factory=TextTokenizerSettings)
+    image: ImageTokenizerSettings = field(default_factory=ImageTokenizerSettings)
+    audio: AudioTokenizerSettings = field(default_factory=AudioTokenizerSettings)
+
+
+@dataclass
+class IngestConfig:
+    """How raw samples become corpus rows. Everything here but `workers` shapes the corpus."""
+
+    val_fraction: float = 0.01  # share of samples in val, chosen by a hash of the sample's key and `seed`
+    seed: int = 0
+    shard_samples: int = 2048  # samples per shard: the unit of work, of resuming and of the manifest
+    workers: int = 1  # tokenising processes (the corpus does not depend on it)
+    on_error: str = "skip"  # skip: a bad sample goes to rejects.jsonl | fail: stop at the first one
+    lowercase: bool = False  # lowercase every text (documents, captions, transcripts)
+    whitespace: str = "strip"  # strip: trim the ends | collapse: also every run of whitespace to one space
+    max_row_tokens: int = 4096  # a paired sample longer than this (text + media + 5 specials) is rejected
+    paragraphs: bool = False  # .txt sources: a document per blank-line paragraph instead of per file
+    text_field: str = ""  # text jsonl/json/parquet/datasets: the field (default "text")
+    caption_field: str = ""  # image-text: the caption field (default "caption", then "text")
+    image_field: str = ""  # image-text parquet: the image column (default "image", "jpg", "png", "img")
+    audio_field: str = ""  # manifests: the audio path field (default audio, path, file_name, audio_filepath)
+    transcript_field: str = ""  # manifests: the transcript field (default text, transcript, transcription, sentence)
+
+    def validate(self, prefix: str = "ingest.") -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"{prefix}val_fraction={self.val_fraction} must lie in [0, 1)")
+        _check_positive(prefix, self, "shard_samples", "workers", "max_row_tokens")
+        _check_choice(f"{prefix}on_error", self.on_error, ("skip", "fail"))
+        _check_choice(f"{prefix}whitespace", self.whitespace, ("strip", "collapse"))
+
+
+@dataclass
+class CorpusConfig:
+    """The settings of `trimdm prepare` for a corpus of the user's own data, stored in DIR/corpus.json:
+    training reads the tokenizers and shards they produced and needs none of them again."""
+
+    tokenizers: TokenizersConfig = field(default_factory=TokenizersConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def validate(self) -> None:
+        self.tokenizers.text.validate()
+        self.tokenizers.image.validate()
+        self.tokenizers.audio.validate()
+        self.ingest.validate()
+
+    def override(self, assignments: list[str]) -> "CorpusConfig":
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"setting {item!r} is not of the form key=value")
+            key, raw = item.split("=", 1)
+            set_key(self, key.strip(), raw.strip())
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CorpusConfig":
+        return section_from_dict(cls, data, "")
 
 
 @dataclass
@@ -684,11 +816,11 @@ def _walk(cfg: Config, key: str) -> tuple[Any, str]:
     node = cfg
     for i, part in enumerate(parts[:-1]):
         if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
-            raise ValueError(_unknown_message(key, all_keys()))
+            raise ValueError(_unknown_message(key, all_keys(type(cfg))))
         node = getattr(node, part)
     last = parts[-1]
     if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
-        raise ValueError(_unknown_message(key, all_keys()))
+        raise ValueError(_unknown_message(key, all_keys(type(cfg))))
     return node, last
 
 

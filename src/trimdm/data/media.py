@@ -1,7 +1,9 @@
 """Reading media files: images and audio, as every reader of user input and of data sets needs them.
 
-Owns: `read_image` (any PIL-readable image -> uint8 RGB (H, W, 3)), `read_audio` (any soundfile-readable
-file: WAV, FLAC, OGG -> float32 mono at a requested rate), `audio_info` (frames and rate, checked, without
+Owns: `read_image` (any PIL-readable image, from a path or encoded bytes -> uint8 RGB (H, W, 3), modes
+with transparency composited on white), `fit_image` (resize on the shorter side and centre-crop, or on
+the longer side and pad with white, to a square), `read_audio` (any soundfile-readable file or bytes:
+WAV, FLAC, OGG -> float32 mono at a requested rate), `audio_info` (frames and rate, checked, without
 decoding), the truncated-WAV check libsndfile lacks, and band-limited `resample`. Every failure is a
 ValueError naming the file and the problem. Does not own folder layouts or manifests (the data sets) or
 what a tokenizer needs of a medium (its own size checks).
@@ -12,7 +14,9 @@ data/tinyworld/speech.py) and must start fast; `resample` imports it when called
 from __future__ import annotations
 
 import functools
+import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,75 +27,127 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 AUDIO_ERRORS = (sf.SoundFileError, RuntimeError, OSError)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """The image at `path` as uint8 RGB (H, W, 3), decoded fully (a truncated file fails here, not later
-    in a data loader) and converted from any mode (L, LA, P, RGBA, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such image file")
+def read_image(source: str | Path | bytes, name: str = "") -> np.ndarray:
+    """The image at a path (or in encoded bytes, `name` saying where they came from) as uint8 RGB (H, W, 3),
+    decoded fully (a truncated file fails here, not later in a data loader) and converted from any mode:
+    L, P, CMYK, I;16 ... to RGB, and LA, RGBA, PA or a palette with transparency composited on white."""
+    if isinstance(source, bytes):
+        where, opened = name or "<image bytes>", io.BytesIO(source)
+    else:
+        where = str(source)
+        if not Path(source).is_file():
+            raise ValueError(f"{where}: no such image file")
+        opened = source
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             im.load()
-            return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy, for torch
+            return np.array(_to_rgb(im), dtype=np.uint8)  # a writable copy, for torch
     except IMAGE_ERRORS as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{where}: not a readable image ({type(e).__name__}: {_named(e, where)})") from None
 
 
-def _wav_header_problem(path: Path) -> str | None:
-    """A reason if a RIFF/WAVE file promises more sample data than it holds, else None.
+def _named(error: Exception, where: str) -> str:
+    """The library's message with an in-memory file's repr (an address that changes every run) replaced
+    by the name of what was read, so that the same bad input always gives the same message."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", where, str(error))
 
-    libsndfile silently reads what is there, so truncation is found from the chunk sizes.
-    Non-RIFF files (FLAC, ...) are left to soundfile.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "P" and "transparency" in im.info or im.mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale: scale to 8 bits before RGB
+        return Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def fit_image(image: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> (size, size, 3). crop: the shorter side scaled to `size` and the centre kept;
+    pad: the longer side scaled to `size` and the rest filled with white. Bicubic, with antialiasing
+    when shrinking (PIL's reducing filter). An image already size×size is returned as it is."""
+    if mode not in ("crop", "pad"):
+        raise ValueError(f"fit mode {mode!r}: expected crop | pad")
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    scale = size / (min(h, w) if mode == "crop" else max(h, w))
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC)
+    if mode == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.array(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return np.array(canvas, dtype=np.uint8)
+
+
+def _wav_header_problem(f, size: int) -> str | None:
+    """A reason if a RIFF/WAVE file (open binary `f` of `size` bytes) promises more sample data than it
+    holds, else None. libsndfile silently reads what is there, so truncation is found from the chunk
+    sizes. Non-RIFF files (FLAC, ...) are left to soundfile."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return "truncated: no data chunk"
+        chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        pos += 8
+        if chunk_id == b"data":
+            # 0 and 0xFFFFFFFF are placeholders written by streaming encoders: size unknown
+            if chunk_size not in (0, 0xFFFFFFFF) and pos + chunk_size > size:
+                return f"truncated: data chunk declares {chunk_size} bytes, file holds {size - pos}"
             return None
-        pos = 12
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return "truncated: no data chunk"
-            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            pos += 8
-            if chunk_id == b"data":
-                # 0 and 0xFFFFFFFF are placeholders written by streaming encoders: size unknown
-                if chunk_size not in (0, 0xFFFFFFFF) and pos + chunk_size > size:
-                    return (f"truncated: data chunk declares {chunk_size} bytes, "
-                            f"file holds {size - pos}")
-                return None
-            pos += chunk_size + (chunk_size & 1)
-            f.seek(pos)
+        pos += chunk_size + (chunk_size & 1)
+        f.seek(pos)
 
 
-def audio_info(path: str | Path) -> tuple[int, int]:
-    """(frames, sample rate) of an audio file, read from its header; ValueError for a missing, truncated,
-    unreadable or empty file."""
-    path = Path(path)
+def _open_audio(source: str | Path | bytes, name: str):
+    """(where, a fresh file object or path for soundfile, problem or None) of a path or encoded bytes."""
+    if isinstance(source, bytes):
+        where = name or "<audio bytes>"
+        return where, lambda: io.BytesIO(source), _wav_header_problem(io.BytesIO(source), len(source))
+    path = Path(source)
     if not path.is_file():
         raise ValueError(f"{path}: no such audio file")
-    reason = _wav_header_problem(path)
+    with path.open("rb") as f:
+        problem = _wav_header_problem(f, path.stat().st_size)
+    return str(path), lambda: str(path), problem
+
+
+def audio_info(source: str | Path | bytes, name: str = "") -> tuple[int, int]:
+    """(frames, sample rate) of an audio file (a path, or encoded bytes with `name` saying where they came
+    from), read from its header; ValueError for a missing, truncated, unreadable or empty file."""
+    where, opener, reason = _open_audio(source, name)
     if reason is None:
         try:
-            info = sf.info(str(path))
+            info = sf.info(opener())
         except AUDIO_ERRORS as e:
-            reason = f"unreadable ({e})"
+            reason = f"unreadable ({_named(e, where)})"
         else:
             if info.frames == 0:
                 reason = "no audio frames"
     if reason is not None:
-        raise ValueError(f"{path}: not a readable audio file: {reason}")
+        raise ValueError(f"{where}: not a readable audio file: {reason}")
     return info.frames, info.samplerate
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """The audio at `path` as float32 mono (channels averaged) at `sample_rate` (resampled if needed)."""
-    audio_info(path)
+def read_audio(source: str | Path | bytes, sample_rate: int, name: str = "") -> np.ndarray:
+    """The audio at a path (or in encoded bytes) as float32 mono (channels averaged) at `sample_rate`
+    (resampled if needed). A file that decodes to fewer frames than its header promises (a truncated
+    FLAC or OGG) is an error, as is a missing, unreadable or empty one."""
+    frames, _ = audio_info(source, name)
+    where, opener, _ = _open_audio(source, name)
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, file_sr = sf.read(opener(), dtype="float32", always_2d=True)
     except AUDIO_ERRORS as e:
-        raise ValueError(f"{path}: not a readable audio file: unreadable ({e})") from None
+        raise ValueError(f"{where}: not a readable audio file: unreadable ({_named(e, where)})") from None
+    if len(data) < frames:
+        raise ValueError(f"{where}: not a readable audio file: truncated ({len(data)} of {frames} frames)")
     wave = data.mean(axis=1)
     if file_sr != sample_rate:
         wave = resample(wave, file_sr, sample_rate)

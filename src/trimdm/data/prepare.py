@@ -18,6 +18,7 @@ import numpy as np
 
 from trimdm.config import DataConfig
 from trimdm.data import kjv
+from trimdm.data.corpus import load_corpus
 from trimdm.data.shards import Shard, finish_stage, new_stage_dir, verify_stage, write_shard
 from trimdm.data.tinyworld.dataset import prepare_tinyworld
 from trimdm.sequence.layout import PackedText
@@ -59,6 +60,8 @@ def prepare(cfg: DataConfig, log=print, evaluation: bool = True):
     so that a fresh `trimdm train` starts minutes sooner and `trimdm eval` builds the rest."""
     if cfg.dataset == "tinyworld":
         return prepare_tinyworld(cfg, log=log, strict=cfg.strict, judges=evaluation)
+    if cfg.dataset == "corpus":  # the user's own data, prepared by `trimdm prepare --text/...` (ingest.py)
+        return load_corpus(cfg.corpus, log=log)
     return prepare_text(cfg, log=log)
 
 

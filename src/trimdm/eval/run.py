@@ -1,7 +1,7 @@
 """`trimdm eval`: evaluate a run into RUN/eval.json, RUN/report.md and a self-contained RUN/report.html.
 
 Held-out NELBO per modality and the conditional NELBOs (diffusion/likelihood.py) next to the text's unigram
-baseline; on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
+baseline (every data set, a corpus of the user's own data included); on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
 their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
 with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
 metrics.jsonl and the samples (report.py). eval.json is replaced whole, except that an eval without
@@ -39,7 +39,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
     result["params"] = sum(p.numel() for p in loaded.model.parameters())
     run_dir = Path(loaded.checkpoint).parent.parent
     log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
-    if hasattr(data, "tokenizers"):  # a data set with media: show and measure its tokenizers
+    if hasattr(data, "judges"):  # tinyworld: its tokenizers' reconstructions and its judges' scores
         result["reconstructions"] = write_reconstructions(run_dir, data)
         judges = data.judges()
         result["judges"] = data.judge_report()

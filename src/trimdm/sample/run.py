@@ -31,20 +31,17 @@ import soundfile as sf
 from PIL import Image
 
 from trimdm.config import CONFIG_VERSION, SampleConfig, config_version, section_from_dict, upgrade_sample
-from trimdm.data.media import read_audio, read_image
+from trimdm.data.media import fit_image, read_audio, read_image
 from trimdm.fileio import sha256_file
 from trimdm.sample.tasks import TASKS, Tasks
 from trimdm.tokenizers.image import save_image_grid
 from trimdm.train.run import load_run
 
 
-def read_image_input(path: str | Path, size: int) -> np.ndarray:
-    """An input image for a run whose tokenizer takes size×size RGB."""
-    image = read_image(path)
-    if image.shape != (size, size, 3):
-        raise ValueError(f"{path}: image is {image.shape[1]}×{image.shape[0]}, this run's tokenizer takes "
-                         f"{size}×{size} RGB")
-    return image
+def read_image_input(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
+    """An input image for a run whose tokenizer takes size×size RGB: any mode converted to RGB, any size
+    fitted as the run's training images were (media.fit_image: crop, or pad for a corpus prepared so)."""
+    return fit_image(read_image(path), size, fit)
 
 
 def parse_span(span: str, what: str) -> tuple[float, float]:
@@ -73,7 +70,7 @@ def _infill_row(tasks: Tasks, prompt: str, input_path: str | None, span: str):
     modality = "audio" if suffix in (".wav", ".flac") else "image"
     tasks._need(modality)
     if modality == "image":
-        media = tasks.image_ids(read_image_input(input_path, tasks.media["image"].image_size)[None])[0]
+        media = tasks.image_ids(read_image_input(input_path, tasks.media["image"].image_size, tasks.image_fit)[None])[0]
         a, b = (int(x) for x in parse_span(span, "image token indices"))
         if b > len(media):
             raise ValueError(f"--span {span}: an image has {len(media)} tokens")
@@ -142,7 +139,7 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
         outputs = [("wav", w) for w in tasks.t2s([prompt] * n, seed)[0]]
     elif task == "i2t":
         tasks._need("image")
-        image = read_image_input(input_path, tasks.media["image"].image_size)
+        image = read_image_input(input_path, tasks.media["image"].image_size, tasks.image_fit)
         outputs = [("txt", t) for t in tasks.i2t(np.stack([image] * n), seed)]
     elif task == "s2t":
         tasks._need("audio")

@@ -86,6 +86,8 @@ class Tasks:
         self.length_rule = json.loads(rule.read_text()) if rule.exists() else None
         spread = tokenizers / "image" / "caption_lengths.json"
         self.caption_spread = json.loads(spread.read_text()) if spread.exists() else None
+        fit = tokenizers / "image" / "fit.json"  # how the training images were fitted (a corpus run)
+        self.image_fit = json.loads(fit.read_text())["fit"] if fit.exists() else "crop"
 
     @property
     def image_tokens(self) -> int:

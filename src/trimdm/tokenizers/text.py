@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ class TextTokenizer:
         self.hf = hf
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int) -> "TextTokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
         if vocab_size < 257:
             raise ValueError(f"byte-level BPE needs vocab_size >= 257 (256 bytes + merges), got {vocab_size}")
         hf = HFTokenizer(models.BPE())
@@ -42,10 +43,11 @@ class TextTokenizer:
         return math.nan
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self.hf.encode(text).ids, dtype=np.int64)
+        return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int64) for e in self.hf.encode_batch(texts)]
+        # no special tokens of a loaded tokenizer.json's post-processor: the row layout adds trimdm's own
+        return [np.asarray(e.ids, dtype=np.int64) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, codes) -> str:
         return self.hf.decode([int(c) for c in codes])
@@ -58,7 +60,14 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "TextTokenizer":
-        path = Path(directory) / "tokenizer.json"
+        return cls.load_file(Path(directory) / "tokenizer.json")
+
+    @classmethod
+    def load_file(cls, path: str | Path) -> "TextTokenizer":
+        """Any HF `tokenizers` tokenizer.json (a BPE, WordPiece or Unigram model saved by `save`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such text tokenizer file (expected a tokenizer.json)")
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a plain Exception on malformed files
