@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import corpora
@@ -203,3 +204,44 @@ def test_train_on_the_corpus_and_generate(corpus, tmp_path):
     result = evaluate_run(run, log=lambda *a: None)
     assert {"text", "image", "audio"} <= set(result["nelbo"]) and "generation" not in result
     assert np.isfinite(result["baselines"]["text_unigram_bits"])
+
+
+def test_pretrained_tokenizers_from_a_local_folder(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vq = diffusers.VQModel(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                           up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4,
+                           num_vq_embeddings=64, norm_num_groups=4, sample_size=32)
+    vq.save_pretrained(str(tmp_path / "vq"))
+    dac = transformers.DacModel(transformers.DacConfig(  # hop 8·8·5 = 320 samples: 50 frames/s at 16 kHz
+        encoder_hidden_size=4, downsampling_ratios=[8, 8, 5], decoder_hidden_size=16, n_codebooks=4,
+        codebook_size=16, codebook_dim=4, sampling_rate=16_000))
+    dac.save_pretrained(str(tmp_path / "dac"))
+    folder = corpora.write_imagefolder(tmp_path / "images", 8)
+    libri = corpora.write_librispeech(tmp_path / "libri", speakers=2, utterances=2)
+    pretrained = [f"tokenizers.image.kind=vqmodel", f"tokenizers.image.path={tmp_path / 'vq'}",
+                  "tokenizers.image.resolution=32", "tokenizers.audio.kind=dac", f"tokenizers.audio.path={tmp_path / 'dac'}"]
+    with pytest.raises(ValueError, match="nowhere"):  # a missing folder: an error before any work
+        prepare_corpus(tmp_path / "x", {"image_text": [str(folder)]}, settings("tokenizers.image.kind=vqmodel",
+                       f"tokenizers.image.path={tmp_path / 'nowhere'}"), log=lambda *a: None)
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "corpus"
+    prepare_corpus(out, {"image_text": [str(folder)], "audio_text": [str(libri)]}, settings(*pretrained),
+                   log=lambda *a: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    n_images = sum(manifest["samples"]["image_text"][s] for s in ("train", "val"))
+    assert manifest["tokens"]["image_text.train.image"] + manifest["tokens"]["image_text.val.image"] == 64 * n_images
+    assert json.loads((out / "tokenizers" / "audio" / "trimdm_tokenizer.json").read_text())["kind"] == "dac"
+    data = load_corpus(out)
+    assert data.vocab().n_image == 64 and data.vocab().audio_levels == 2 and data.vocab().audio_codebook == 16
+    cfg = get_recipe("custom").override([
+        f"data.corpus={out}", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.seq_len=384",
+        "train.batch_size=4", f"train.tokens={2 * 4 * 384}", "optim.base.batch=4", f"optim.base.tokens={2 * 4 * 384}",
+        "optim.base.warmup_tokens=0", "train.threads=1", "sample.image.steps=2", "sample.audio.steps=2"]).derive()
+    run = tmp_path / "run"
+    train(cfg, run, log=lambda *a: None, progress=False)
+    assert (run / "tokenizers" / "image" / "trimdm_tokenizer.json").exists()  # the run carries its tokenizers
+    for task in ("t2i", "t2s"):
+        [side] = generate(run, task, "picture number 1", 1, 0, [], out=tmp_path / task, log=lambda *a: None)
+        assert (tmp_path / task / side["output"]).exists()

@@ -93,6 +93,7 @@ def prepare_corpus(out: str | Path, specs: dict[str, list[str]], settings: Corpu
     if not specs:
         raise ValueError("prepare needs at least one of --text, --image-text, --audio-text")
     sources = {k: open_sources(k, v, source_options(settings)) for k, v in specs.items()}  # errors before work
+    _check_paths(settings)
     _claim(out, corpus_identity(specs, sources, settings))
     if (out / "manifest.json").exists() and verify_stage(out)[0] is not None:
         log(f"prepare: {out} is complete")
@@ -109,6 +110,16 @@ def prepare_corpus(out: str | Path, specs: dict[str, list[str]], settings: Corpu
                                         for k, v in manifest["samples"].items())
         + f", {manifest['rejected']:,} rejected ({time.time() - t0:.0f}s)")
     return out
+
+
+def _check_paths(settings: CorpusConfig) -> None:
+    """A pretrained tokenizer's folder (or tokenizer.json) must exist before any work starts."""
+    tk = settings.tokenizers
+    for key, t, wanted in (("text", tk.text, "file"), ("image", tk.image, "native"), ("audio", tk.audio, "native")):
+        pretrained = t.kind == "file" if key == "text" else t.kind != wanted
+        if pretrained and not Path(t.path).exists():
+            raise ValueError(f"tokenizers.{key}.path={t.path}: no such {'file' if key == 'text' else 'folder'} "
+                             f"(pretrained tokenizers load from a local path; nothing is downloaded)")
 
 
 # -- pass 1: survey ------------------------------------------------------------------------------------
