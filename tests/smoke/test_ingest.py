@@ -41,13 +41,18 @@ def sources(tmp_path_factory):
     text = corpora.write_text_files(root / "text")
     many = root / "text" / "many.jsonl"  # enough text for a few rows
     many.write_text("".join(json.dumps({"text": corpora.document(i)}) + "\n" for i in range(200)))
-    return {"text": [str(text["jsonl"]), str(text["parquet"]), str(root / "text" / "notes"), str(many)],
-            "image_text": [str(root / "tars" / "shard-{000..001}.tar"), str(root / "folder")],
-            "audio_text": [str(root / "libri"), str(root / "manifest" / "manifest.csv")],
+    hf = corpora.write_hf_text_dataset(root / "hf", splits=True)
+    return {"text": [str(text["jsonl"]), str(text["json"]), str(text["parquet"]), str(root / "text" / "notes"),
+                     str(many), str(hf)],
+            "image_text": [str(root / "tars" / "shard-{000..001}.tar"), str(root / "folder"),
+                           str(corpora.write_image_parquet(root / "pq", 5))],
+            "audio_text": [str(root / "libri"), str(root / "manifest" / "manifest.csv"),
+                           str(root / "speech" / "speech-*.tar")],
             "_make": (corpora.write_image_tars(root / "tars", 6, 2, corrupt=True),
                       corpora.write_imagefolder(root / "folder", 6, corrupt=True),
                       corpora.write_librispeech(root / "libri", speakers=2, utterances=3, corrupt=True),
-                      corpora.write_audio_manifest(root / "manifest", fmt="csv", n=4, corrupt=True))}
+                      corpora.write_audio_manifest(root / "manifest", fmt="csv", n=4, corrupt=True),
+                      corpora.write_audio_tars(root / "speech", 3, 2, corrupt=True))}
 
 
 def specs(sources) -> dict:
@@ -87,6 +92,19 @@ def test_counts_and_every_reject_reason(corpus):
     assert set(data.manifest["files"]) == {f"shards/{p.name}" for p in (corpus / "shards").iterdir()
                                            if not p.name.endswith(".json")}
     assert data.vocab().n_image == data.tokenizers["image"].codebook_sizes[0]
+    formats = {s["format"] for group in manifest["sources"].values() for s in group}
+    assert formats == {"jsonl", "json", "parquet", "txt", "hf-dataset", "webdataset", "imagefolder", "librispeech",
+                       "manifest"}
+    assert all(s["fingerprint"]["n_files"] for group in manifest["sources"].values() for s in group)
+
+
+def test_a_text_tokenizer_from_a_tokenizer_json(corpus, sources, tmp_path):
+    path = corpus / "tokenizers" / "text" / "tokenizer.json"
+    out = tmp_path / "t"
+    prepare_corpus(out, {"text": specs(sources)["text"]}, settings("tokenizers.text.kind=file",
+                   f"tokenizers.text.path={path}", "tokenizers.text.vocab=999"), log=lambda *a: None)
+    assert (out / "tokenizers" / "text" / "tokenizer.json").read_bytes() == path.read_bytes()
+    assert load_corpus(out).vocab().n_text == load_corpus(corpus).vocab().n_text
 
 
 def specs_of(corpus: Path) -> dict:

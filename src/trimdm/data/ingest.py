@@ -387,6 +387,8 @@ def _finish(out: Path, sources: dict, chunks: list[dict], tokenizers: dict, sett
         if n["train"] == 0:
             raise ValueError(f"no {kind} sample survived ingest ({n['read']} read; see {out / 'rejects.jsonl'})")
     manifest = {"format": FORMAT, "kinds": list(sources), "samples": samples, "rejected": len(rejects),
+                "sources": {k: [{"spec": s.spec, "format": s.format, "fingerprint": s.fingerprint()} for s in v]
+                            for k, v in sources.items()},
                 "rejects": dict(sorted(reasons.items())),
                 "trimmed": sum(c["trimmed"] for c in chunks),
                 "audio_seconds": round(sum(c["audio_seconds"] for c in chunks), 2),
