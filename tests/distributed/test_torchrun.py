@@ -187,3 +187,31 @@ def test_tri_modal_fsdp_matches_single_process(tri_single, tri_fsdp):
 def test_tri_modal_fsdp_killed_after_checkpoint_resumes_bit_identically(tri_fsdp, tmp_path, data_root):
     kill_after_checkpoint_and_resume(tmp_path, data_root, TRI, "fsdp")
     assert_bit_identical_after_step_5(tmp_path, tri_fsdp)
+
+
+@pytest.fixture(scope="module")
+def corpus_args(tmp_path_factory):
+    """A corpus of the user's own data (webdataset image-text and jsonl text) and the custom recipe shrunk."""
+    import corpora
+    from trimdm.config import CorpusConfig
+    from trimdm.data.ingest import prepare_corpus
+
+    root = tmp_path_factory.mktemp("corpus_sources")
+    corpora.write_image_tars(root / "tars", 8, 4)
+    (root / "docs.jsonl").write_text("".join(json.dumps({"text": corpora.document(i)}) + "\n" for i in range(300)))
+    out = root / "corpus"
+    settings = CorpusConfig().override(["tokenizers.image.resolution=16", "tokenizers.image.downsample=4",
+                                        "tokenizers.image.steps=3", "tokenizers.image.batch=4",
+                                        "tokenizers.text.vocab=300", "ingest.shard_samples=8"])
+    prepare_corpus(out, {"text": [str(root / "docs.jsonl")], "image_text": [str(root / "tars" / "shard-*.tar")]},
+                   settings, log=lambda *a: None)
+    return ["train", "--recipe", "custom", f"data.corpus={out}", "model.d_model=32", "model.n_layers=2",
+            "model.n_heads=2", "data.seq_len=64", "train.batch_size=8", "optim.base.batch=8", "train.tokens=5120",
+            "optim.base.tokens=5120", "optim.base.warmup_tokens=0", "train.dtype=fp32", "train.ckpt_every=5",
+            "train.threads=1", "train.log_every=1", "diffusion.conditional=0.5"]
+
+
+def test_a_corpus_of_own_data_trains_under_ddp_as_in_one_process(corpus_args, tmp_path, data_root):
+    run(tmp_path / "single", data_root, nproc=1, common=corpus_args)
+    run(tmp_path / "ddp", data_root, "train.parallel=ddp", common=corpus_args)
+    assert_matches(tmp_path / "ddp", tmp_path / "single")

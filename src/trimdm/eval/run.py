@@ -20,6 +20,7 @@ from trimdm.eval.multiple_choice import run_multiple_choice
 from trimdm.eval.reconstruct import write_reconstructions
 from trimdm.eval.report import write_report
 from trimdm.fileio import atomic_write_text
+from trimdm.model.flops import param_counts
 from trimdm.train.run import load_run
 
 
@@ -37,6 +38,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
                            dtype=cfg.train.dtype, conditional=True)
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
     result["params"] = sum(p.numel() for p in loaded.model.parameters())
+    result["param_counts"] = param_counts(loaded.model.args)  # embedding / non-embedding, for scaling fits
     run_dir = Path(loaded.checkpoint).parent.parent
     log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
     if hasattr(data, "judges"):  # tinyworld: its tokenizers' reconstructions and its judges' scores

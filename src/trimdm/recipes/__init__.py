@@ -7,7 +7,8 @@
   (minutes).
 - tinyworld(): the longer tri-modal run on the whole world (minutes on a GPU, hours on this CPU).
 - demo_text(): the text-only (KJV) demo; also the base of the throughput benchmark.
-- study_batch(): the small model of `trimdm study batch`.
+- study_batch(): the small model of `trimdm study batch` and `study critical-batch`.
+- study_tri(): the small tri-modal model of the schedule, antimask, mixing and scaling studies.
 - custom(): a tri-modal model on a corpus of the user's own data (data.corpus=DIR, docs/data.md).
 """
 from __future__ import annotations
@@ -122,6 +123,19 @@ def demo_text() -> Config:
     )
 
 
+def study_tri() -> Config:
+    """The tri-modal design-space studies' base at CPU scale: the demo's data set (so it is prepared once)
+    and a model half its width, 2M tokens (488 steps of 32 rows of 128): about two minutes of one core."""
+    cfg = demo()
+    cfg.recipe = "study_tri"
+    cfg.model = ModelConfig(d_model=128, n_layers=4, n_heads=4)
+    tokens = 2_000_000
+    cfg.train = TrainConfig(tokens=tokens, batch_size=32, log_every=10, eval_every=0)
+    cfg.optim.base = OptimBase(batch=32, tokens=tokens, lr=2e-3, warmup_tokens=50_000)
+    cfg.eval = EvalConfig(tau_points=8, max_rows=128, batch_size=32, gen_prompts=32, gen_utterances=16)
+    return cfg
+
+
 def custom() -> Config:
     """A tri-modal model on a corpus of the user's own data (`trimdm prepare --text/--image-text/--audio-text
     ... --out DIR`, then `data.corpus=DIR`): 13M parameters at the corpus's default tokenizers, the demo's
@@ -157,7 +171,7 @@ def study_batch() -> Config:
 
 
 RECIPES = {"tiny": tiny, "tiny_tri": tiny_tri, "demo": demo, "tinyworld": tinyworld, "demo_text": demo_text,
-           "study_batch": study_batch, "custom": custom}
+           "study_batch": study_batch, "study_tri": study_tri, "custom": custom}
 
 
 def get_recipe(name: str) -> Config:
