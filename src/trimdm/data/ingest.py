@@ -23,6 +23,7 @@ happens to one sample (records.py).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import math
 import multiprocessing
@@ -99,11 +100,13 @@ def prepare_corpus(out: str | Path, specs: dict[str, list[str]], settings: Corpu
         log(f"prepare: {out} is complete")
         return out
     t0 = time.time()
-    survey = _survey(sources, settings, log)
-    t1 = time.time()
-    tokenizers = _ensure_tokenizers(out / "tokenizers", survey, settings, log)
-    t2 = time.time()
-    chunks = _write_shards(out, sources, survey.counts, settings, log)
+    with worker_pool(settings.ingest.workers) as pool:
+        trained = verify_stage(out / "tokenizers")[0] is not None  # a rerun reuses them: no media to survey
+        survey = _survey(sources, settings, log, media=not trained)
+        t1 = time.time()
+        tokenizers = _ensure_tokenizers(out / "tokenizers", survey, settings, log)
+        t2 = time.time()
+        chunks = _write_shards(out, sources, survey.counts, settings, log, pool)
     seconds = {"survey": t1 - t0, "tokenizers": t2 - t1, "shards": time.time() - t2, "total": time.time() - t0}
     manifest = _finish(out, sources, chunks, tokenizers, settings, seconds)
     log(f"prepare: {out}: " + ", ".join(f"{k} {v['train']:,} train / {v['val']:,} val"
@@ -133,8 +136,9 @@ class Survey:
     chars: int = 0
 
 
-def _survey(sources: dict, settings: CorpusConfig, log) -> Survey:
-    """Counts every source and keeps what the tokenizers that train here learn from (training split)."""
+def _survey(sources: dict, settings: CorpusConfig, log, media: bool = True) -> Survey:
+    """Counts every source and keeps what the tokenizers that train here learn from (training split;
+    with `media=False` only the counts and the text)."""
     tk, ingest, s = settings.tokenizers, settings.ingest, Survey()
     for kind, group in sources.items():
         s.counts[kind] = 0
@@ -147,7 +151,8 @@ def _survey(sources: dict, settings: CorpusConfig, log) -> Survey:
                     if split == "train" and tk.text.kind == "bpe" and s.chars < tk.text.train_chars:
                         s.texts.append(text)
                         s.chars += len(text)
-                    _survey_media(s, rec, kind, split, settings)
+                    if media:
+                        _survey_media(s, rec, kind, split, settings)
                 except Reject:
                     continue  # counted with its reason when the shards are written
     log(f"prepare: surveyed " + ", ".join(f"{n:,} {k}" for k, n in s.counts.items()) + " samples")
@@ -261,18 +266,35 @@ def _audio_tokenizer(out: Path, s: Survey, t, seed: int, log) -> dict:
 
 
 # -- pass 2: shards ------------------------------------------------------------------------------------
-_WRITER: ChunkWriter | None = None
+_WRITERS: dict[str, ChunkWriter] = {}  # per worker process: the writer of each corpus it has served
 
 
-def _init_worker(tokenizers: str, kinds: list[str], settings: dict) -> None:
-    global _WRITER
+def _start_worker() -> None:
     torch.set_num_threads(1)  # one thread per shard: the codes do not depend on the worker count
-    cfg = CorpusConfig.from_dict(settings)
-    _WRITER = ChunkWriter(load_tokenizers(Path(tokenizers), kinds), cfg, cfg.tokenizers.image.fit)
 
 
-def _write_chunk(directory: str, name: str, kind: str, records: list) -> dict:
-    return _WRITER.write(Path(directory), name, kind, records).__dict__
+def _write_chunk(args: tuple, directory: str, name: str, kind: str, records: list) -> dict:
+    """A worker's task: one shard. The corpus's tokenizers are loaded on the first shard it writes."""
+    tokenizers, kinds, settings = args
+    if tokenizers not in _WRITERS:
+        cfg = CorpusConfig.from_dict(settings)
+        _WRITERS[tokenizers] = ChunkWriter(load_tokenizers(Path(tokenizers), kinds), cfg, cfg.tokenizers.image.fit)
+    return _WRITERS[tokenizers].write(Path(directory), name, kind, records).__dict__
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """`workers` spawned single-thread processes (not forked: the parent holds torch's thread pools),
+    started at once so that their start-up (importing torch) overlaps the survey and the tokenizers'
+    training instead of delaying the shards; None for one worker (shards are written in-process)."""
+    if workers == 1:
+        yield None
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker) as pool:
+        for f in [pool.submit(_start_worker) for _ in range(workers)]:
+            f.add_done_callback(lambda f: f.exception())  # started; a failure shows on the first shard
+        yield pool
 
 
 def _chunks(sources: dict, size: int):
@@ -289,51 +311,46 @@ def _chunks(sources: dict, size: int):
             yield f"{kind}-{index:05d}", kind, batch
 
 
-def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig, log) -> list[dict]:
+def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig, log, pool) -> list[dict]:
     shards = out / "shards"
     shards.mkdir(exist_ok=True)
     args = (str(out / "tokenizers"), list(sources), settings.to_dict())
-    workers = settings.ingest.workers
     progress = Progress(sum(counts.values()), log)
     done = {}
-    if workers == 1:
+    if pool is None:
         threads = torch.get_num_threads()
-        _init_worker(*args)
+        _start_worker()
         try:
             for name, kind, records in _chunks(sources, settings.ingest.shard_samples):
-                done[name] = chunk_complete(shards, name) or _write_chunk(str(shards), name, kind, records)
+                done[name] = chunk_complete(shards, name) or _write_chunk(args, str(shards), name, kind, records)
                 progress.add(len(records))
         finally:
             torch.set_num_threads(threads)
     else:
-        _pool_shards(shards, sources, settings, args, progress, done)
+        _pool_shards(pool, shards, sources, settings, args, progress, done)
     progress.close()
     return [done[k] for k in sorted(done, key=lambda n: (KINDS.index(n.rsplit("-", 1)[0]), n))]
 
 
-def _pool_shards(shards: Path, sources: dict, settings: CorpusConfig, args, progress, done: dict) -> None:
-    """Chunks to `workers` spawned processes, at most two each in flight (bounded memory)."""
-    ctx = multiprocessing.get_context("spawn")  # not fork: the parent holds torch's thread pools
-    workers = settings.ingest.workers
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=args) as pool:
-        pending = {}
-        try:
-            for name, kind, records in _chunks(sources, settings.ingest.shard_samples):
-                info = chunk_complete(shards, name)
-                if info is not None:
-                    done[name] = info
-                    progress.add(len(records))
-                    continue
-                pending[pool.submit(_write_chunk, str(shards), name, kind, records)] = (name, len(records))
-                while len(pending) >= 2 * workers:
-                    _collect(pending, done, progress, concurrent.futures.FIRST_COMPLETED)
-            while pending:
+def _pool_shards(pool, shards: Path, sources: dict, settings: CorpusConfig, args, progress, done: dict) -> None:
+    """Chunks to the pool's processes, at most two each in flight (bounded memory)."""
+    workers, pending = settings.ingest.workers, {}
+    try:
+        for name, kind, records in _chunks(sources, settings.ingest.shard_samples):
+            info = chunk_complete(shards, name)
+            if info is not None:
+                done[name] = info
+                progress.add(len(records))
+                continue
+            pending[pool.submit(_write_chunk, args, str(shards), name, kind, records)] = (name, len(records))
+            while len(pending) >= 2 * workers:
                 _collect(pending, done, progress, concurrent.futures.FIRST_COMPLETED)
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+        while pending:
+            _collect(pending, done, progress, concurrent.futures.FIRST_COMPLETED)
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
 
 
 def _collect(pending: dict, done: dict, progress, when) -> None:
