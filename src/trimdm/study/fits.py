@@ -180,11 +180,16 @@ def _profile_cols(S_GP: np.ndarray, L_P: np.ndarray):
 
 
 def _mixing_objective(u, Rf, L, scale):
-    """Profiled ½Σρ²/scale over the free t's u (t_last = 0) and its gradient."""
-    _, k, resid, g = _profile_cols((Rf @ u)[None, :], L)
-    f = 0.5 * np.sum(resid[0] ** 2) / scale
-    grad = -(resid[0] * k[0] * g[0]) @ Rf / scale
-    return f, grad
+    """Profiled ½Σρ²/scale over the free t's u (t_last = 0) and its gradient: `_profile_cols` for one
+    candidate, written out because L-BFGS calls it thousands of times per bootstrap."""
+    s = Rf @ u
+    g = np.exp(s - s.max())
+    gc = g - g.mean()
+    Lc = L - L.mean()
+    var = gc @ gc
+    k = (gc @ Lc) / var if var > 1e-300 else 0.0
+    resid = Lc - k * gc  # = L − c − k g with c = mean L − k mean g
+    return 0.5 * (resid @ resid) / scale, -((resid * g) @ Rf) * (k / scale)
 
 
 def _mixing_starts(Rf: np.ndarray, L: np.ndarray, n_starts: int, seed: int) -> np.ndarray:
@@ -245,7 +250,7 @@ def fit_mixing_law(R, L, *, bootstrap: int = 200, seed: int = 0, n_starts: int =
     on L: R has shape (n_points, n_domains), rows are mixture proportions summing to 1; L (n_points,)
     the target loss at each. L-BFGS-B runs from the `n_starts` best points of an 8^(n−1) grid of t's;
     each of the `bootstrap` resamples (seeded numpy Generator) restarts from the full-data optimum and
-    the 2 best grid points of that resample. Returns the centred t (see above)."""
+    the best grid point of that resample. Returns the centred t (see above)."""
     R = np.asarray(R, dtype=float)
     L = np.asarray(L, dtype=float)
     if L.ndim != 1 or not np.all(np.isfinite(L)):
@@ -259,7 +264,7 @@ def fit_mixing_law(R, L, *, bootstrap: int = 200, seed: int = 0, n_starts: int =
     u_opt = params[2:-1] - params[-1]  # back to t_last = 0
 
     def refit(idx):
-        starts = np.vstack([u_opt, _mixing_starts(Rf[idx], L[idx], 2, seed)])
+        starts = np.vstack([u_opt, _mixing_starts(Rf[idx], L[idx], 1, seed)])
         return _fit_mixing_once(Rf[idx], L[idx], starts)
 
     samples = bootstrap_fits(L.size, bootstrap, seed, refit, lambda idx: _mixtures_identifiable(R[idx]),
