@@ -3,13 +3,18 @@
 Owns
   - the shared bootstrap machinery (resampling points with replacement, percentile intervals);
   - `fit_power_law`: y = c·x^k by least squares on logs (B_opt(D) ∝ D^γ, N_opt(C) ∝ C^a);
-  - `fit_mixing_law`: the data-mixing law of Ye et al. 2024 ("Data Mixing Laws", eq. 4 of their
-    multi-domain form), L(r) = c + k·exp(Σ_j t_j r_j) for one target, r a mixture on the simplex;
+  - `fit_mixing_law`: the multi-domain data-mixing law of Ye et al. 2024 ("Data Mixing Laws: Optimizing
+    Data Mixtures by Predicting Language Modeling Performance"), L(r) = c + k·exp(Σ_j t_j r_j) for one
+    target, r a mixture on the simplex;
   - `fit_steps_tokens`: the steps–examples trade-off of McCandlish et al. 2018 ("An Empirical Model of
     Large-Batch Training", eq. 2.11), (S/S_min − 1)(E/E_min − 1) = 1, and B_crit = E_min/S_min;
   - `steps_to_target`: where a (smoothed) loss curve first reaches a target loss.
 Does not own the Chinchilla scaling-law fit (study/scaling.py, which reuses the bootstrap here), running
 sweeps, reading run directories, or plotting. Imports only numpy and scipy.
+
+Intervals are percentile-bootstrap intervals; with few points they under-cover (measured figures in
+tests/statistical/test_fits_coverage.py). Result objects are frozen and compare by identity (eq=False),
+as they hold numpy arrays.
 """
 from __future__ import annotations
 
@@ -86,7 +91,7 @@ def intervals_of(names: list[str], samples: np.ndarray, level: float) -> dict[st
 # Power law y = c·x^k
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PowerLawFit:
     """y = c·x^k. `intervals` maps "c" and "k" to percentile-bootstrap (low, high); `samples` holds the
     bootstrap draws, shape (bootstrap, 2) in the order (c, k); `loss` is Σ (log y − log ŷ)²."""
@@ -146,7 +151,7 @@ MIXING_GRID = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)  # per free t_j; 8^(n
 MAX_GRID = 4096  # beyond it (n ≥ 6 domains) a seeded random subset of the grid is scored
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MixingFit:
     """L(r) = c + k·exp(Σ_j t_j r_j) with Σ_j t_j = 0 (centred t). `intervals` maps "c", "k" and
     "t_0".."t_{n-1}" to percentile-bootstrap (low, high); `samples` holds the bootstrap draws, shape
@@ -285,7 +290,7 @@ def fit_mixing_law(R, L, *, bootstrap: int = 200, seed: int = 0, n_starts: int =
 # lognormal noise on S (E moves with S at fixed B). Parameters are log S_min and log E_min.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepsTokensFit:
     """The steps–examples hyperbola. `intervals` maps "S_min", "E_min", "B_crit" to percentile-bootstrap
     (low, high); `samples` holds the draws, shape (bootstrap, 3) in that order; `loss` is Σ ρ²."""
