@@ -1,8 +1,8 @@
 """The sweep runner on tiny runs of a few steps, each a `trimdm train` + `trimdm eval` subprocess: a sweep
 interrupted after its first run resumes without redoing it (the interrupted run from its checkpoint),
 `--plan` lists exactly what the local launcher then runs, a failing run is reported with its log's tail
-while the others finish, and submitit's local executor runs a sweep to completion. Every run gets one
-thread (cores=1)."""
+while the others finish, submitit's local executor runs a sweep to completion, and `trimdm study`
+exits 1 when a run failed. Every run gets one thread (cores=1 or --jobs 2 on the CI's 2 cores)."""
 import json
 import shlex
 import signal
@@ -122,3 +122,17 @@ def test_the_submitit_launcher_runs_a_sweep_on_its_local_executor(data_root, tmp
     assert is_done(out / "one") and (out / "submitit" / run["job_id"]).is_dir()
     assert executed(out / "one")[-1] == shlex.join(run["commands"][1])
 
+
+def test_the_cli_plans_and_exits_1_when_runs_fail(data_root, tmp_path):
+    out = tmp_path / "study"
+    base = [sys.executable, "-m", "trimdm", "study", "batch", "--scale", "smoke", "--arms", "sde", "--batches", "4",
+            "--seeds", "2", "--out", str(out), f"data.root={data_root}"]
+    plan = subprocess.run([*base, "--plan"], capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert [r["name"] for r in read(out / "plan.json")["runs"]] == ["sde_b4_s0", "sde_b4_s1"]
+    assert not (out / "sde_b4_s0").exists()
+    failed = subprocess.run([*base, "--jobs", "2", "model.d_model=-1"], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and "2 of 2 runs failed" in failed.stderr
+    assert read(out / "sweep.json")["counts"] == {"failed": 2}
+    analyse = subprocess.run([*base, "--analyse"], capture_output=True, text=True, timeout=120)
+    assert analyse.returncode == 2 and "runs not done" in analyse.stderr

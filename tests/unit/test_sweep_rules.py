@@ -1,10 +1,12 @@
 """The sweep runner's rules without running anything: run names and commands, the done rule read from a
-run directory's JSON, the thread count a started run keeps, `--seeds` and `--slurm` parsing."""
+run directory's JSON, the thread count a started run keeps, `--seeds` and `--slurm` parsing, and the
+study batch grid at each scale."""
 import json
 import sys
 
 import pytest
 
+from trimdm.study import STUDIES
 from trimdm.study.sweep import RunSpec, _threads, is_done, parse_seeds, parse_slurm, run_sweep
 
 
@@ -65,3 +67,13 @@ def test_seeds_are_a_count_or_a_list_and_slurm_options_get_their_prefix():
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_slurm(["partition"])
 
+
+def test_study_batch_grid_at_each_scale():
+    batch = STUDIES["batch"]
+    smoke = batch.grid("smoke", None, ["data.root=/d"])
+    assert [r.name for r in smoke] == ["sde_b4_s0", "sde_b8_s0", "none_b4_s0", "none_b8_s0"]
+    assert smoke[0].recipe == "tiny" and smoke[0].overrides[-4:] == (
+        "data.root=/d", "optim.reparam=sde", "train.batch_size=4", "train.seed=0")
+    cpu = batch.grid("cpu", [0, 1, 2], [], batches=[16])
+    assert {r.recipe for r in cpu} == {"study_batch"} and len(cpu) == 2 * 3
+    assert len(batch.grid("gpu", None, [])) == 2 * 5 * 3
