@@ -483,7 +483,7 @@ class _Sweep:
         self.log(f"sweep: {len(queue)} run(s) to run, {skipped} already done, {jobs} at a time ({self.launcher})")
         running: dict[int, tuple] = {}
         self.save()
-        previous = _sigterm_as_interrupt()
+        restore = _sigterm_as_interrupt()
         try:
             while queue or running:
                 while queue and len(running) < jobs:
@@ -496,18 +496,17 @@ class _Sweep:
                         self.finish(i, outcome, t_start)
                 if running:
                     time.sleep(poll_s)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or a launcher error: no run is left running unrecorded
             self.stop(running)
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore()
         self.save()
 
     def stop(self, running: dict) -> None:
         """SIGTERM every running run and wait for it (a second interrupt kills them); record them."""
-        self.log(f"sweep: interrupted; stopping {len(running)} running run(s) with SIGTERM (each saves a "
-                 "checkpoint); rerun the same command to resume")
+        self.log(f"sweep: stopping {len(running)} running run(s) with SIGTERM (each saves a checkpoint); "
+                 "rerun the same command to resume")
         for handle, _ in running.values():
             handle.terminate()
         try:
@@ -522,16 +521,17 @@ class _Sweep:
             raise
 
 
-def _sigterm_as_interrupt():
-    """While the sweep runs, SIGTERM to the runner stops it like Ctrl-C. Returns the previous handler
-    (None off the main thread, where Python cannot install one)."""
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """While the sweep runs, SIGTERM to the runner stops it like Ctrl-C. Returns what puts the previous
+    handler back (nothing to do off the main thread, where Python cannot install one)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return lambda: None
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # -- studies ---------------------------------------------------------------------------------------------
