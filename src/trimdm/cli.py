@@ -8,10 +8,14 @@
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
     trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
     trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
+    trimdm study    NAME --out DIR [--scale smoke|cpu|gpu] a grid of runs (study/sweep.py), then its analysis;
+                    [--seeds K|A,B] [--jobs J] [--plan]   --launcher slurm --slurm KEY=VALUE ... submits them
+                    [--launcher local|slurm] [--analyse]  with submitit
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
 Errors in user input (config keys, values, files) are reported as one line and exit status 2; a
-checkpoint that cannot be written (disk full, permission) as one line and exit status 1.
+checkpoint that cannot be written (disk full, permission), or a study with failed runs (after every
+run has finished), as a message and exit status 1.
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ from trimdm.eval.run import evaluate_run
 from trimdm.eval.summary import print_summary
 from trimdm.recipes import RECIPES, get_recipe
 from trimdm.sample.run import generate, generate_from_sidecar
-from trimdm.study.batch import run_batch_study
+from trimdm.study import STUDIES
 from trimdm.study.sampling import run_sampling_study
+from trimdm.study.sweep import LAUNCHERS, SCALES, SweepFailed, parse_seeds, parse_slurm, run_study
 from trimdm.train.checkpoint import CheckpointWriteError
 from trimdm.train.trainer import train
 
@@ -134,15 +139,25 @@ def cmd_study(args) -> None:
         print((out / "sampling_study.md").read_text())
         print(f"table: {out / 'sampling_study.json'}; plot: {out / 'sampling_study.png'}")
         return
-    if args.study != "batch":
-        raise ValueError(f"unknown study {args.study!r}; this version has: batch, sampling")
+    if args.study not in STUDIES:
+        raise ValueError(f"unknown study {args.study!r}; this version has: {', '.join(sorted(STUDIES))}, sampling")
     if not args.out:
-        raise ValueError("study batch needs --out DIR")
+        raise ValueError(f"study {args.study} needs --out DIR")
+    # --slurm takes KEY=VALUE items; config overrides (section.key=value) after it are overrides
+    slurm_items = [x for x in args.slurm or [] if "." not in x.split("=", 1)[0]]
+    overrides = [*args.overrides, *(x for x in args.slurm or [] if x not in slurm_items)]
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-    run_batch_study(Path(args.out), args.recipe, ints(args.batches), args.arms.split(","), ints(args.seeds),
-                    args.overrides)
-    print((Path(args.out) / "batch_study.md").read_text())
-    print(f"table: {Path(args.out) / 'batch_study.json'}; plot: {Path(args.out) / 'batch_study.png'}")
+    options = {"recipe": args.recipe, "batches": ints(args.batches) if args.batches else None,
+               "arms": args.arms.split(",") if args.arms else None}
+    result = run_study(STUDIES[args.study], Path(args.out), scale=args.scale or "cpu",
+                       seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
+                       options=options, analyse_only=args.analyse, jobs=args.jobs, launcher=args.launcher,
+                       slurm=parse_slurm(slurm_items), plan_only=args.plan)
+    if args.plan:
+        print(f"plan: {Path(args.out) / 'plan.json'} ({len(result.runs)} runs; nothing was run)")
+        return
+    print((Path(args.out) / "study.md").read_text())
+    print(f"results: {Path(args.out) / 'results.json'}; runs: {Path(args.out) / 'sweep.json'}")
 
 
 def cmd_demo(args) -> None:
@@ -216,17 +231,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="eval.* and sample.* overrides")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("study", help="design-space studies: batch, sampling")
-    p.add_argument("study", help="which study: batch | sampling")
+    p = sub.add_parser("study", help="design-space studies: sweeps of runs (batch) and sampling")
+    p.add_argument("study", help=f"which study: {' | '.join(sorted(STUDIES))} | sampling")
     p.add_argument("--out", default=None, help="output folder (sampling: default RUN/sampling_study)")
-    p.add_argument("--run", default=None, help="sampling: the trained run whose sampling defaults to sweep")
-    p.add_argument("--prompts", type=int, default=48, help="sampling: held-out prompts per grid point")
-    p.add_argument("--modalities", default="image,audio,text", help="sampling: which modalities to sweep")
-    p.add_argument("--recipe", default="study_batch")
-    p.add_argument("--batches", default="8,16,32,64")
-    p.add_argument("--arms", default="sde,none")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("overrides", nargs="*")
+    g = p.add_argument_group("sweeps (every study but sampling)")
+    g.add_argument("--scale", choices=SCALES, default=None, help="smoke (seconds), cpu (default), gpu")
+    g.add_argument("--seeds", default=None, help="a count K (seeds 0..K-1) or a comma list (0,1; one seed: 7,); "
+                   "default: the scale's")
+    g.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores/jobs threads")
+    g.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local subprocesses or submitit (Slurm)")
+    g.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="submitit options: partition=, timeout_min=, gpus_per_node=, cpus_per_task=, ...; "
+                   "cluster=local runs the same jobs on this machine")
+    g.add_argument("--plan", action="store_true", help="write OUT/plan.json and print the commands; run nothing")
+    g.add_argument("--analyse", action="store_true", help="only redo the analysis from the run directories")
+    g = p.add_argument_group("study batch")
+    g.add_argument("--recipe", default=None, help="default: the scale's (cpu: study_batch)")
+    g.add_argument("--batches", default=None, help="physical batch sizes, e.g. 8,16,32,64 (default: the scale's)")
+    g.add_argument("--arms", default=None, help="optim.reparam arms (default sde,none)")
+    g = p.add_argument_group("study sampling")
+    g.add_argument("--run", default=None, help="the trained run whose sampling defaults to sweep")
+    g.add_argument("--prompts", type=int, default=48, help="held-out prompts per grid point")
+    g.add_argument("--modalities", default="image,audio,text", help="which modalities to sweep")
+    p.add_argument("overrides", nargs="*", help="config key=value overrides for every run")
     p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
@@ -252,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"trimdm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except CheckpointWriteError as e:
+    except (CheckpointWriteError, SweepFailed) as e:
         print(f"trimdm {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -76,3 +76,12 @@ def test_benchmarks_that_need_a_run_say_how_to_make_one(tmp_path):
         done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py")], capture_output=True, text=True,
                               cwd=tmp_path)
         assert done.returncode == 1 and "runs/demo" in done.stderr and "make demo" in done.stderr
+
+
+def test_sweep_overhead(data_root):
+    out = run_benchmark("sweep_overhead", "--runs", "1", "--tokens", "2048", f"data.root={data_root}")
+    for sweep in (out["sequential"], out["parallel"]):
+        assert_finite(sweep, "wall_s", "sum_of_run_s")
+        assert sweep["sum_of_run_s"] > 0
+    assert_finite(out["sequential"], "overhead_s", "overhead_fraction")
+    assert_finite(out, "parallel_over_sequential")

@@ -1,0 +1,11 @@
+"""Studies: grids of runs through the sweep runner (sweep.py), each with its analysis, and `study sampling`
+(sampling.py), which decodes one trained run and is no sweep.
+
+STUDIES maps a study's name (`trimdm study NAME`) to its Study: `grid(scale, seeds, overrides, **options)`
+builds the RunSpecs, `analyse(out, runs)` reads the finished runs and writes results.json, study.md and
+its plots. A new study is a module beside batch.py that defines one Study, and a line here.
+"""
+from trimdm.study.batch import BATCH
+from trimdm.study.sweep import Study
+
+STUDIES: dict[str, Study] = {BATCH.name: BATCH}
