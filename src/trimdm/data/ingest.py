@@ -329,6 +329,8 @@ def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig
     else:
         _pool_shards(pool, shards, sources, settings, args, progress, done)
     progress.close()
+    for c in done.values():
+        c["steady_samples_per_s"] = progress.steady_rate()  # of this call's shard phase (reported in the manifest)
     return [done[k] for k in sorted(done, key=lambda n: (KINDS.index(n.rsplit("-", 1)[0]), n))]
 
 
@@ -367,9 +369,18 @@ class Progress:
     def __init__(self, total: int, log):
         self.total, self.done, self.t0, self.log = total, 0, time.time(), log
         self.tty, self.next_mark = sys.stderr.isatty(), 0.1
+        self.finished = []  # (seconds since start, samples) of each shard as it completes
+
+    def steady_rate(self) -> float | None:
+        """Samples/s between the first and the last shard to complete: the throughput once every worker
+        is running, without their start-up (None with fewer than two shards)."""
+        if len(self.finished) < 2 or self.finished[-1][0] <= self.finished[0][0]:
+            return None
+        return sum(n for _, n in self.finished[1:]) / (self.finished[-1][0] - self.finished[0][0])
 
     def add(self, n: int) -> None:
         self.done += n
+        self.finished.append((time.time() - self.t0, n))
         elapsed = max(time.time() - self.t0, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
@@ -412,6 +423,7 @@ def _finish(out: Path, sources: dict, chunks: list[dict], tokenizers: dict, sett
                 "chunks": [{k: c[k] for k in ("name", "kind", "files", "kept")} for c in chunks],
                 "tokens": _token_totals(chunks), "unigram": _unigram(out / "shards", chunks, tokenizers),
                 "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                "steady_samples_per_s": chunks[0].get("steady_samples_per_s") if chunks else None,
                 "workers": settings.ingest.workers}
     if "audio_text" in sources:
         manifest["audio_length_rule"] = _length_rule(chunks, tokenizers["audio"])
