@@ -288,6 +288,21 @@ def _check_images(images: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
     return batch, single
 
 
+def check_codes(codes, n: int, n_codes: int) -> tuple[np.ndarray, bool]:
+    """(codes as a batch (N, n), whether one image was given) of integer codes in [0, n_codes) of images
+    of n tokens each; a ValueError for another dtype, shape or range."""
+    codes = np.asarray(codes)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    single = codes.ndim == 1
+    batch = codes[None] if single else codes
+    if batch.ndim != 2 or batch.shape[1] != n:
+        raise ValueError(f"codes must have shape (N, {n}) or ({n},), got {codes.shape}")
+    if batch.size and (batch.min() < 0 or batch.max() >= n_codes):
+        raise ValueError(f"codes must lie in [0, {n_codes}), got range [{batch.min()}, {batch.max()}]")
+    return batch, single
+
+
 def _to_unit(images_NHW3: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(images_NHW3)
     return rearrange(x.float(), "n h w c -> n c h w") / 127.5 - 1.0
@@ -338,17 +353,7 @@ class ImageTokenizer:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int (N, h*w) -> uint8 (N, H, W, 3), or (h*w,) -> (H, W, 3)."""
-        codes = np.asarray(codes)
-        n = self.cfg.grid**2
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-        single = codes.ndim == 1
-        batch = codes[None] if single else codes
-        if batch.ndim != 2 or batch.shape[1] != n:
-            raise ValueError(f"codes must have shape (N, {n}) or ({n},), got {codes.shape}")
-        if batch.size and (batch.min() < 0 or batch.max() >= self.cfg.n_codes):
-            raise ValueError(f"codes must lie in [0, {self.cfg.n_codes}), got range "
-                             f"[{batch.min()}, {batch.max()}]")
+        batch, single = check_codes(codes, self.cfg.grid**2, self.cfg.n_codes)
         self.model.eval()
         out = []
         with torch.inference_mode():

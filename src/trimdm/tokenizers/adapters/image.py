@@ -22,7 +22,7 @@ import torch
 
 from trimdm.tokenizers.adapters.folder import from_local, read_model_config, require, write_settings
 # the native tokenizer's pixel conventions, so both map uint8 <-> [-1, 1] and check inputs alike
-from trimdm.tokenizers.image import _check_images, _to_uint8, _to_unit
+from trimdm.tokenizers.image import _check_images, _to_uint8, _to_unit, check_codes
 
 KIND = "vqmodel"
 _CHUNK = 16  # images per forward pass: pretrained autoencoders at 256 px are large
@@ -94,17 +94,7 @@ class VQModelTokenizer:
         return codes[0] if single else codes
 
     def _check_codes(self, codes) -> tuple[np.ndarray, bool]:
-        codes = np.asarray(codes)
-        n = self.grid**2
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-        single = codes.ndim == 1
-        batch = codes[None] if single else codes
-        if batch.ndim != 2 or batch.shape[1] != n:
-            raise ValueError(f"codes must have shape (N, {n}) or ({n},), got {codes.shape}")
-        if batch.size and (batch.min() < 0 or batch.max() >= self.n_codes):
-            raise ValueError(f"codes must lie in [0, {self.n_codes}), got range [{batch.min()}, {batch.max()}]")
-        return batch, single
+        return check_codes(codes, self.grid**2, self.n_codes)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int (N, h*w) -> uint8 (N, R, R, 3), or (h*w,) -> (R, R, 3)."""
