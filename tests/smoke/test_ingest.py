@@ -263,3 +263,12 @@ def test_pretrained_tokenizers_from_a_local_folder(tmp_path):
     for task in ("t2i", "t2s"):
         [side] = generate(run, task, "picture number 1", 1, 0, [], out=tmp_path / task, log=lambda *a: None)
         assert (tmp_path / task / side["output"]).exists()
+
+
+def test_fewer_images_than_a_tokenizer_batch(tmp_path):
+    folder = corpora.write_imagefolder(tmp_path / "few", 3)
+    out = tmp_path / "c"
+    prepare_corpus(out, {"image_text": [str(folder)]}, settings("tokenizers.image.batch=32", "ingest.val_fraction=0"),
+                   log=lambda *a: None)
+    assert load_corpus(out).manifest["samples"]["image_text"]["train"] == 3
+    assert not list(tmp_path.glob("c/*.tmp-*"))

@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import multiprocessing
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -195,7 +196,11 @@ def native_audio_config(settings) -> au.AudioCodecConfig:
 def _ensure_tokenizers(final: Path, survey: Survey, settings: CorpusConfig, log) -> dict:
     if verify_stage(final)[0] is None:
         tmp = new_stage_dir(final)
-        report = _build_tokenizers(tmp, survey, settings, log)
+        try:
+            report = _build_tokenizers(tmp, survey, settings, log)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         finish_stage(tmp, final, {"stage": "tokenizers", **report})
     return load_tokenizers(final, [k for k in survey.counts])
 
@@ -235,7 +240,9 @@ def _image_tokenizer(out: Path, s: Survey, t, seed: int, log) -> dict:
         raise ValueError("no usable training image to learn the image tokenizer from")
     t0 = time.time()
     train, val = np.stack(s.images["train"]), np.stack(s.images["val"]) if s.images["val"] else None
-    tok, _ = im.train_image_tokenizer(train, val, native_image_config(t), t.steps, t.batch, seed, log=None)
+    # a corpus with fewer training images than a batch trains on batches of all of them
+    tok, _ = im.train_image_tokenizer(train, val, native_image_config(t), t.steps, min(t.batch, len(train)), seed,
+                                      log=None)
     tok.save(out)
     metrics = im.reconstruction_metrics(tok, val if val is not None else train[:256])
     log(f"prepare: image tokenizer {t.resolution}px -> {tok.cfg.grid}×{tok.cfg.grid} tokens, PSNR "
