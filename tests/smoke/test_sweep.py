@@ -16,8 +16,11 @@ import pytest
 from trimdm.study.sweep import RunSpec, SweepFailed, final_checkpoint, is_done, parse_slurm, run_sweep
 
 TINY = ("train.tokens=2048", "optim.base.tokens=2048")  # 4 steps of 8 × 64 tokens
+# SIGINT's default handler is installed explicitly: a process started from a background job of a
+# non-interactive shell (nohup CMD &, some CI runners) inherits SIGINT ignored, and Ctrl-C is what it tests
 RUNNER = """
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from trimdm.study.sweep import RunSpec, run_sweep
 spec = json.loads(sys.argv[1])
