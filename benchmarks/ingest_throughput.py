@@ -79,7 +79,7 @@ def measure(tmp: Path, kind: str, source: str, workers: list[int], overrides: li
         n = manifest["samples"][kind]
         row = {"workers": w, "shard_seconds": round(seconds, 2), "samples": n["train"] + n["val"],
                "prepare_seconds": manifest["seconds"]["total"],
-               "steady_samples_per_s": round(manifest["steady_samples_per_s"], 1)}
+               "steady_samples_per_s": manifest["steady_samples_per_s"]}  # None with one shard
         if kind == "image_text":
             row["images_per_s"] = round(row["samples"] / seconds, 1)
             row["images_per_s_per_worker"] = round(row["images_per_s"] / w, 1)
@@ -90,7 +90,7 @@ def measure(tmp: Path, kind: str, source: str, workers: list[int], overrides: li
     key = "images_per_s" if kind == "image_text" else "audio_seconds_per_s"
     steady = [r["steady_samples_per_s"] for r in rows]
     return {"runs": rows, "speedup": round(rows[-1][key] / rows[0][key], 3),
-            "steady_speedup": round(steady[-1] / steady[0], 3),
+            "steady_speedup": round(steady[-1] / steady[0], 3) if None not in steady else None,
             "prepare_speedup": round(rows[0]["prepare_seconds"] / rows[-1]["prepare_seconds"], 3)}
 
 

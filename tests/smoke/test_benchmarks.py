@@ -85,3 +85,13 @@ def test_sweep_overhead(data_root):
         assert sweep["sum_of_run_s"] > 0
     assert_finite(out["sequential"], "overhead_s", "overhead_fraction")
     assert_finite(out, "parallel_over_sequential")
+
+
+def test_ingest_throughput():
+    out = run_benchmark("ingest_throughput", "--images", "8", "--utterances", "4", "tokenizers.image.batch=4",
+                        "tokenizers.audio.batch=2")
+    for kind, key in (("image_text", "images_per_s"), ("audio_text", "audio_seconds_per_s")):
+        assert [r["workers"] for r in out[kind]["runs"]] == [1, 2]
+        for r in out[kind]["runs"]:
+            assert_finite(r, key, "shard_seconds", "prepare_seconds")
+        assert_finite(out[kind], "speedup")

@@ -8,6 +8,7 @@ or the row layouts (sequence/).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ class CorpusData:
     def _shard(self, name: str) -> Shard:
         return Shard(self.directory / "shards", name, self._files[name])
 
-    @property
+    @functools.cached_property
     def _files(self) -> dict:
         return {name: meta for c in self.manifest["chunks"] for name, meta in c["files"].items()}
 

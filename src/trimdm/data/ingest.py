@@ -107,9 +107,9 @@ def prepare_corpus(out: str | Path, specs: dict[str, list[str]], settings: Corpu
         t1 = time.time()
         tokenizers = _ensure_tokenizers(out / "tokenizers", survey, settings, log)
         t2 = time.time()
-        chunks = _write_shards(out, sources, survey.counts, settings, log, pool)
+        chunks, steady = _write_shards(out, sources, survey.counts, settings, log, pool)
     seconds = {"survey": t1 - t0, "tokenizers": t2 - t1, "shards": time.time() - t2, "total": time.time() - t0}
-    manifest = _finish(out, sources, chunks, tokenizers, settings, seconds)
+    manifest = _finish(out, sources, chunks, tokenizers, settings, {**seconds, "steady_samples_per_s": steady})
     log(f"prepare: {out}: " + ", ".join(f"{k} {v['train']:,} train / {v['val']:,} val"
                                         for k, v in manifest["samples"].items())
         + f", {manifest['rejected']:,} rejected ({time.time() - t0:.0f}s)")
@@ -318,7 +318,8 @@ def _chunks(sources: dict, size: int):
             yield f"{kind}-{index:05d}", kind, batch
 
 
-def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig, log, pool) -> list[dict]:
+def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig, log, pool) -> tuple[list[dict], float | None]:
+    """Every shard's info in corpus order, and the steady samples/s of this call's shard phase."""
     shards = out / "shards"
     shards.mkdir(exist_ok=True)
     args = (str(out / "tokenizers"), list(sources), settings.to_dict())
@@ -336,9 +337,8 @@ def _write_shards(out: Path, sources: dict, counts: dict, settings: CorpusConfig
     else:
         _pool_shards(pool, shards, sources, settings, args, progress, done)
     progress.close()
-    for c in done.values():
-        c["steady_samples_per_s"] = progress.steady_rate()  # of this call's shard phase (reported in the manifest)
-    return [done[k] for k in sorted(done, key=lambda n: (KINDS.index(n.rsplit("-", 1)[0]), n))]
+    order = sorted(done, key=lambda n: (KINDS.index(n.rsplit("-", 1)[0]), n))
+    return [done[k] for k in order], progress.steady_rate()
 
 
 def _pool_shards(pool, shards: Path, sources: dict, settings: CorpusConfig, args, progress, done: dict) -> None:
@@ -406,9 +406,10 @@ class Progress:
 
 # -- manifest ------------------------------------------------------------------------------------------
 def _finish(out: Path, sources: dict, chunks: list[dict], tokenizers: dict, settings: CorpusConfig,
-            seconds: dict) -> dict:
-    """rejects.jsonl, the report and manifest.json (last). `seconds` per phase of this prepare call (a
-    resumed one counts only what it did)."""
+            timing: dict) -> dict:
+    """rejects.jsonl, the report and manifest.json (last). `timing`: seconds per phase of this prepare call
+    (a resumed one counts only what it did) and its steady samples/s."""
+    steady = timing.pop("steady_samples_per_s")
     rejects = [r for c in chunks for r in c["rejects"]]
     atomic_write_text(out / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
     reasons = {}
@@ -429,8 +430,8 @@ def _finish(out: Path, sources: dict, chunks: list[dict], tokenizers: dict, sett
                 "audio_seconds": round(sum(c["audio_seconds"] for c in chunks), 2),
                 "chunks": [{k: c[k] for k in ("name", "kind", "files", "kept")} for c in chunks],
                 "tokens": _token_totals(chunks), "unigram": _unigram(out / "shards", chunks, tokenizers),
-                "seconds": {k: round(v, 2) for k, v in seconds.items()},
-                "steady_samples_per_s": chunks[0].get("steady_samples_per_s") if chunks else None,
+                "seconds": {k: round(v, 2) for k, v in timing.items()},
+                "steady_samples_per_s": steady,
                 "workers": settings.ingest.workers}
     if "audio_text" in sources:
         manifest["audio_length_rule"] = _length_rule(chunks, tokenizers["audio"])
