@@ -2,8 +2,8 @@
 (sampling.py), which decodes one trained run and is no sweep.
 
 STUDIES maps a study's name (`trimdm study NAME`) to its Study: `grid(scale, seeds, overrides, **options)`
-builds the RunSpecs, `analyse(out, runs)` reads the finished runs and writes results.json, study.md and
-its plots. A new study is a module beside batch.py that defines one Study, and a line here.
+builds the RunSpecs, `analyse(out, runs, scale)` reads the finished runs and writes results.json, study.md
+and its plots. A new study is a module beside batch.py that defines one Study, and a line here.
 """
 from trimdm.study.antimask import ANTIMASK
 from trimdm.study.batch import BATCH

@@ -31,7 +31,7 @@ def grid(scale: str, seeds: list[int] | None, overrides: list[str], arms: list[s
             for arm in (arms or ARMS) for seed in (seeds if seeds is not None else s["seeds"])]
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str = "cpu") -> dict:
     rows = []
     for spec in runs:
         res = load_run_results(spec.directory(out))

@@ -63,7 +63,7 @@ def grid(scale: str, seeds: list[int] | None, overrides: list[str], recipe: str 
                       seeds if seeds is not None else s["seeds"], [*s["overrides"], *overrides])
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str = "cpu") -> dict:
     """The table, plot and conclusion from the runs' JSON files."""
     out, rows, curves, recipes = Path(out), [], {}, []
     for spec in runs:

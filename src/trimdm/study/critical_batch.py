@@ -34,12 +34,10 @@ SCALES = {
     "gpu": {"recipe": "study_batch", "widths": (128, 256, 512), "horizons": (10_000_000, 30_000_000, 100_000_000),
             "width": 256, "horizon": 30_000_000, "batches": (16, 32, 64, 128, 256, 512), "bootstrap": 500},
 }
-_BOOTSTRAP = {"n": 200}
 
 
 def grid(scale: str, seeds: list[int] | None, overrides: list[str]) -> list[RunSpec]:
     s = SCALES[scale]
-    _BOOTSTRAP["n"] = s["bootstrap"]
     cells = {(w, s["horizon"]) for w in s["widths"]} | {(s["width"], d) for d in s["horizons"]}
     runs = []
     for w, d in sorted(cells):
@@ -91,34 +89,35 @@ def _group(rows: list[dict], bootstrap: int) -> dict:
     return out
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str) -> dict:
+    bootstrap = SCALES[scale]["bootstrap"]
     rows = [_row(spec, load_run_results(spec.directory(out))) for spec in runs]
     groups = {}
     for key in sorted({(r["width"], r["horizon"]) for r in rows}):
         groups[f"w{key[0]}_D{key[1]}"] = {"width": key[0], "horizon": key[1],
                                           **_group([r for r in rows if (r["width"], r["horizon"]) == key],
-                                                   _BOOTSTRAP["n"])}
+                                                   bootstrap)}
     widths = sorted({g["width"] for g in groups.values()})
     horizons = sorted({g["horizon"] for g in groups.values()})
     fixed_d = max(horizons, key=lambda d: sum(g["horizon"] == d for g in groups.values()))
     fixed_w = max(widths, key=lambda w: sum(g["width"] == w for g in groups.values()))
     result = {"study": "critical-batch", "groups": groups, "runs": [{k: v for k, v in r.items() if k != "curve"}
                                                                    for r in rows],
-              "vs_horizon": _trend([g for g in groups.values() if g["width"] == fixed_w], "horizon"),
-              "vs_width": _trend([g for g in groups.values() if g["horizon"] == fixed_d], "width"),
+              "vs_horizon": _trend([g for g in groups.values() if g["width"] == fixed_w], "horizon", bootstrap),
+              "vs_width": _trend([g for g in groups.values() if g["horizon"] == fixed_d], "width", bootstrap),
               "paper": {"gamma": 0.44, "b_crit_depends_on_model_size": False}}
     _plot(out, groups)
     write_results(out, result, markdown(result))
     return result
 
 
-def _trend(groups: list[dict], key: str) -> dict:
+def _trend(groups: list[dict], key: str, bootstrap: int) -> dict:
     """Power-law slope of B_crit (both measures) against `key` across groups."""
     out = {}
     for measure in ("b_crit", "noise_scale"):
         pts = [(g[key], g[measure]) for g in groups if g.get(measure)]
         if len(pts) >= 3:
-            fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts], bootstrap=_BOOTSTRAP["n"], seed=0)
+            fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts], bootstrap=bootstrap, seed=0)
             out[measure] = {"slope": fit.k, "interval": list(fit.intervals["k"]), "points": pts}
         else:
             out[measure] = {"slope": None, "interval": None, "points": pts}

@@ -31,7 +31,6 @@ SCALES = {
     "cpu": {"recipe": "study_tri", "budgets": (3e12, 1e13, 3e13), "seq_len": 128, "batch": 32, "bootstrap": 200},
     "gpu": {"recipe": "tinyworld", "budgets": (1e16, 3e16, 1e17), "seq_len": 384, "batch": 256, "bootstrap": 500},
 }
-_BOOTSTRAP = {"n": 200}
 
 
 def mlp_hidden(d: int) -> int:
@@ -45,7 +44,6 @@ def flops_per_token(d: int, layers: int, seq_len: int) -> float:
 
 def grid(scale: str, seeds: list[int] | None, overrides: list[str]) -> list[RunSpec]:
     s = SCALES[scale]
-    _BOOTSTRAP["n"] = s["bootstrap"]
     step, runs = s["batch"] * s["seq_len"], []
     for C in s["budgets"]:
         for d, layers, heads in SIZES[scale]:
@@ -71,11 +69,11 @@ def _row(spec: RunSpec, res: dict) -> dict:
             "loss": {"overall": overall, **bits}}
 
 
-def _fit(rows: list[dict], target: str, convention: str) -> dict:
+def _fit(rows: list[dict], target: str, convention: str, bootstrap: int) -> dict:
     N = np.array([r[f"params_{convention}"] for r in rows], float)
     D = np.array([r["tokens"] for r in rows], float)
     L = np.array([r["loss"][target] for r in rows], float)
-    fit = fit_scaling_law(N, D, L, bootstrap=_BOOTSTRAP["n"], seed=0)
+    fit = fit_scaling_law(N, D, L, bootstrap=bootstrap, seed=0)
     a = fit.samples[:, 4] / (fit.samples[:, 3] + fit.samples[:, 4])
     out = {"E": fit.E, "A": fit.A, "B": fit.B, "alpha": fit.alpha, "beta": fit.beta, "intervals": fit.intervals,
            "a": fit.n_exponent, "b": fit.d_exponent,
@@ -95,17 +93,18 @@ def _fit(rows: list[dict], target: str, convention: str) -> dict:
     return out
 
 
-def _safe_fit(rows: list[dict], target: str, convention: str) -> dict:
+def _safe_fit(rows: list[dict], target: str, convention: str, bootstrap: int) -> dict:
     try:
-        return _fit(rows, target, convention)
+        return _fit(rows, target, convention, bootstrap)
     except ValueError as e:  # e.g. fewer than 3 distinct horizons at a smoke scale
         return {"error": str(e)}
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str) -> dict:
+    bootstrap = SCALES[scale]["bootstrap"]
     rows = [_row(spec, load_run_results(spec.directory(out))) for spec in runs]
     targets = list(rows[0]["loss"])
-    fits = {conv: {t: _safe_fit(rows, t, conv) for t in targets} for conv in ("total", "non_embedding")}
+    fits = {conv: {t: _safe_fit(rows, t, conv, bootstrap) for t in targets} for conv in ("total", "non_embedding")}
     isoflop = {}
     for C in sorted({r["budget"] for r in rows}):
         best = min((r for r in rows if r["budget"] == C), key=lambda r: r["loss"]["overall"])

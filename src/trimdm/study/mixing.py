@@ -31,7 +31,6 @@ SCALES = {
     "gpu": {"recipe": "tinyworld", "seeds": [0], "overrides": ["train.tokens=50000000"], "points": POINTS,
             "bootstrap": 500},
 }
-_BOOTSTRAP = {"n": 200}  # the analysis's resamples, set by grid() from the scale
 
 
 def point_name(r: tuple) -> str:
@@ -40,7 +39,6 @@ def point_name(r: tuple) -> str:
 
 def grid(scale: str, seeds: list[int] | None, overrides: list[str]) -> list[RunSpec]:
     s = SCALES[scale]
-    _BOOTSTRAP["n"] = s["bootstrap"]
     runs = []
     for point in (*s["points"], HELD_OUT):
         shares = [f"data.mix.{t}={x}" for t, x in zip(TASKS, point)]
@@ -50,7 +48,8 @@ def grid(scale: str, seeds: list[int] | None, overrides: list[str]) -> list[RunS
     return runs
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str) -> dict:
+    bootstrap = SCALES[scale]["bootstrap"]
     rows = []
     for spec in runs:
         res = load_run_results(spec.directory(out))
@@ -64,7 +63,7 @@ def analyse(out: Path, runs: list[RunSpec]) -> dict:
     fits = {}
     for task in TASKS:
         m = TARGET[task]
-        fit = fit_mixing_law(R, np.array([r["nelbo_bits"][m] for r in fit_rows]), bootstrap=_BOOTSTRAP["n"], seed=0)
+        fit = fit_mixing_law(R, np.array([r["nelbo_bits"][m] for r in fit_rows]), bootstrap=bootstrap, seed=0)
         entry = {"c": fit.c, "k": fit.k, "t": [float(x) for x in fit.t], "intervals": fit.intervals, "sse": fit.loss}
         if held:
             r_h = np.array(held[0]["shares"])

@@ -37,7 +37,7 @@ def grid(scale: str, seeds: list[int] | None, overrides: list[str], schedules: l
             for sch in (schedules or s.get("schedules", SCHEDULES)) for seed in (seeds if seeds is not None else s["seeds"])]
 
 
-def analyse(out: Path, runs: list[RunSpec]) -> dict:
+def analyse(out: Path, runs: list[RunSpec], scale: str = "cpu") -> dict:
     rows = []
     for spec in runs:
         res = load_run_results(spec.directory(out))

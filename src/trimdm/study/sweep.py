@@ -541,12 +541,13 @@ SCALES = ("smoke", "cpu", "gpu")
 @dataclass(frozen=True)
 class Study:
     """A study the sweep runs: `grid(scale, seeds, overrides, **options) -> list[RunSpec]` (seeds None:
-    the scale's default; options: the study's own CLI flags, named in `options`) and `analyse(out, runs)
-    -> dict`, which reads the runs through load_run_results and writes OUT/results.json, OUT/study.md
-    (write_results) and its plots."""
+    the scale's default; options: the study's own CLI flags, named in `options`) and `analyse(out, runs,
+    scale) -> dict` (the scale sets the analysis's own sizes, e.g. its bootstrap resamples), which reads
+    the runs through load_run_results and writes OUT/results.json, OUT/study.md (write_results) and its
+    plots."""
     name: str
     grid: Callable[..., list[RunSpec]]
-    analyse: Callable[[Path, list[RunSpec]], dict]
+    analyse: Callable[[Path, list[RunSpec], str], dict]
     summary: str = ""
     options: tuple[str, ...] = ()
 
@@ -596,4 +597,4 @@ def run_study(study: Study, out: Path, *, scale: str = "cpu", seeds: list[int] |
     missing = [r.name for r in runs if not is_done(r.directory(out))]
     if missing:
         raise ValueError(f"{out}: runs not done, so nothing to analyse yet: {missing} (run the study first)")
-    return study.analyse(out, runs)
+    return study.analyse(out, runs, scale)
