@@ -8,6 +8,9 @@
     trimdm train    --recipe NAME --out DIR [key=value]  train; resumes DIR's last checkpoint
     trimdm generate --run DIR --task text|t2i|t2s|i2t|s2t|infill [--prompt ...] [--input FILE] [--span A:B]
     trimdm eval     --run DIR [--mc FILE.jsonl]          NELBO, generation metrics, report -> DIR/eval.json
+                    [--out OUT]                          (or OUT/; a model folder needs --out)
+    trimdm export   --run DIR --out MODEL_DIR            a self-describing model folder (docs/export.md),
+                                                         loadable wherever a run is
     trimdm study    NAME --out DIR [--scale smoke|cpu|gpu] a grid of runs (study/sweep.py), then its analysis;
                     [--seeds K|A,B] [--jobs J] [--plan]   --launcher slurm --slurm KEY=VALUE ... submits them
                     [--launcher local|slurm] [--analyse]  with submitit
@@ -40,6 +43,8 @@ from trimdm.study import STUDIES
 from trimdm.study.sampling import run_sampling_study
 from trimdm.study.sweep import LAUNCHERS, SCALES, SweepFailed, parse_seeds, parse_slurm, run_study
 from trimdm.train.checkpoint import CheckpointWriteError
+from trimdm.train.export import export_run
+from trimdm.train.model_folder import is_model_folder
 from trimdm.train.trainer import train
 
 
@@ -113,8 +118,16 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    result = evaluate_run(args.run, args.overrides, mc=args.mc or [], generation=not args.no_generation)
+    result = evaluate_run(args.run, args.overrides, mc=args.mc or [], generation=not args.no_generation,
+                          out=args.out)
     print_summary(result)
+
+
+def cmd_export(args) -> None:
+    if args.overrides:
+        raise ValueError(f"export takes no overrides, got {' '.join(args.overrides)}")
+    out = export_run(args.run, args.out)
+    print(f"exported: {out} (load it with --run {out}; its card: {out / 'README.md'})")
 
 
 def cmd_generate(args) -> None:
@@ -134,6 +147,8 @@ def cmd_study(args) -> None:
     if args.study == "sampling":
         if not args.run:
             raise ValueError("study sampling needs --run DIR (a trained tinyworld run)")
+        if not args.out and is_model_folder(args.run):
+            raise ValueError(f"--run {args.run} is a model folder, which trimdm does not write into: pass --out DIR")
         out = Path(args.out) if args.out else Path(args.run) / "sampling_study"
         run_sampling_study(args.run, out, n=args.prompts, modalities=tuple(args.modalities.split(",")))
         print((out / "sampling_study.md").read_text())
@@ -184,6 +199,34 @@ def _corpus_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}-field", default=None, help=f"the {name} field or column")
 
 
+def _study_parser(sub) -> None:
+    p = sub.add_parser("study", help="design-space studies: sweeps of runs (batch) and sampling")
+    p.add_argument("study", help=f"which study: {' | '.join(sorted(STUDIES))} | sampling")
+    p.add_argument("--out", default=None, help="output folder (sampling: default RUN/sampling_study; required "
+                   "for a model folder)")
+    g = p.add_argument_group("sweeps (every study but sampling)")
+    g.add_argument("--scale", choices=SCALES, default=None, help="smoke (seconds), cpu (default), gpu")
+    g.add_argument("--seeds", default=None, help="a count K (seeds 0..K-1) or a comma list (0,1; one seed: 7,); "
+                   "default: the scale's")
+    g.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores/jobs threads")
+    g.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local subprocesses or submitit (Slurm)")
+    g.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="submitit options: partition=, timeout_min=, gpus_per_node=, cpus_per_task=, ...; "
+                   "cluster=local runs the same jobs on this machine")
+    g.add_argument("--plan", action="store_true", help="write OUT/plan.json and print the commands; run nothing")
+    g.add_argument("--analyse", action="store_true", help="only redo the analysis from the run directories")
+    g = p.add_argument_group("study batch")
+    g.add_argument("--recipe", default=None, help="default: the scale's (cpu: study_batch)")
+    g.add_argument("--batches", default=None, help="physical batch sizes, e.g. 8,16,32,64 (default: the scale's)")
+    g.add_argument("--arms", default=None, help="optim.reparam arms (default sde,none)")
+    g = p.add_argument_group("study sampling")
+    g.add_argument("--run", default=None, help="the trained run whose sampling defaults to sweep")
+    g.add_argument("--prompts", type=int, default=48, help="held-out prompts per grid point")
+    g.add_argument("--modalities", default="image,audio,text", help="which modalities to sweep")
+    p.add_argument("overrides", nargs="*", help="config key=value overrides for every run")
+    p.set_defaults(fn=cmd_study)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimdm", description="Tri-modal masked diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,8 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config key=value overrides, e.g. train.tokens=2e6")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("generate", help="generate from a trained run or checkpoint")
-    p.add_argument("--run", default=None, help="run directory or checkpoint directory")
+    p = sub.add_parser("generate", help="generate from a trained run, checkpoint or model folder")
+    p.add_argument("--run", default=None, help="run directory, checkpoint directory or model folder")
     p.add_argument("--task", default="text", help="text | t2i | t2s | i2t | s2t | infill")
     p.add_argument("--prompt", default="", help="prompt text, caption to draw or speak, or text to infill")
     p.add_argument("--input", default=None, help="PNG (i2t, image infill) or WAV (s2t, audio infill)")
@@ -218,43 +261,29 @@ def _parser() -> argparse.ArgumentParser:
                    "indices, or seconds (audio)")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="output folder (default RUN/samples/generate/TASK-seedS)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/samples/generate/TASK-seedS; "
+                   "required for a model folder)")
     p.add_argument("--from", dest="sidecar", default=None, help="reproduce the call a sidecar JSON records")
     p.add_argument("overrides", nargs="*", help="sample.* overrides, e.g. sample.image.guidance=2")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("eval", help="evaluate a run into RUN/eval.json, report.md and report.html")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="run directory, checkpoint directory or model folder")
     p.add_argument("--mc", action="append", help="a multiple-choice JSONL file (context, options, answer); "
                    "repeatable")
     p.add_argument("--no-generation", action="store_true", help="skip generation metrics (likelihood only)")
+    p.add_argument("--out", default=None, help="folder for eval.json, the report and the samples (default: the "
+                   "run directory; required for a model folder)")
     p.add_argument("overrides", nargs="*", help="eval.* and sample.* overrides")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("study", help="design-space studies: sweeps of runs (batch) and sampling")
-    p.add_argument("study", help=f"which study: {' | '.join(sorted(STUDIES))} | sampling")
-    p.add_argument("--out", default=None, help="output folder (sampling: default RUN/sampling_study)")
-    g = p.add_argument_group("sweeps (every study but sampling)")
-    g.add_argument("--scale", choices=SCALES, default=None, help="smoke (seconds), cpu (default), gpu")
-    g.add_argument("--seeds", default=None, help="a count K (seeds 0..K-1) or a comma list (0,1; one seed: 7,); "
-                   "default: the scale's")
-    g.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores/jobs threads")
-    g.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local subprocesses or submitit (Slurm)")
-    g.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="submitit options: partition=, timeout_min=, gpus_per_node=, cpus_per_task=, ...; "
-                   "cluster=local runs the same jobs on this machine")
-    g.add_argument("--plan", action="store_true", help="write OUT/plan.json and print the commands; run nothing")
-    g.add_argument("--analyse", action="store_true", help="only redo the analysis from the run directories")
-    g = p.add_argument_group("study batch")
-    g.add_argument("--recipe", default=None, help="default: the scale's (cpu: study_batch)")
-    g.add_argument("--batches", default=None, help="physical batch sizes, e.g. 8,16,32,64 (default: the scale's)")
-    g.add_argument("--arms", default=None, help="optim.reparam arms (default sde,none)")
-    g = p.add_argument_group("study sampling")
-    g.add_argument("--run", default=None, help="the trained run whose sampling defaults to sweep")
-    g.add_argument("--prompts", type=int, default=48, help="held-out prompts per grid point")
-    g.add_argument("--modalities", default="image,audio,text", help="which modalities to sweep")
-    p.add_argument("overrides", nargs="*", help="config key=value overrides for every run")
-    p.set_defaults(fn=cmd_study)
+    p = sub.add_parser("export", help="write a run's checkpoint as a self-describing model folder")
+    p.add_argument("--run", required=True, help="run directory (its latest checkpoint) or checkpoint directory")
+    p.add_argument("--out", required=True, help="the model folder to write (absent or empty)")
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_export)
+
+    _study_parser(sub)
 
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
     p.add_argument("--out", default="runs/demo")

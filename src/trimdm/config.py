@@ -427,7 +427,7 @@ class TrainConfig:
     # steps in a row whose loss or gradient is not finite (each skipped: nothing applied) before the run
     # stops; one finite step resets the count
     max_skips: int = 10
-    # a run directory or checkpoint whose model weights start this run (same data and model shape); the
+    # a run directory, checkpoint or model folder (`trimdm export`) whose model weights start this run (same data and model shape); the
     # optimizer, schedule and data order start afresh. A checkpoint of this run's own wins (resume).
     init: str = ""
 

@@ -5,7 +5,9 @@ baseline (every data set, a corpus of the user's own data included); on tinyworl
 their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
 with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
 metrics.jsonl and the samples (report.py). eval.json is replaced whole, except that an eval without
-generation keeps the generation metrics an earlier eval of the same checkpoint wrote.
+generation keeps the generation metrics an earlier eval of the same checkpoint wrote. With `out` (`--out
+DIR`) these files and the samples go to DIR instead of the run directory; a model folder written by
+`trimdm export` is never written into, so evaluating one needs `--out`.
 """
 from __future__ import annotations
 
@@ -21,15 +23,19 @@ from trimdm.eval.reconstruct import write_reconstructions
 from trimdm.eval.report import write_report
 from trimdm.fileio import atomic_write_text
 from trimdm.model.flops import param_counts
+from trimdm.train.model_folder import is_model_folder
 from trimdm.train.run import load_run
 
 
 def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (), generation: bool = True,
-                 log=print) -> dict:
+                 log=print, out: str | Path | None = None) -> dict:
     t0 = time.time()
+    if out is not None and is_model_folder(out):
+        raise ValueError(f"--out {out}: a model folder, which trimdm does not write into; choose another folder")
     loaded = load_run(run)
     cfg = loaded.cfg.override(list(overrides), only=("eval", "sample"))  # sample.*: decode differently
     cfg.validate()
+    run_dir = Path(out) if out is not None else loaded.output_dir()
     data = prepare(cfg.data)
     val = data.sources("val", loaded.vocab, cfg.data.seq_len)
     e = cfg.eval
@@ -39,7 +45,7 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
     result["baselines"] = {"text_unigram_bits": data.unigram_bits()}
     result["params"] = sum(p.numel() for p in loaded.model.parameters())
     result["param_counts"] = param_counts(loaded.model.args)  # embedding / non-embedding, for scaling fits
-    run_dir = Path(loaded.checkpoint).parent.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
     log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
     if hasattr(data, "judges"):  # tinyworld: its tokenizers' reconstructions and its judges' scores
         result["reconstructions"] = write_reconstructions(run_dir, data)

@@ -13,7 +13,8 @@ Infill spans: characters of the prompt for text (the regenerated piece keeps its
 indices of the image's raster (an 8×8 grid: 0:32 is the top half), seconds for audio. Media infill
 keeps the prompt as the clean caption or transcript; without one, the text span is generated too.
 
-Outputs go to `--out` (default RUN/samples/generate/TASK-seedS): `000.png|wav|txt` and `000.json`, the
+Outputs go to `--out` (default RUN/samples/generate/TASK-seedS; a model folder written by `trimdm export`
+is never written into, so generating from one needs `--out`): `000.png|wav|txt` and `000.json`, the
 sidecar with the task, prompt, input (path and SHA-256), span, the resolved sampling settings and the
 config version they are written in, seed, n, the sample's index and the checkpoint. `--from SIDECAR`
 rebuilds the same call and regenerates the same bits (the whole batch is decoded again, since samples
@@ -124,8 +125,7 @@ def generate(run: str, task: str, prompt: str = "", n: int = 4, seed: int | None
     cfg.validate()
     seed = cfg.sample.seed if seed is None else seed
     tasks = Tasks(loaded, cfg.sample)
-    out_dir = Path(out) if out else _fresh_dir(Path(loaded.checkpoint).parent.parent / "samples" / "generate"
-                                              / f"{task}-seed{seed}")
+    out_dir = Path(out) if out else _fresh_dir(loaded.output_dir() / "samples" / "generate" / f"{task}-seed{seed}")
     base = {"task": task, "prompt": prompt, "input": str(input_path) if input_path else None,
             "input_sha256": sha256_file(Path(input_path)) if input_path else None, "span": span, "n": n,
             "seed": seed, "settings": dataclasses.asdict(cfg.sample), "config_version": CONFIG_VERSION,

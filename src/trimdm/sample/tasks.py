@@ -81,7 +81,7 @@ class Tasks:
         self.cfg = sample_cfg or loaded.cfg.sample
         self.seq_len = loaded.cfg.data.seq_len
         self.batch_size = batch_size
-        tokenizers = Path(loaded.checkpoint).parent.parent / "tokenizers"
+        tokenizers = Path(loaded.home) / "tokenizers"
         rule = tokenizers / "audio" / "length_rule.json"
         self.length_rule = json.loads(rule.read_text()) if rule.exists() else None
         spread = tokenizers / "image" / "caption_lengths.json"

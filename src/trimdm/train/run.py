@@ -2,8 +2,9 @@
 
 Owns: the model a config describes (`model_args`, `build_model`, initialised from the run's `init`
 random stream), the device choice, the autocast policy of `train.dtype`, and `load_run`, which reads a
-run directory or checkpoint (config, vocab, weights, and the tokenizers the run carries) for sampling
-and evaluation. Does not own training (trainer.py) or the checkpoint format (checkpoint.py).
+run directory, a checkpoint or a model folder (config, vocab, weights, and the tokenizers the run
+carries) for sampling and evaluation. Does not own training (trainer.py) or the formats it reads
+(checkpoint.py, model_folder.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trimdm.streams import stream_seed
 from trimdm.tokenizers.media import load_media_tokenizer
 from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
-from trimdm.train.checkpoint import load_checkpoint
+from trimdm.train.model_folder import MEDIA_TOKENIZERS, TEXT_TOKENIZER, check_weights, load_model_source
 
 
 def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
@@ -57,7 +58,9 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class LoadedRun:
-    """A trained model ready for sampling and evaluation, rebuilt from its checkpoint alone."""
+    """A trained model ready for sampling and evaluation, rebuilt from its checkpoint (or model folder)
+    alone. `checkpoint` is what was loaded (a checkpoint directory or the model folder), and what a
+    generation sidecar records; `home` holds the tokenizer folders (the run directory or the folder)."""
 
     cfg: Config
     vocab: JointVocab
@@ -66,6 +69,16 @@ class LoadedRun:
     checkpoint: Path
     device: torch.device
     media_tokenizers: dict  # "image" / "audio" -> tokenizer, where the run has them
+    home: Path
+    model_folder: bool = False
+
+    def output_dir(self, flag: str = "--out") -> Path:
+        """The folder a command writes into when not told where: the run directory. A model folder is
+        never written into (its manifest and card describe it as exported; it may sit in a read-only
+        cache), so a command on one must be given `flag`."""
+        if self.model_folder:
+            raise ValueError(f"{self.home} is a model folder, which trimdm does not write into: pass {flag} DIR")
+        return self.home
 
     @property
     def autocast_dtype(self):
@@ -73,16 +86,18 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
-    """The run at `path` (a run directory: its latest checkpoint; or a checkpoint directory), in eval mode."""
-    ckpt = load_checkpoint(path, with_optimizer=False)
-    cfg = Config.from_dict(ckpt["config"]).derive()
-    vocab = JointVocab.from_dict(ckpt["vocab"])
+    """The run at `path` in eval mode: a run directory (its latest checkpoint), a checkpoint directory,
+    or a model folder written by `trimdm export` (verified: model_folder.py)."""
+    src = load_model_source(path)
+    cfg = Config.from_dict(src["config"]).derive()
+    vocab = JointVocab.from_dict(src["vocab"])
     dev = pick_device(device)
     model = Transformer(model_args(cfg, vocab))
-    model.load_state_dict(ckpt["model"])
+    check_weights(model.state_dict(), src["model"], src)
+    model.load_state_dict(src["model"])
     model.to(dev).eval()
-    run_dir = ckpt["path"].parent.parent
-    tokenizer = TextTokenizer.load(run_dir / "tokenizer")
+    home = src["home"]
+    tokenizer = TextTokenizer.load(home / TEXT_TOKENIZER)
     # native or pretrained-adapter tokenizers alike: the run directory carries whichever it trained on
-    media = {m: load_media_tokenizer(run_dir / "tokenizers" / m, m) for m in ("image", "audio") if vocab.has(m)}
-    return LoadedRun(cfg, vocab, model, tokenizer, ckpt["path"], dev, media)
+    media = {m: load_media_tokenizer(home / MEDIA_TOKENIZERS / m, m) for m in ("image", "audio") if vocab.has(m)}
+    return LoadedRun(cfg, vocab, model, tokenizer, src["path"], dev, media, home, src["model_folder"])

@@ -43,9 +43,10 @@ from trimdm.optim.reparam import describe
 from trimdm.sequence.layout import RowTables
 from trimdm.streams import stream_seed
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
-from trimdm.train.checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, load_newest_intact,
-                                    point_latest, save_checkpoint)
+from trimdm.train.checkpoint import (CheckpointWriteError, latest_checkpoint, load_newest_intact, point_latest,
+                                    save_checkpoint)
 from trimdm.train.metrics import MetricsLog, Progress, matmul_peak_flops
+from trimdm.train.model_folder import load_model_source
 from trimdm.train.run import autocast, build_model, pick_device
 
 
@@ -409,11 +410,12 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def init_weights_from(model: Transformer, vocab: JointVocab, path: str | Path) -> Path:
-    """Load the model weights of a run directory or checkpoint (`train.init`) into a fresh model: the
-    start of a fine-tune or a continued run under a changed recipe. The optimizer, schedule and data
-    order start afresh. The vocabulary and every parameter's shape must match. Returns the checkpoint."""
+    """Load the model weights of a run directory, checkpoint or model folder (`train.init`) into a fresh
+    model: the start of a fine-tune or a continued run under a changed recipe. The optimizer, schedule
+    and data order start afresh. The vocabulary and every parameter's shape must match. Returns the
+    checkpoint (or model folder)."""
     try:
-        ckpt = load_checkpoint(path, with_optimizer=False)
+        ckpt = load_model_source(path)
     except ValueError as e:
         raise ValueError(f"train.init: {e}") from None
     if JointVocab.from_dict(ckpt["vocab"]) != vocab:
