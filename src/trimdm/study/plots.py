@@ -41,20 +41,26 @@ def bar_panels(path: Path, panels: dict[str, dict[str, dict]], ylabel: str) -> P
 
 
 def line_panels(path: Path, panels: dict[str, dict[str, tuple]], xlabel: str, ylabel: str, logx: bool = False,
-                logy: bool = False, fits: dict[str, dict[str, tuple]] | None = None) -> Path:
-    """One panel per key; per group (x values, y values) as points joined by lines, and, where `fits` has
-    the same panel and group, a dashed fitted curve (x, y)."""
+                logy: bool = False, fits: dict[str, dict[str, tuple]] | None = None, joined: bool = True) -> Path:
+    """One panel per key; per group (x values, y values) as points (joined by lines unless `joined` is
+    False: points that are no sequence), and, where `fits` has the same panel and group, a dashed fitted
+    curve (x, y). The y axis spans the points (a fitted curve that runs far off them is clipped)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     for ax, (title, groups) in zip(axes[0], panels.items()):
         colors = plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])
+        ys = [v for _, y in groups.values() for v in y]
         for color, (label, (x, y)) in zip(colors, groups.items()):
-            ax.plot(x, y, "o-", color=color, label=label, ms=4)
+            ax.plot(x, y, "o-" if joined else "o", color=color, label=label, ms=4)
             curve = (fits or {}).get(title, {}).get(label)
             if curve is not None:
                 ax.plot(curve[0], curve[1], "--", color=color, alpha=0.8)
         ax.set_xscale("log" if logx else "linear")
         ax.set_yscale("log" if logy else "linear")
+        if fits and ys:
+            lo, hi = min(ys), max(ys)
+            pad = 0.25 * (hi - lo) + 1e-3 * max(abs(hi), 1e-12)
+            ax.set_ylim(lo / 1.3 if logy else lo - pad, hi * 1.3 if logy else hi + pad)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
