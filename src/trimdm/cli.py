@@ -11,6 +11,8 @@
                     [--out OUT]                          (or OUT/; a model folder needs --out)
     trimdm export   --run DIR --out MODEL_DIR            a self-describing model folder (docs/export.md),
                                                          loadable wherever a run is
+    trimdm lm-eval  --model_args run=DIR[,mc_samples=64] lm-evaluation-harness tasks on a run (eval/lm_harness.py);
+                    --tasks T [any lm_eval flag ...]     every flag is lm-eval's own (docs/eval.md)
     trimdm study    NAME --out DIR [--scale smoke|cpu|gpu] a grid of runs (study/sweep.py), then its analysis;
                     [--seeds K|A,B] [--jobs J] [--plan]   --launcher slurm --slurm KEY=VALUE ... submits them
                     [--launcher local|slurm] [--analyse]  with submitit
@@ -130,6 +132,16 @@ def cmd_export(args) -> None:
     print(f"exported: {out} (load it with --run {out}; its card: {out / 'README.md'})")
 
 
+def cmd_lm_eval(args) -> None:
+    try:  # an optional extra: only this command needs it
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ValueError("lm-evaluation-harness is not installed: pip install 'trimdm[lm-eval]'") from None
+    from trimdm.eval.lm_harness import run_lm_eval
+
+    run_lm_eval(args.lm_eval_args)
+
+
 def cmd_generate(args) -> None:
     if args.sidecar:
         sidecars = generate_from_sidecar(args.sidecar, out=args.out)
@@ -227,6 +239,14 @@ def _study_parser(sub) -> None:
     p.set_defaults(fn=cmd_study)
 
 
+def _lm_eval_parser(sub) -> None:
+    # -h too is lm-eval's: `trimdm lm-eval -h` prints the flags of `lm-eval run`
+    p = sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness tasks on a run: lm-eval's own flags, "
+                       "--model trimdm put in; --model_args run=DIR,mc_samples=64 (docs/eval.md)")
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="every flag of `lm-eval run`")
+    p.set_defaults(fn=cmd_lm_eval)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimdm", description="Tri-modal masked diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_export)
 
+    _lm_eval_parser(sub)
     _study_parser(sub)
 
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
@@ -296,7 +317,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # key=value overrides may come before, between or after options: collect the ones argparse leaves
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
+    if args.command == "lm-eval":  # every flag is lm-eval's: all of them, in order (argparse keeps some aside)
+        args.lm_eval_args = argv[argv.index("lm-eval") + 1:]
+        extra = []
     stray = [x for x in extra if x.startswith("-") or "=" not in x]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -2,8 +2,9 @@
 log-likelihood of an answer given the rest of its row.
 
 Owns two estimators, used by training (the periodic held-out NELBO), evaluation (NELBO, multiple
-choice) and sampling (best-of-R and local search score candidates with the second). Does not own the
-question files, the rows' layout (sequence/layout.py) or the network.
+choice, the lm-evaluation-harness adapter) and sampling (best-of-R and local search score candidates
+with the second), and `greedy_match`, the one-step greedy check of an answer (lm-eval's is_greedy).
+Does not own the question files, the rows' layout (sequence/layout.py) or the network.
 
 Held-out NELBO per modality on a fixed τ grid with a fixed seed. Evaluation always uses the plain
 masking process with the linear schedule: after the substitution r = β(τ) every schedule gives the same
@@ -206,3 +207,25 @@ def mc_answer_loglik(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL:
             picked = logp.gather(1, target[:, None]).squeeze(1).double()
             scores_R.index_add_(0, start + sel.nonzero()[:, 0], picked)
     return (scores_R * weight_R).view(K, N)
+
+
+def greedy_match(model, vocab: JointVocab, rows_KL: torch.Tensor, answer_KL: torch.Tensor, batch_size: int = 128,
+                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(K,) bool: whether the one-step greedy decode of each row's answer reproduces it, i.e. with every
+    answer position masked at once, the model's argmax at each (over its output slice: content + EOS)
+    is the clean token. For a one-token answer this is exactly greedy decoding; for longer answers the
+    sampler reveals a few positions per step and conditions the rest on them, which this does not."""
+    tables = RowTables.from_vocab(vocab)
+    rows_KL, answer_KL = rows_KL.cpu(), answer_KL.cpu().bool()
+    if rows_KL.shape != answer_KL.shape or bool((answer_KL & ~tables.maskable(rows_KL)).any()):
+        raise ValueError("answer masks must match the rows and cover maskable positions only")
+    noisy_KL = torch.where(answer_KL, tables.mask_id_M[tables.modality(rows_KL)], rows_KL)
+    match_K = torch.ones(len(rows_KL), dtype=torch.bool)
+    for start, c, heads, logits in masked_logits(model, tables, rows_KL, noisy_KL, batch_size, device,
+                                                 autocast_dtype):
+        for (sel, lo, hi, eos, _), lg in zip(heads, logits):
+            clean = c[sel]
+            target = torch.where(clean == eos, hi - lo, clean - lo)
+            wrong = lg.argmax(-1).cpu() != target
+            match_K[start + sel.nonzero()[wrong, 0]] = False
+    return match_K

@@ -1,7 +1,8 @@
 """Multiple-choice evaluation by Monte-Carlo conditional likelihood (method §9; LLaDA, Nie et al. 2025).
 
-Owns: the JSONL question format and its reader, the row layouts of a question's candidates, and
-`run_multiple_choice` (accuracy of a run on a file). The estimator of log p(answer | context), with its
+Owns: the JSONL question format and its reader, the row layouts of a question's candidates,
+`question_estimates` (one question scored; the lm-evaluation-harness adapter, lm_harness.py, scores its
+requests with it too) and `run_multiple_choice` (accuracy of a run on a file). The estimator of log p(answer | context), with its
 shared draws and standard error, is diffusion/likelihood.py's; the tinyworld question writer is
 data/tinyworld/questions.py's. Does not own the network, the vocabulary (JointVocab) or the row layouts
 themselves (sequence/layout.py).
@@ -136,6 +137,21 @@ def question_rows(vocab: JointVocab, context_ids: np.ndarray, option_ids: list[n
     return torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(answers))
 
 
+def question_estimates(loaded, rows_KL: torch.Tensor, answer_KL: torch.Tensor, n_samples: int,
+                       key: tuple[int, ...], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Monte-Carlo estimates of one question: (est_KN, level_u_N), est_KN[k, n] sample n of
+    log p(answer_k | rest of row k) and level_u_N the stratified level uniforms (for `stratified_stderr`).
+
+    The K candidates share their draws, which come from a generator seeded with `key` (a tuple of ints:
+    `run_multiple_choice` uses (seed, question index), eval/lm_harness.py (seed, lm-eval's doc_id)).
+    `batch_size` rows per forward pass."""
+    n_answer = answer_KL.sum(1).numpy()
+    level_u, order_u = draw_uniforms(n_samples, int(n_answer.max()), np.random.default_rng(list(key)))
+    est_KN = mc_answer_loglik(loaded.model, loaded.vocab, rows_KL, answer_KL, level_u, order_u, batch_size,
+                              loaded.device, loaded.autocast_dtype).numpy()
+    return est_KN, level_u
+
+
 # -- a run on a file -----------------------------------------------------------------------------------
 def _media_ids(loaded, q: Question, where: str) -> np.ndarray | None:
     if q.kind == "text":
@@ -182,9 +198,7 @@ def run_multiple_choice(loaded, path: str | Path, n_samples: int = 64, seed: int
     per = []
     for qi, (q, (rows_KL, answer_KL)) in enumerate(zip(questions, laid_out)):
         n_answer = answer_KL.sum(1).numpy()
-        level_u, order_u = draw_uniforms(n_samples, int(n_answer.max()), np.random.default_rng([seed, qi]))
-        est_KN = mc_answer_loglik(loaded.model, loaded.vocab, rows_KL, answer_KL, level_u, order_u, batch_size,
-                                  loaded.device, loaded.autocast_dtype).numpy()
+        est_KN, level_u = question_estimates(loaded, rows_KL, answer_KL, n_samples, (seed, qi), batch_size)
         mean = est_KN.mean(1)
         se = np.array([stratified_stderr(e, level_u) for e in est_KN])
         pred, pred_tok = int(np.argmax(mean)), int(np.argmax(mean / n_answer))
