@@ -11,6 +11,8 @@
     trimdm study    NAME --out DIR [--scale smoke|cpu|gpu] a grid of runs (study/sweep.py), then its analysis;
                     [--seeds K|A,B] [--jobs J] [--plan]   --launcher slurm --slurm KEY=VALUE ... submits them
                     [--launcher local|slurm] [--analyse]  with submitit
+    trimdm serve    --run DIR [--host 127.0.0.1]         the HTTP API and web page of a run (docs/serve.md)
+                    [--port 8000] [--queue 16]
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
 Errors in user input (config keys, values, files) are reported as one line and exit status 2; a
@@ -160,6 +162,14 @@ def cmd_study(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; runs: {Path(args.out) / 'sweep.json'}")
 
 
+def cmd_serve(args) -> None:
+    from trimdm.serve.app import serve  # fastapi and uvicorn load for this command only
+
+    if getattr(args, "overrides", None):
+        raise ValueError(f"serve takes no key=value settings ({' '.join(args.overrides)}); a request sets its own")
+    serve(args.run, host=args.host, port=args.port, max_queue=args.queue)
+
+
 def cmd_demo(args) -> None:
     run_demo(Path(args.out), args.overrides, args.recipe)
 
@@ -182,6 +192,15 @@ def _corpus_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--paragraphs", action="store_true", help=".txt: a document per blank-line paragraph")
     for name in ("text", "caption", "image", "audio", "transcript"):
         g.add_argument(f"--{name}-field", default=None, help=f"the {name} field or column")
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run: HTTP API and a web page (binds 127.0.0.1 unless --host)")
+    p.add_argument("--run", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait; more are answered 503")
+    p.set_defaults(fn=cmd_serve)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config key=value overrides for every run")
     p.set_defaults(fn=cmd_study)
 
+    _serve_parser(sub)
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--recipe", default="demo", help="demo (tri-modal tinyworld) or demo_text (KJV only)")
