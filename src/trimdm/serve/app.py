@@ -33,6 +33,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -49,7 +50,7 @@ from trimdm.train.run import load_run
 
 STATIC = files("trimdm.serve") / "static"
 FORM_SLACK = 64 << 10  # bytes of a multipart body besides the file: its fields and boundaries
-PREVIEW_INTERVAL = 0.05  # seconds between two pictures of a canvas sent to a page (the last always goes)
+PREVIEW_INTERVAL = 0.05  # seconds between two pictures of a canvas sent to a page (a stage's last always goes)
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 SECURITY_HEADERS = {
@@ -232,13 +233,15 @@ class Server:
     def job(self, req: TaskRequest, sample, loop, stream: bool) -> Job:
         """A queued job running `req`; a streaming one sends a picture of the canvas after its steps."""
         state = {"last": 0.0, "pass": 0}
+        masks = torch.tensor([self.loaded.vocab.mask(m) for m in ("text", "image", "audio")])
 
         def on_step(step) -> None:
             job.check()
             if step.stage == 0 and step.step == 1 and step.first_row == 0:
                 state["pass"] += 1  # a new canvas (a rerank draw, a caption length, ...)
             now = time.perf_counter()
-            if job.stream and (now - state["last"] >= PREVIEW_INTERVAL or step.step == step.steps):
+            last = step.step == step.steps or not bool(torch.isin(step.canvas_BL, masks).any())
+            if job.stream and (now - state["last"] >= PREVIEW_INTERVAL or last):
                 state["last"] = now
                 job.emit("step", {"pass": state["pass"], **self.preview(step)})
 
