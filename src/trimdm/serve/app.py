@@ -6,7 +6,8 @@
     GET  /api/examples/{m}      a validation image or utterance of the run's data set (?index=K)
     POST /api/generate          run a task: JSON, or multipart with the uploaded file in field `input`
     POST /api/generate/stream   the same, answered as server-sent events while it decodes
-    GET  /openapi.json, /docs   the API's schema (FastAPI)
+    GET  /openapi.json          the API's schema (FastAPI; its /docs pages are off: they load scripts
+                                from a CDN, and this server serves everything it shows itself)
 
 Owns: the app, request parsing and limits, error bodies (`{"error": message}`, never a traceback), the
 upload checks (by content: PIL and soundfile open them; their names are labels only), and the event
@@ -56,7 +57,8 @@ LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 SECURITY_HEADERS = {
     # everything the page loads comes from this server; outputs are data: and blob: URLs
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
-                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+                               "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -474,7 +476,7 @@ def create_app(run, limits: Limits = Limits(), max_queue: int = 16, allowed_host
         yield
         server.queue.stop()
 
-    app = FastAPI(title="trimdm", version="1", lifespan=lifespan,
+    app = FastAPI(title="trimdm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Tri-modal masked diffusion: run {server.card['run']} (docs/serve.md)")
     app.state.server = server
     app.include_router(router)
