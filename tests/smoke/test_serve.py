@@ -262,6 +262,10 @@ def test_a_failure_inside_a_job_or_a_route_is_a_json_500(loaded, monkeypatch):
         monkeypatch.setattr(app.state.server, "examples", broken)
         assert_error(c.get("/api/examples/image"), 500, "internal error")
         assert c.get("/api/health").json()["error"] == 1
+    # a loopback server answers only to loopback names in Host (DNS rebinding)
+    with TestClient(create_app(loaded, LIMITS, allowed_hosts=["127.0.0.1", "localhost"])) as c:
+        assert_error(c.get("/api/run"), 400, "not a name of this server")
+        assert c.get("/api/run", headers={"host": "localhost:8000"}).status_code == 200
 
 
 # -- a real server: queueing, a full queue, clients that go away ---------------------------------------

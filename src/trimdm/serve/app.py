@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -40,7 +40,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from trimdm.data.media import IMAGE_ERRORS, audio_info, read_audio, read_image
 from trimdm.sample.run import MediaInput, TaskRequest, check_request, produce, sample_settings
@@ -53,7 +52,7 @@ STATIC = files("trimdm.serve") / "static"
 FORM_SLACK = 64 << 10  # bytes of a multipart body besides the file: its fields and boundaries
 PREVIEW_INTERVAL = 0.05  # seconds between two pictures of a canvas sent to a page (a stage's last always goes)
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 SECURITY_HEADERS = {
     # everything the page loads comes from this server; outputs are data: and blob: URLs
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
@@ -444,6 +443,14 @@ async def _events(job: Job, request: Request, keepalive: bool = False):
         server.queue.cancel(job)  # nothing to do for a finished job
 
 
+def check_host(request: Request) -> None:
+    """On a loopback server, only loopback names in Host: a page elsewhere cannot reach the API through a
+    name of its own that resolves to 127.0.0.1 (DNS rebinding)."""
+    allowed = request.app.state.allowed_hosts
+    if allowed and (request.url.hostname or "").lower() not in allowed:
+        raise HTTPException(400, f"Host {request.url.hostname!r} is not a name of this server ({', '.join(allowed)})")
+
+
 class SecurityHeaders:
     """Adds SECURITY_HEADERS to every HTTP answer (plain ASGI, so streams pass through untouched)."""
 
@@ -477,8 +484,10 @@ def create_app(run, limits: Limits = Limits(), max_queue: int = 16, allowed_host
         server.queue.stop()
 
     app = FastAPI(title="trimdm", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(check_host)],
                   description=f"Tri-modal masked diffusion: run {server.card['run']} (docs/serve.md)")
     app.state.server = server
+    app.state.allowed_hosts = [h.strip("[]").lower() for h in allowed_hosts or []]
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_exception_handler(HTTPException, lambda r, e: _error(e.status_code, str(e.detail), e.headers))
@@ -486,8 +495,6 @@ def create_app(run, limits: Limits = Limits(), max_queue: int = 16, allowed_host
     app.add_exception_handler(Exception, lambda r, e: _error(500, f"internal error ({type(e).__name__}); see the "
                                                              "server's log"))
     app.add_middleware(SecurityHeaders)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -496,8 +503,8 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 
     """Load the run and serve it until interrupted (uvicorn)."""
     import uvicorn
 
-    loopback = host in LOOPBACK_NAMES
-    app = create_app(run, limits, max_queue, allowed_hosts=[*LOOPBACK_NAMES, f"{host}"] if loopback else None)
+    loopback = host.strip("[]") in LOOPBACK_NAMES
+    app = create_app(run, limits, max_queue, allowed_hosts=LOOPBACK_NAMES if loopback else None)
     shown = f"[{host}]" if ":" in host else host
     log(f"serve: run {app.state.server.card['run']} on http://{shown}:{port}/ (queue of {max_queue}; "
         f"{'loopback only' if loopback else 'reachable from the network: no authentication'})")
