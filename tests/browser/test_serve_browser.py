@@ -89,10 +89,12 @@ def server(tiny_tri_run):
         proc.kill()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
+@pytest.fixture
+def shots(tmp_path_factory, record_property):
+    """The screenshots' folder, named in the output (-s, or a failure's report) and the JUnit XML."""
     folder = tmp_path_factory.mktemp("serve_screenshots")
     print(f"\nscreenshots of the page: {folder}")
+    record_property("screenshots", str(folder))
     return folder
 
 

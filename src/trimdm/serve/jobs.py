@@ -87,6 +87,7 @@ class JobQueue:
             self._stopping = True
             for job in self._waiting:
                 job.state = "cancelled"
+                job.emit("error", {"error": "the server is shutting down", "status": 503})
             self._waiting.clear()
             if self.running is not None:
                 self.running.cancelled.set()
