@@ -40,7 +40,7 @@ def browser():
     if missing:
         reason = (f"BROWSER TESTS NOT RUN: {', '.join(missing)} missing; as root: apt-get install -y chromium "
                   "chromium-driver")
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(reason + " (CI is set: the browser tests must run)")
         warnings.warn(reason)
         print(f"\n{'!' * 20} {reason} {'!' * 20}", file=sys.stderr)
