@@ -13,14 +13,12 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from fastapi.testclient import TestClient
 from PIL import Image
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from trimdm.sample.run import generate  # noqa: E402
-from trimdm.serve.app import Limits, create_app  # noqa: E402
-from trimdm.train.run import load_run  # noqa: E402
+from trimdm.sample.run import generate
+from trimdm.serve.app import Limits, create_app
+from trimdm.train.run import load_run
 
 QUIET = {"log": lambda *a: None}
 FAST = {"text": {"steps": 3}, "image": {"steps": 4}, "audio": {"steps": 4}, "gen_len": 8}

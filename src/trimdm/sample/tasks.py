@@ -47,7 +47,7 @@ import torch
 
 from trimdm.diffusion.likelihood import draw_uniforms, masked_logits, mc_answer_loglik
 from trimdm.diffusion.schedules import parse_schedule
-from trimdm.sample.sampler import Decoding, Step, decode, level_stages
+from trimdm.sample.sampler import Decoding, decode, level_stages
 from trimdm.sequence.layout import PAIRED_TEXT_START, paired_row, row_tables
 from trimdm.tokenizers.vocab import MODALITIES
 
