@@ -16,6 +16,8 @@
     trimdm study    NAME --out DIR [--scale smoke|cpu|gpu] a grid of runs (study/sweep.py), then its analysis;
                     [--seeds K|A,B] [--jobs J] [--plan]   --launcher slurm --slurm KEY=VALUE ... submits them
                     [--launcher local|slurm] [--analyse]  with submitit
+    trimdm serve    --run DIR [--host 127.0.0.1]         the HTTP API and web page of a run (docs/serve.md)
+                    [--port 8000] [--queue 16]
     trimdm demo     [--out runs/demo]                    prepare, train, evaluate, generate
 
 Errors in user input (config keys, values, files) are reported as one line and exit status 2; a
@@ -187,6 +189,14 @@ def cmd_study(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; runs: {Path(args.out) / 'sweep.json'}")
 
 
+def cmd_serve(args) -> None:
+    from trimdm.serve.app import serve  # fastapi and uvicorn load for this command only
+
+    if getattr(args, "overrides", None):
+        raise ValueError(f"serve takes no key=value settings ({' '.join(args.overrides)}); a request sets its own")
+    serve(args.run, host=args.host, port=args.port, max_queue=args.queue)
+
+
 def cmd_demo(args) -> None:
     run_demo(Path(args.out), args.overrides, args.recipe)
 
@@ -245,6 +255,15 @@ def _lm_eval_parser(sub) -> None:
                        "--model trimdm put in; --model_args run=DIR,mc_samples=64 (docs/eval.md)")
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="every flag of `lm-eval run`")
     p.set_defaults(fn=cmd_lm_eval)
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run: HTTP API and a web page (binds 127.0.0.1 unless --host)")
+    p.add_argument("--run", required=True, help="run directory, checkpoint directory or model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait; more are answered 503")
+    p.set_defaults(fn=cmd_serve)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -306,6 +325,7 @@ def _parser() -> argparse.ArgumentParser:
     _lm_eval_parser(sub)
     _study_parser(sub)
 
+    _serve_parser(sub)
     p = sub.add_parser("demo", help="the main job: prepare, train, evaluate and sample on the embedded data")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--recipe", default="demo", help="demo (tri-modal tinyworld) or demo_text (KJV only)")

@@ -97,3 +97,13 @@ def test_ingest_throughput():
         for r in out[kind]["runs"]:
             assert_finite(r, key, "shard_seconds", "prepare_seconds")
         assert_finite(out[kind], "speedup")
+
+
+def test_serve_load(tiny_tri_run):
+    _, run = tiny_tri_run
+    out = run_benchmark("serve_load", "--run", run, "--clients", "2", "--requests", "3", "--n", "1", "--steps", "2",
+                        "--rounds", "1")
+    assert out["requests"] == {"sent": 3, "ok": 3, "lost": 0} and out["errors_by_status"] == {}
+    assert_finite(out, "requests_per_s", "server_seconds_per_request", "server_job_seconds", "direct_sampler_seconds",
+                  "direct_produce_seconds", "overhead", "overhead_cpu", "overhead_median_of_rounds")
+    assert_finite(out["latency_s"], "p50", "p95")

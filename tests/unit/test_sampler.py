@@ -263,3 +263,37 @@ def test_the_sweep_grid_covers_both_directions_without_a_duplicate_point():
     assert any(r[0] < r[-1] for r in reveals.values()) and any(r[0] > r[-1] for r in reveals.values())
     for key, values in GRID.items():
         assert len(set(values)) == len(values), key
+
+
+def test_a_step_callback_sees_every_step_and_changes_no_output():
+    """`on_step` (the web page's live view) gets the canvas after each step that revealed tokens, stage by
+    stage; the decoded canvas is bit-identical with and without it, and raising in it stops decoding."""
+    canvas = canvases()
+    stages = level_stages(canvas, V, steps=4)
+    how = Decoding(4, make_schedule("linear"), guidance=2.0)
+    uncond = canvas.clone()
+    plain = decode(StandIn(), V, canvas, how, uncond_BL=uncond, stages=stages,
+                   generator=torch.Generator().manual_seed(3))
+    seen = []
+    model = StandIn()
+    watched = decode(model, V, canvas, how, uncond_BL=uncond, stages=stages,
+                     generator=torch.Generator().manual_seed(3), on_step=seen.append)
+    assert torch.equal(plain, watched)
+    assert [(s.stage, s.step, s.steps, s.stages) for s in seen] == [(0, k, 4, 3) for k in (1, 2, 3, 4)] + \
+        [(1, 1, 1, 3), (2, 1, 1, 3)]
+    masked = [int((s.canvas_BL == V.MASK_audio).sum()) for s in seen]
+    assert masked == sorted(masked, reverse=True) and masked[-1] == 0 and masked[0] < int((canvas == V.MASK_audio).sum())
+    assert torch.equal(seen[-1].canvas_BL, watched)
+    # the canvas passed at a step is not changed by later steps (a consumer may keep it)
+    assert int((seen[0].canvas_BL == V.MASK_audio).sum()) == masked[0]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(step):
+        if step.step == 2:
+            raise Stop
+    model = StandIn()
+    with pytest.raises(Stop):
+        decode(model, V, canvas, how, stages=stages, generator=torch.Generator().manual_seed(3), on_step=stop_at_two)
+    assert len(model.seen) == 2  # no forward pass after the step that raised

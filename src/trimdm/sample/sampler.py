@@ -13,11 +13,14 @@ their output slice (RowTables.output_heads: a modality's content + EOS; audio on
 a row whose canvas already holds a clean EOS of a modality cannot draw another one (fixed-length
 spans). Decoding can run in stages (audio: residual level by level, `level_stages`), each on its own
 schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (method §8,
-EOS-truncation). Does not own prompts or canvases (tasks.py) or the network.
+EOS-truncation). An optional `on_step` callback sees the canvas after every step (a live view, e.g. the
+web page's; it draws no random numbers, so outputs are the same with or without it, and it stops the
+decoding by raising). Does not own prompts or canvases (tasks.py) or the network.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -87,11 +90,26 @@ class Decoding:
             raise ValueError(f"remasking={self.remasking!r}: expected confidence | random")
 
 
+@dataclass(frozen=True)
+class Step:
+    """What `decode`'s `on_step` callback receives after each step that revealed tokens."""
+
+    canvas_BL: torch.Tensor  # the canvas now: revealed tokens fixed, MASK_* where still hidden (do not modify)
+    step: int  # 1-based step within its stage
+    steps: int  # steps of this stage
+    stage: int  # 0-based stage (audio level by level: one per residual level)
+    stages: int
+    first_row: int = 0  # Tasks.run: the batch's first row in the task's canvas
+    rows: int = 0  # Tasks.run: rows of the task's canvas (0: the batch is the canvas)
+    target: str = ""  # Tasks.run: the modality being generated
+
+
 @torch.no_grad()
 def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
            uncond_BL: torch.Tensor | None = None, generator: torch.Generator | None = None,
            eos_truncate: bool = False, autocast_dtype: torch.dtype | None = None,
-           stages: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+           stages: tuple[torch.Tensor, list[int]] | None = None,
+           on_step: Callable[[Step], None] | None = None) -> torch.Tensor:
     """Fill every MASK_* position of `canvas_BL`. `uncond_BL` (same shape, condition span masked)
     enables guidance with weight w = `how.guidance`: logits = u + w·(c − u). A pass whose weight is zero
     is not run: w = 1 is the conditional pass alone, w = 0 the unconditional canvas alone (the condition
@@ -101,7 +119,10 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
     Stages: with `stages` = (a stage index per position, steps per stage), the masked positions of
     stage 0 are decoded first in its steps, those of stage 1 next, and so on; positions of later stages
     stay MASK meanwhile (audio level by level: the coarse codes first, each finer level given the
-    coarser ones). Without it, one stage of `how.steps` steps holds every masked position."""
+    coarser ones). Without it, one stage of `how.steps` steps holds every masked position.
+
+    `on_step(Step)` is called after every step that revealed tokens; an exception it raises ends the
+    decoding (a cancelled request). It sees the canvas only, so it changes no output."""
     device = canvas_BL.device
     stage_BL, stage_steps = stages if stages is not None else (torch.zeros_like(canvas_BL), [how.steps])
     if min(stage_steps) < 1:
@@ -128,6 +149,8 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
                                             how.confidence_noise * (1 - k / n_steps), generator, autocast_dtype)
             rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
             state.reveal(is_mask & (rank < n_reveal[:, None]), proposal, tables, vocab, eos_truncate)
+            if on_step is not None:
+                on_step(Step(state.x, k, n_steps, stage, len(stage_steps)))
     return state.x
 
 

@@ -37,6 +37,7 @@ Does not own the decoding loop (sampler.py) or file output (run.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,14 +69,13 @@ def _pad_rows(rows: list[list[int]], pad: int, seq_len: int, what: str) -> torch
     return torch.tensor([r + [pad] * (longest - len(r)) for r in rows], dtype=torch.long)
 
 
-def _masked_span(row: list[int], start: int, end: int, mask: int) -> list[int]:
-    return row[:start] + [mask] * (end - start) + row[end:]
-
-
 class Tasks:
-    """The tasks of one trained run: `Tasks(loaded).t2i(["a red circle in the centre"], seed=0)`."""
+    """The tasks of one trained run: `Tasks(loaded).t2i(["a red circle in the centre"], seed=0)`.
+    `on_step` sees every decoding step of every canvas a task decodes (sampler.Step, with the batch's
+    place in the task's canvas); it changes no output."""
 
-    def __init__(self, loaded, sample_cfg=None, batch_size: int = 64):
+    def __init__(self, loaded, sample_cfg=None, batch_size: int = 64, on_step=None):
+        self.on_step = on_step
         self.loaded, self.vocab, self.text_tok = loaded, loaded.vocab, loaded.tokenizer
         self.media = loaded.media_tokenizers
         self.cfg = sample_cfg or loaded.cfg.sample
@@ -171,9 +171,16 @@ class Tasks:
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
             stages = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else None
             x = decode(self.loaded.model, self.vocab, ids, how, uncond_BL=unc, generator=gen, eos_truncate=True,
-                       autocast_dtype=self.loaded.autocast_dtype, stages=stages)
+                       autocast_dtype=self.loaded.autocast_dtype, stages=stages,
+                       on_step=self._batch_steps(a, len(canvas.ids_BL), canvas.target))
             out.append(x.cpu())
         return torch.cat(out)
+
+    def _batch_steps(self, first_row: int, rows: int, target: str):
+        """`on_step` for one batch of a canvas: its steps, told where the batch sits."""
+        if self.on_step is None:
+            return None
+        return lambda step: self.on_step(dataclasses.replace(step, first_row=first_row, rows=rows, target=target))
 
     # -- reading results back -----------------------------------------------------------------------
     def span(self, row: torch.Tensor, modality: str) -> list[int]:
@@ -404,8 +411,12 @@ class Tasks:
     def s2t(self, waves: list[np.ndarray], seed: int) -> list[str]:
         return self._describe("audio", self.audio_ids(waves), seed)
 
-    def infill(self, row: list[int], start: int, end: int, modality: str, n: int, seed: int) -> torch.Tensor:
-        """Regenerate positions [start, end) of a clean row (all of `modality`) n times."""
-        masked = _masked_span(row, start, end, self.vocab.mask(modality))
+    def infill(self, row: list[int], positions, modality: str, n: int, seed: int) -> torch.Tensor:
+        """Regenerate the given positions of a clean row (all of `modality`; any set of them, e.g. a
+        range, or the cells of a rectangle of an image's raster) n times."""
+        mask = self.vocab.mask(modality)
+        masked = list(row)
+        for p in positions:
+            masked[p] = mask
         return self.run(Canvas(_pad_rows([masked] * n, self.vocab.PAD_text, self.seq_len, "infill row"), None,
                                modality), seed)

@@ -538,8 +538,8 @@ def save_grid(images_top: np.ndarray, images_bottom: np.ndarray, path: str | Pat
     return path
 
 
-def save_image_grid(images: np.ndarray | list, path: str | Path, cols: int = 8, scale: int = 4) -> Path:
-    """PNG of images (N, H, W, 3) uint8 in rows of `cols`, upscaled and separated like save_grid."""
+def image_grid(images: np.ndarray | list, cols: int = 8, scale: int = 4) -> np.ndarray:
+    """uint8 (N, H, W, 3) images in rows of `cols`, upscaled and separated like save_grid, as one array."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(f"save_image_grid needs a non-empty uint8 (N, H, W, 3) array, got {images.dtype} {images.shape}")
@@ -550,6 +550,12 @@ def save_image_grid(images: np.ndarray | list, path: str | Path, cols: int = 8, 
     for i, im in enumerate(images):
         y0, x0 = gap + (i // cols) * (h * scale + gap), gap + (i % cols) * (w * scale + gap)
         canvas[y0:y0 + h * scale, x0:x0 + w * scale] = im.repeat(scale, 0).repeat(scale, 1)
+    return canvas
+
+
+def save_image_grid(images: np.ndarray | list, path: str | Path, cols: int = 8, scale: int = 4) -> Path:
+    """PNG of images (N, H, W, 3) uint8 in rows of `cols`, upscaled and separated like save_grid."""
+    canvas = image_grid(images, cols, scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)

@@ -234,6 +234,12 @@ def data_spec(cfg) -> dict:
             "image_tokenizer": asdict(image_config(cfg.tinyworld)), "audio_codec": codec, "streams": 1}
 
 
+def tinyworld_root(cfg) -> Path:
+    """Where the tinyworld data set of a DataConfig is (or will be) prepared: DATA_ROOT/tinyworld-HASH,
+    HASH naming its spec (`data_spec`); its raw/ holds the images and utterances of every split."""
+    return Path(cfg.root) / f"tinyworld-{_hash(data_spec(cfg))}"
+
+
 def prepare_tinyworld(cfg, log=print, strict: bool = False, judges: bool = True) -> TinyworldData:
     """cfg: the run's DataConfig (uses cfg.tinyworld, cfg.text_vocab, cfg.root). `judges=False` stops after
     the shards: training never reads the judges. The judges train beside the shards stage."""
@@ -249,7 +255,7 @@ def _prepare(cfg, log, strict: bool, judges: bool) -> tuple[TinyworldData, Judge
     sc.check_world(tw.sizes, tw.backgrounds, tw.colors, prefix="data.tinyworld.")
     sp.check_voices(tw.voices, tw.voice_jitter, prefix="data.tinyworld.")
     spec = data_spec(cfg)
-    root = Path(cfg.root) / f"tinyworld-{_hash(spec)}"
+    root = tinyworld_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "spec.json", json.dumps(spec, indent=2) + "\n")
     if not _built_from_raw(root, ("tokenizers", "shards", "judges") if judges else ("tokenizers", "shards")):
