@@ -385,3 +385,20 @@ def test_serve_refuses_a_missing_run_and_stray_settings(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path), "sample.image.steps=3"]) == 2
     assert "no key=value settings" in capsys.readouterr().err
+
+
+def test_a_model_folder_serves_as_its_run_does(tiny_tri_run, tmp_path):
+    """An exported folder: same card (its eval table included) and the same bits for one request."""
+    from trimdm.train.export import export_run
+
+    folder = export_run(tiny_tri_run[1], tmp_path / "model")
+    body = {"task": "t2i", "prompt": "a red circle in the centre", "n": 1, "seed": 3, "settings": FAST}
+    answers = []
+    for source in (tiny_tri_run[1], folder):
+        with TestClient(create_app(load_run(source), LIMITS, max_queue=2)) as c:
+            card = c.get("/api/run").json()
+            resp = post(c, body)
+            assert resp.status_code == 200, resp.text
+            answers.append((card["config"], card["eval"], card["sampling"],
+                            [o["base64"] for o in resp.json()["outputs"]]))
+    assert answers[0] == answers[1]
