@@ -553,6 +553,9 @@ class EvalConfig:
     gen_prompts: int = 96  # held-out captions / images for T2I and I2T (0: no generation metrics)
     gen_utterances: int = 32  # held-out transcripts / utterances for T2S and S2T
     mc_samples: int = 64  # Monte-Carlo samples per option of a multiple-choice question
+    # tinyworld: encode and decode held-out media through the data set's tokenizers (a property of the
+    # data, not of the run: the sweeps' likelihood-only evals leave it out)
+    reconstructions: bool = True
 
     def validate(self) -> None:
         _check_positive("eval.", self, "tau_points", "batch_size")

@@ -20,3 +20,6 @@ def test_study_at_smoke_scale(name, tmp_path, data_root, monkeypatch):
     assert list((tmp_path / name).glob("*.png")), "no plot"
     runs = json.loads((tmp_path / name / "sweep.json").read_text())["runs"]
     assert runs and all(r["status"] in ("done", "skipped") for r in runs)
+    # likelihood only: the data set's tokenizer reconstructions are left out of a study's evals
+    assert all("reconstructions" not in json.loads((tmp_path / name / r["name"] / "eval.json").read_text())
+               for r in runs)

@@ -12,11 +12,11 @@ from trimdm.study.sweep import RunSpec, _threads, is_done, parse_seeds, parse_sl
 
 def test_a_run_spec_names_a_directory_and_gives_the_exact_commands(tmp_path):
     spec = RunSpec("sde_b4_s0", "tiny", ["train.seed=0"])
-    assert spec.overrides == ("train.seed=0",) and spec.eval_args == ("--no-generation",)
+    assert spec.overrides == ("train.seed=0",) and spec.eval_args == ("--no-generation", "eval.reconstructions=false")
     train, ev = spec.command(tmp_path)
     run = str(tmp_path / "sde_b4_s0")
     assert train == [sys.executable, "-m", "trimdm", "train", "--recipe", "tiny", "--out", run, "train.seed=0"]
-    assert ev == [sys.executable, "-m", "trimdm", "eval", "--run", run, "--no-generation"]
+    assert ev == [sys.executable, "-m", "trimdm", "eval", "--run", run, "--no-generation", "eval.reconstructions=false"]
     assert RunSpec("g", "tiny", eval_args=()).command(tmp_path)[1][-1] == str(tmp_path / "g")
     for bad in ("", "../x", "a/b", ".hidden", "sweep.json", "submitit"):
         with pytest.raises(ValueError, match="names a directory"):

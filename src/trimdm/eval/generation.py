@@ -36,7 +36,6 @@ import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from trimdm.data.tinyworld.judges.image import judge_caption
 from trimdm.data.tinyworld.judges.speech import cer, edits, pairwise_edits
@@ -64,6 +63,10 @@ class _Features(torch.nn.Module):
 
 
 def frechet(real, fake, num_features: int, judge=None) -> float:
+    # imported here: torchmetrics pulls in transformers and scipy.signal (about 2 s), which every
+    # `trimdm` command would otherwise pay at start-up
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=_Features(num_features, judge), reset_real_features=True)
     metric.update(real, real=True)
     metric.update(fake, real=False)

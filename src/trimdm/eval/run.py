@@ -48,7 +48,8 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"eval: held-out NELBO ({time.time() - t0:.0f}s)")
     if hasattr(data, "judges"):  # tinyworld: its tokenizers' reconstructions and its judges' scores
-        result["reconstructions"] = write_reconstructions(run_dir, data)
+        if e.reconstructions:
+            result["reconstructions"] = write_reconstructions(run_dir, data)
         judges = data.judges()
         result["judges"] = data.judge_report()
         if generation and cfg.eval.gen_prompts > 0:

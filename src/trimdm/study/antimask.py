@@ -18,8 +18,9 @@ from trimdm.study.sweep import RunSpec, Study, load_run_results, write_results
 ARMS = ("none", "complement", "crossmodal")
 SCALES = {
     "smoke": {"recipe": "tiny_tri", "seeds": [0], "overrides": ["train.tokens=3072", "optim.base.tokens=3072"],
-              "eval": ("--no-generation",)},
-    "cpu": {"recipe": "study_tri", "seeds": [0, 1, 2], "overrides": [], "eval": ("--no-generation",)},
+              "eval": ("--no-generation", "eval.reconstructions=false")},
+    "cpu": {"recipe": "study_tri", "seeds": [0, 1, 2], "overrides": [],
+            "eval": ("--no-generation", "eval.reconstructions=false")},
     "gpu": {"recipe": "tinyworld", "seeds": [0, 1, 2], "overrides": ["train.tokens=50000000"], "eval": ()},
 }
 

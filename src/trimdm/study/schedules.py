@@ -19,7 +19,8 @@ from trimdm.study.sweep import RunSpec, Study, load_run_results, write_results
 SCHEDULES = ("linear", "polynomial:0.5", "polynomial:2", "polynomial:3", "cosine", "loglinear")
 SCALES = {
     "smoke": {"recipe": "tiny_tri", "seeds": [0], "overrides": ["train.tokens=3072", "optim.base.tokens=3072"],
-              "eval": ("--no-generation",), "schedules": ("linear", "cosine", "polynomial:2")},
+              "eval": ("--no-generation", "eval.reconstructions=false"),
+              "schedules": ("linear", "cosine", "polynomial:2")},
     "cpu": {"recipe": "study_tri", "seeds": [0, 1], "overrides": [],
             "eval": ("eval.gen_prompts=32", "eval.gen_utterances=16")},
     "gpu": {"recipe": "tinyworld", "seeds": [0, 1, 2], "overrides": ["train.tokens=50000000"], "eval": ()},

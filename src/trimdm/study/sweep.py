@@ -69,11 +69,12 @@ SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 class RunSpec:
     """One run of a study: its name (unique in the study, also its directory under the study's OUT), the
     recipe and key=value overrides of `trimdm train`, and the extra arguments of `trimdm eval`
-    (likelihood only unless a study asks for generation metrics by giving other eval_args)."""
+    (likelihood only, without the data set's tokenizer reconstructions, unless a study asks for more by
+    giving other eval_args)."""
     name: str
     recipe: str
     overrides: tuple[str, ...] = ()
-    eval_args: tuple[str, ...] = ("--no-generation",)
+    eval_args: tuple[str, ...] = ("--no-generation", "eval.reconstructions=false")
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME.match(self.name) or self.name in RESERVED:
