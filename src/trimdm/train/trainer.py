@@ -67,6 +67,28 @@ def _grad_sq_norm(params) -> float:
     return sq_norm(p.grad for p in params if p.grad is not None)
 
 
+def _sq_norms(tensors: list[torch.Tensor]) -> float:
+    """Σ‖t‖² from fp32 per-tensor norms (no float64 copy of a large table)."""
+    return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum())
+
+
+def _micro_grad_sq(params, prev: list[torch.Tensor] | None) -> tuple[float, list[torch.Tensor]]:
+    """‖g − prev‖² for the accumulated gradients g of `params` (‖g‖² when prev is None: the first
+    micro-batch), and prev holding a copy of g for the next one: the squared norm of the last
+    micro-batch's own gradient. The difference is formed in place in the one fp32 copy kept, so the
+    measurement costs 4 bytes per parameter (a flat float64 copy of the gradient and its temporaries
+    took 32, the most memory of a one-process step with micro-batches)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if prev is None:
+        prev = [g.clone() for g in grads]
+        return _sq_norms(prev), prev
+    torch._foreach_sub_(prev, grads)
+    sq = _sq_norms(prev)
+    for q, g in zip(prev, grads):
+        q.copy_(g)
+    return sq, prev
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, log=print, progress: bool = True):
         self.cfg = cfg.derive()
@@ -222,10 +244,8 @@ class Trainer:
                     loss.backward()
                 stats = s if stats is None else stats + s
             if measure_micro:  # gradient of this micro-batch alone, rescaled to its own mean
-                flat = torch.cat([p.grad.detach().flatten() for p in params if p.grad is not None]).double()
-                g = flat if prev is None else flat - prev
-                micro_sq.append(float(g.square().sum()) * (denominator / float(counts[k])) ** 2)
-                prev = flat
+                sq, prev = _micro_grad_sq(params, prev)
+                micro_sq.append(sq * (denominator / float(counts[k])) ** 2)
         measured = None  # the noise-scale tracker's arguments; it takes them only from a step that is applied
         if measure_ranks:  # per-rank gradient (no_sync above) versus the all-reduced one
             local_sq = _grad_sq_norm(params) * (denominator / (env.world * float(counts.sum()))) ** 2
@@ -236,7 +256,7 @@ class Trainer:
             small = float(all_reduce_sum(torch.tensor(local_sq, dtype=torch.float64), env)) / env.world
             measured = (small, self.rank_rows, _grad_sq_norm(params), d.batch)
         elif measure_micro:
-            measured = (sum(micro_sq) / len(micro_sq), self.micro, float(prev.square().sum()), self.rank_rows)
+            measured = (sum(micro_sq) / len(micro_sq), self.micro, _sq_norms(prev), self.rank_rows)
         clip = d.grad_clip if d.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
