@@ -97,3 +97,14 @@ def test_ingest_throughput():
         for r in out[kind]["runs"]:
             assert_finite(r, key, "shard_seconds", "prepare_seconds")
         assert_finite(out[kind], "speedup")
+
+
+def test_train_memory(data_root):
+    out = run_benchmark("train_memory", "--quick", f"data.root={data_root}", "train.threads=1")
+    rows = {row["activation_checkpointing"]: row for row in out["results"]}
+    assert set(rows) == {False, True}
+    for row in rows.values():
+        assert_finite(row, "peak_rss_gib", "ru_maxrss_gib", "estimate_over_measured", "seconds_per_step")
+        assert row["peak_rss_gib"] > 0.05 and row["estimate_gib"]["peak"] > 0
+    # the estimate's activations shrink with checkpointing (at this size the process itself dominates RSS)
+    assert rows[True]["estimate_gib"]["activations"] < rows[False]["estimate_gib"]["activations"]
