@@ -10,6 +10,9 @@ is allocated. Bytes per process; the trainer compares them with the device's fre
                  fp32 residual stream, 4·d) and one block's intermediates while it is recomputed
     weights      under bf16 autocast the bf16 copy of each block's matrices (2 bytes per parameter) that
                  autograd keeps for the backward pass; with checkpointing one block's at a time
+    backward     the gradients of a block's intermediates while its backward pass runs: about one more
+                 block's worth of activations (fitted: without it the estimate fell 4-15% short of the
+                 measured peak, benchmarks/train_memory.py, docs/LOG.md)
     head         logits of the masked positions over their output slice (fp32 log-softmax kept, its
                  gradient, the bf16 product: ~14 bytes per logit in bf16, 12 in fp32) and the copies of the
                  unembedding slices the heads read (6 bytes per output parameter in bf16, 4 in fp32)
@@ -82,11 +85,13 @@ def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
         out["activations"] = p.micro_tokens * a.n_layers * per_token
         out["weight_copies"] = 2.0 * block * a.n_layers if p.bf16 else 0.0
     logit_bytes = 14.0 if p.bf16 else 12.0
+    out["backward"] = p.micro_tokens * per_token
     out["head"] = (p.micro_tokens * (p.logit_fraction * p.logit_width * logit_bytes + 12.0 * d)
                    + (6.0 if p.bf16 else 4.0) * counts["embedding"] / 2)
     out["runtime"] = p.runtime
     states = sum(out[k] for k in ("params", "grads", "adamw", "ema", "runtime"))
-    pass_peak = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies", "head"))
+    pass_peak = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies", "backward",
+                                              "head"))
     step_peak = states + 4.0 * n / p.shards  # AdamW's foreach √v
     out["peak"] = max(pass_peak, step_peak)
     return out
