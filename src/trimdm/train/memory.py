@@ -21,8 +21,9 @@ from trimdm.model.transformer import EXPLICIT_MAX_LEN
 from trimdm.tokenizers.vocab import JointVocab
 from trimdm.train.run import model_args
 
-# A trimdm training process on a CPU before it builds its model (Python, torch, tokenizers, data): the
-# peak RSS of the tiny recipe's process in benchmarks/train_memory.py (docs/LOG.md, 2026-12-07)
+# A trimdm training process on a CPU apart from its model (Python, torch, tokenizers, the data opened):
+# 0.26 GiB resident after the imports, 0.34 GiB once a demo_text trainer is built less its parameters
+# (benchmarks/train_memory.py, docs/LOG.md 2026-12-06); rounded up
 CPU_RUNTIME = 0.4 * GiB
 FSDP_WORLDS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
