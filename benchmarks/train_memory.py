@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 CONFIGS = {  # name -> (recipe, overrides)
-    "tiny": ("tiny", ["train.memory_check=false"]),
+    "tiny": ("tiny", []),
     "d512": ("demo_text", ["model.d_model=512", "model.n_layers=8", "model.n_heads=8", "data.seq_len=512",
                            "train.batch_size=8"]),
     "d1024": ("demo_text", ["model.d_model=1024", "model.n_layers=24", "model.n_heads=16", "data.seq_len=512",
