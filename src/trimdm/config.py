@@ -430,9 +430,19 @@ class TrainConfig:
     # a run directory, checkpoint or model folder (`trimdm export`) whose model weights start this run (same data and model shape); the
     # optimizer, schedule and data order start afresh. A checkpoint of this run's own wins (resume).
     init: str = ""
+    # memory for larger models (docs/scale.md): recompute each block's activations in the backward pass
+    # instead of keeping them (same gradients, about a third more FLOPs per step)
+    activation_checkpointing: bool = False
+    # decay of an exponential moving average of the weights (fp32, updated after each optimizer step,
+    # saved in checkpoints; eval, generate and export use it); 0: none
+    ema: float = 0.0
+    # refuse a run whose estimated peak memory exceeds the device's available memory (train/memory.py)
+    memory_check: bool = True
 
     def validate(self) -> None:
         _check_positive("train.", self, "tokens", "batch_size", "max_skips")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"train.ema={self.ema} must be in [0, 1): the EMA's decay per optimizer step (0: off)")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise ValueError(
                 f"train.micro_batch_size={self.micro_batch_size} must divide train.batch_size={self.batch_size}")

@@ -97,6 +97,19 @@ def test_fsdp_matches_single_process(single, tmp_path, data_root):
     assert_matches(tmp_path, single)
 
 
+def test_fsdp_with_activation_checkpointing_and_ema_matches_single_process(tmp_path, data_root):
+    """FSDP2 around checkpointed blocks, with an EMA of the sharded weights: the steps of one process
+    (tolerances above), and its EMA, which each rank keeps for its shards and the checkpoint gathers."""
+    run(tmp_path / "single", data_root, "train.ema=0.9", nproc=1)
+    run(tmp_path / "fsdp", data_root, "train.parallel=fsdp", "train.activation_checkpointing=true", "train.ema=0.9")
+    assert_matches(tmp_path / "fsdp", tmp_path / "single")
+    ema = [load_file(out / "checkpoints" / "step_00000010" / "ema.safetensors") for out in (tmp_path / "fsdp",
+                                                                                          tmp_path / "single")]
+    assert ema[0].keys() == ema[1].keys() == weights(tmp_path / "single").keys()
+    for k in ema[0]:
+        torch.testing.assert_close(ema[0][k], ema[1][k], rtol=0, atol=2e-4, msg=k)
+
+
 def kill_after_checkpoint_and_resume(out: Path, data_root: str, common: list[str], parallel: str):
     """Start a 2-process run, SIGKILL the whole job once step 5's checkpoint is in place, rerun it."""
     cmd = TORCHRUN + ["-m", "trimdm", *common, "--out", str(out), f"data.root={data_root}",

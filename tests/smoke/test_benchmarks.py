@@ -107,3 +107,14 @@ def test_serve_load(tiny_tri_run):
     assert_finite(out, "requests_per_s", "server_seconds_per_request", "server_job_seconds", "direct_sampler_seconds",
                   "direct_produce_seconds", "overhead", "overhead_cpu", "overhead_median_of_rounds")
     assert_finite(out["latency_s"], "p50", "p95")
+
+
+def test_train_memory(data_root):
+    out = run_benchmark("train_memory", "--quick", f"data.root={data_root}", "train.threads=1")
+    rows = {row["activation_checkpointing"]: row for row in out["results"]}
+    assert set(rows) == {False, True}
+    for row in rows.values():
+        assert_finite(row, "peak_rss_gib", "ru_maxrss_gib", "estimate_over_measured", "seconds_per_step")
+        assert row["peak_rss_gib"] > 0.05 and row["estimate_gib"]["peak"] > 0
+    # the estimate's activations shrink with checkpointing (at this size the process itself dominates RSS)
+    assert rows[True]["estimate_gib"]["activations"] < rows[False]["estimate_gib"]["activations"]

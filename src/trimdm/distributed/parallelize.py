@@ -3,11 +3,14 @@
 - ddp:  `DistributedDataParallel` around the whole model; gradients averaged across ranks.
 - fsdp: FSDP2 `fully_shard` on every transformer block, then on the root (embeddings, final norm,
         unembedding); parameters are sharded DTensors, all-gathered per block in forward and backward.
-The model itself knows nothing of this. Full (unsharded) state dicts for checkpoints come from
+Activation checkpointing (`checkpoint_blocks`) and compile (`compile_blocks`) are applied per block
+here too, before `parallelize`. The model itself knows nothing of this. Full (unsharded) state dicts for checkpoints come from
 `full_state` and go back through `load_full_state`, so any world size, or a single process, can read
 a checkpoint written by another.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -40,6 +43,24 @@ def compile_blocks(model: nn.Module) -> None:
     checkpoints are unchanged. Applied before `parallelize`, as FSDP2 expects."""
     for block in model.blocks:
         block.compile(dynamic=True)
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing per transformer block (`train.activation_checkpointing`): a block keeps
+    only its input for the backward pass and recomputes its activations there (one more forward of the
+    trunk, about a third more FLOPs for a training step), so activation memory falls from every block's
+    intermediates to one residual stream per block plus one block's intermediates at a time.
+    torch.utils.checkpoint without reentrancy (the variant that works under DDP, FSDP2 and compile);
+    the recomputation replays the same kernels on the same inputs under the same autocast state, so the
+    gradients are those of the plain model bit for bit on a deterministic device (tests/unit/
+    test_memory.py). In place, like `compile_blocks`: each block's `forward` is wrapped, so parameter
+    names, optimizer groups and checkpoints are unchanged (torch's `checkpoint_wrapper` module would
+    rename every parameter). Applied before `compile_blocks` and `parallelize`, as torchtitan does:
+    FSDP2's hooks then run around the checkpointed forward, its parameters gathered for the recompute."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str, env: DistEnv):

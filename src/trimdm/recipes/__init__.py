@@ -10,6 +10,8 @@
 - study_batch(): the small model of `trimdm study batch` and `study critical-batch`.
 - study_tri(): the small tri-modal model of the schedule, antimask, mixing and scaling studies.
 - custom(): a tri-modal model on a corpus of the user's own data (data.corpus=DIR, docs/data.md).
+- paper_320m(), paper_3b(): the paper's batch-study pilot (320M parameters, 240M of them embeddings) and
+  its final size (3B), on a corpus of the user's own data, for GPUs (docs/scale.md).
 """
 from __future__ import annotations
 
@@ -170,8 +172,62 @@ def study_batch() -> Config:
     )
 
 
+# The paper-scale recipes' corpus (R): the joint vocabulary their embedding count assumes, from
+# `trimdm prepare ... tokenizers.text.vocab=100000 tokenizers.image.kind=vqmodel (a 16,384-code VQGAN/MoVQ)
+# tokenizers.audio.kind=mimi tokenizers.audio.levels=8` (8 codebooks of 2,048): 100,000 + 16,384 +
+# 16,384 ids, plus 18 specials = 132,786 ids. Untied input and output tables hold 2·V·d parameters.
+PAPER_VOCAB = {"text": 100_000, "image": 16_384, "audio_levels": 8, "audio_codebook": 2_048}
+PAPER_SEQ_LEN = 1024  # a 256-token image and its caption; ~9 s of Mimi speech (100 tokens/s) with its text
+
+
+def _paper(name: str, d_model: int, n_layers: int, tokens: float, batch: int) -> Config:
+    """The shared settings of the paper-scale recipes (R where the paper is silent): the base point of
+    the SDE rule is the pilot's (B_base = 256 rows, D_base = 13B tokens, cosine, 1k warmup steps at the
+    base batch), CompleteP with the pilot as base shape so that its tuned settings transfer in width and
+    depth (method §6), heads of 128, the SwiGLU width 24/7·d_model (the pilot's 3,072 at d_model 896),
+    bf16 with fp32 master weights, FSDP2 under torchrun."""
+    seq = PAPER_SEQ_LEN
+    return Config(
+        recipe=name,
+        model=ModelConfig(d_model=d_model, n_layers=n_layers, n_heads=d_model // 128, mlp_hidden=24 * d_model // 7,
+                          parameterization="completep", base_width=896, base_depth=7),
+        data=DataConfig(dataset="corpus", seq_len=seq, mix=Mix(text=1 / 3, image_text=1 / 3, audio_text=1 / 3)),
+        diffusion=DiffusionConfig(conditional=0.8),
+        optim=OptimConfig(base=OptimBase(batch=256, tokens=13_000_000_000, lr=2e-3, warmup_tokens=1000 * 256 * seq)),
+        train=TrainConfig(tokens=int(tokens), batch_size=batch, parallel="fsdp", log_every=50, ckpt_every=1000,
+                          eval_every=0),
+        sample=SampleConfig(gen_len=64),
+        eval=EvalConfig(tau_points=8, max_rows=256, batch_size=32),
+    )
+
+
+def paper_320m() -> Config:
+    """The paper's batch-study pilot: 318M parameters, 238M of them in the (untied) embedding tables,
+    on a corpus with the joint vocabulary above (PAPER_VOCAB: 132,786 ids), at the base point itself
+    (256 rows per step, 13B tokens: κ = 1). d_model 896, 7 blocks: aspect ratio d_model/n_layers = 128;
+    7 heads of 128; SwiGLU width 3,072 puts the non-embedding count at the 80M of the paper's 320M − 240M
+    (the default 8/3·d_model, 2,432, would give 68M). 16 rows of 1,024 per micro-batch: about 25 GB
+    estimated on one GPU, 21 GB per GPU under FSDP2 on 8 (docs/scale.md)."""
+    cfg = _paper("paper_320m", d_model=896, n_layers=7, tokens=13e9, batch=256)
+    cfg.train.micro_batch_size = 16
+    return cfg
+
+
+def paper_3b() -> Config:
+    """The paper's final size by the pilot's rule: aspect ratio 128 (d_model = 128·n_layers), SwiGLU
+    width 24/7·d_model and the same joint vocabulary; 21 blocks of 2,688 give 2.88B parameters (2.17B
+    non-embedding + 0.71B embedding; 22 blocks would give 3.24B). 6.4T tokens at 2,048 rows per step
+    (the SDE rule moves the pilot's settings to that batch and horizon: logical batch ≈ 3,900 rows).
+    4 rows per micro-batch: about 37 GB per GPU estimated under FSDP2 on 8 GPUs (19 GB with
+    train.activation_checkpointing=true, at a third more compute; docs/scale.md)."""
+    cfg = _paper("paper_3b", d_model=2688, n_layers=21, tokens=6.4e12, batch=2048)
+    cfg.train.micro_batch_size = 4
+    return cfg
+
+
 RECIPES = {"tiny": tiny, "tiny_tri": tiny_tri, "demo": demo, "tinyworld": tinyworld, "demo_text": demo_text,
-           "study_batch": study_batch, "study_tri": study_tri, "custom": custom}
+           "study_batch": study_batch, "study_tri": study_tri, "custom": custom, "paper_320m": paper_320m,
+           "paper_3b": paper_3b}
 
 
 def get_recipe(name: str) -> Config:

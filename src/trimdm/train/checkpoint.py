@@ -4,6 +4,7 @@ A checkpoint is a directory `checkpoints/step_XXXXXXXX/` holding
     model.safetensors      fp32 weights (the master copy)
     optimizer.safetensors  optimizer tensor state, keys "<param index>.<name>"
     rng.safetensors        random generator states (uint8 tensors)
+    ema.safetensors        the fp32 EMA of the weights (`train.ema`; only in runs that keep one)
     state.json             step, tokens, loader position, optimizer scalars and groups, file sizes and
                            SHA-256 of the files above, the resolved config and the JointVocab
 It is written under a temporary name, fsynced, renamed into place, and only then named in
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from trimdm.fileio import atomic_write_text, fsync_file, sha256_file
 
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+EMA_FILE = "ema.safetensors"  # optional: listed in state.json's files when the run keeps an EMA
 
 
 def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -54,7 +56,7 @@ class CheckpointWriteError(OSError):
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, optim_state: dict,
                     rng: dict[str, torch.Tensor], trainer_state: dict, config: dict, vocab: dict,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint step_N and name it in `latest`. A write that fails leaves `latest` and the
     checkpoint it names as they were, removes what it wrote, and raises CheckpointWriteError."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -70,7 +72,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, optim_state: di
         for stale in (tmp, aside):
             if stale.exists():
                 shutil.rmtree(stale)
-        _write_files(tmp, step, model_state, optim_state, rng, trainer_state, config, vocab)
+        _write_files(tmp, step, model_state, optim_state, rng, trainer_state, config, vocab, ema)
         if final.exists():
             os.replace(final, aside)
         os.replace(tmp, final)
@@ -90,14 +92,18 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, optim_state: di
 
 
 def _write_files(tmp: Path, step: int, model_state: dict, optim_state: dict, rng: dict[str, torch.Tensor],
-                 trainer_state: dict, config: dict, vocab: dict) -> None:
+                 trainer_state: dict, config: dict, vocab: dict, ema: dict[str, torch.Tensor] | None) -> None:
     tmp.mkdir()
     opt_tensors, opt_meta = optimizer_to_flat(optim_state)
     save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / FILES[0])
     save_file(opt_tensors, tmp / FILES[1])
     save_file(rng, tmp / FILES[2])
+    names = FILES
+    if ema is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, tmp / EMA_FILE)
+        names = FILES + (EMA_FILE,)
     files = {}
-    for name in FILES:
+    for name in names:
         fsync_file(tmp / name)
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     state = {"step": step, "trainer": trainer_state, "optimizer": opt_meta, "files": files,
@@ -137,7 +143,8 @@ def point_latest(path: Path) -> None:
 
 def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> dict:
     """A checkpoint directory, or a run directory's latest checkpoint, read and verified. Returns
-    dict(path, step, model, optimizer, rng, trainer, config, vocab).
+    dict(path, step, model, optimizer, rng, trainer, config, vocab, ema); ema is None in a run without
+    one.
 
     When a run directory's latest checkpoint fails verification, the error names it and lists the run's
     intact checkpoints to pass instead: sampling and evaluation never fall back to an older model
@@ -197,6 +204,9 @@ def read_checkpoint(path: Path, with_optimizer: bool = True) -> dict:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{state_path}: unreadable checkpoint state ({e})") from None
     wanted = FILES if with_optimizer else FILES[:1]
+    out["ema"] = None
+    if EMA_FILE in files:  # the EMA is read with or without the optimizer: sampling uses it
+        wanted = wanted + (EMA_FILE,)
     for name in wanted:
         p = path / name
         if not p.exists():

@@ -1,6 +1,7 @@
 """`trimdm export`: a run's checkpoint as a self-describing model folder (layout: model_folder.py).
 
-Owns writing the folder: the fp32 weights (no optimizer state), the resolved config and vocabulary, the
+Owns writing the folder: the fp32 weights (no optimizer state; the run's EMA of its weights where it kept
+one, `train.ema`, as sampling and evaluation of the run use it), the resolved config and vocabulary, the
 sampling defaults, the run's tokenizers copied, its eval.json where that evaluates the exported
 checkpoint, the manifest of sizes and SHA-256s, and the model card (README.md, Hugging Face style: YAML
 front matter, then architecture, data, training, evaluation, sampling, use). Everything is written into
@@ -80,7 +81,9 @@ def write_folder(tmp: Path, ckpt: dict, home: Path, ev: dict | None, name: str) 
     """Every file of the folder into `tmp` (created here), each fsynced."""
     cfg = Config.from_dict(ckpt["config"]).derive()  # today's terms, validated
     vocab = JointVocab.from_dict(ckpt["vocab"])
-    tensors = ckpt["model"]
+    # a run that kept an EMA of its weights is sampled and evaluated with it (run.py): that is the model
+    weights = "ema" if ckpt.get("ema") is not None else "model"
+    tensors = ckpt["ema"] if weights == "ema" else ckpt["model"]
     not_fp32 = [k for k, v in tensors.items() if v.dtype != torch.float32]
     if not_fp32:
         raise ValueError(f"{ckpt['path'] / WEIGHTS}: {not_fp32[:3]} are not fp32 (a checkpoint keeps fp32 weights)")
@@ -95,7 +98,7 @@ def write_folder(tmp: Path, ckpt: dict, home: Path, ev: dict | None, name: str) 
     files = manifest(tmp)
     trained = {"step": ckpt["step"], "tokens": ckpt["trainer"].get("tokens"),
                "skipped_steps": ckpt["trainer"].get("skipped_steps"), "run": home.resolve().name,
-               "checkpoint": ckpt["path"].name}
+               "checkpoint": ckpt["path"].name, "weights": weights}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "library_name": "trimdm", "trimdm_version": __version__,
             "trimdm_config": config, "vocab": ckpt["vocab"], "trained": trained, "files": files}
     _write_json(tmp / CONFIG, meta)
@@ -212,6 +215,9 @@ def _training(cfg: Config, trained: dict) -> list[str]:
             ["peak learning rate", f"{dv.lr:.3g} ({cfg.optim.lr_schedule})"],
             ["masking schedule", ", ".join(f"{k} {v}" for k, v in vars(cfg.diffusion.schedule).items())],
             ["anti-masking", cfg.diffusion.antimask], ["precision", t.dtype], ["seed", t.seed]]
+    if trained.get("weights") == "ema":
+        rows.append(["weights", f"exponential moving average of the training weights (decay {t.ema}, "
+                                "updated after every optimizer step); the last step's own weights are not exported"])
     if trained.get("skipped_steps"):
         rows.append(["skipped steps (non-finite)", trained["skipped_steps"]])
     return ["## Training", "", *_table(["", ""], rows, numbers=False)]

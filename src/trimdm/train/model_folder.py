@@ -4,7 +4,8 @@
                        "trimdm_config": the run's resolved config without its `sample` section,
                        "vocab": the JointVocab, "trained": step, tokens and the checkpoint exported,
                        "files": bytes and SHA-256 of every other file that loading reads}
-    model.safetensors  the fp32 weights (no optimizer state)
+    model.safetensors  the fp32 weights (no optimizer state): the run's EMA of the weights when it kept one
+                       (`trained.weights` says which: "ema" or "model")
     sampling.json      the sampling defaults: the config's `sample` section and its config version
     tokenizer/         the text tokenizer;  tokenizers/image, tokenizers/audio: the media tokenizers
     eval.json          the run's evaluation of the exported checkpoint, where it had one
@@ -55,12 +56,14 @@ def is_model_folder(path: str | Path) -> bool:
 
 def load_model_source(path: str | Path) -> dict:
     """A run directory (its latest checkpoint), a checkpoint directory or a model folder, read and
-    verified, without optimizer state: dict(path, home, model_folder, step, tokens, model, config, vocab,
-    config_file). `home` holds the tokenizer folders; `config_file` is where the config was read."""
+    verified, without optimizer state: dict(path, home, model_folder, step, tokens, model, ema, weights,
+    config, vocab, config_file). `model` holds the training weights, `ema` their EMA (None where the run
+    kept none, and in a model folder, whose one set of weights `weights` names: "ema" or "model").
+    `home` holds the tokenizer folders; `config_file` is where the config was read."""
     if is_model_folder(path):
         return read_model_folder(path)
     ckpt = load_checkpoint(path, with_optimizer=False)
-    return {**ckpt, "home": ckpt["path"].parent.parent, "model_folder": False,
+    return {**ckpt, "home": ckpt["path"].parent.parent, "model_folder": False, "weights": "model",
             "tokens": ckpt["trainer"].get("tokens"), "config_file": ckpt["path"] / "state.json"}
 
 
@@ -80,7 +83,8 @@ def read_model_folder(path: str | Path) -> dict:
         raise ValueError(f"{folder / WEIGHTS}: cannot read safetensors ({type(e).__name__}: {e})") from None
     trained = meta["trained"]
     return {"path": folder, "home": folder, "model_folder": True, "step": trained.get("step"),
-            "tokens": trained.get("tokens"), "model": tensors, "config": config, "vocab": meta["vocab"],
+            "tokens": trained.get("tokens"), "model": tensors, "ema": None,
+            "weights": trained.get("weights", "model"), "config": config, "vocab": meta["vocab"],
             "config_file": folder / CONFIG}
 
 
@@ -144,10 +148,11 @@ def _read_sampling(folder: Path, trimdm_config: dict) -> dict:
     return sample
 
 
-def check_weights(expected: dict, tensors: dict, source: dict) -> None:
-    """The weights of a source (`load_model_source`) fit the model its config describes: the same names
-    and shapes (`expected`: a freshly built model's state dict). A ValueError names both files."""
-    weights, config = source["path"] / WEIGHTS, source["config_file"]
+def check_weights(expected: dict, tensors: dict, source: dict, file: str = WEIGHTS) -> None:
+    """The weights of a source (`load_model_source`), read from its `file`, fit the model its config
+    describes: the same names and shapes (`expected`: a freshly built model's state dict). A ValueError
+    names both files."""
+    weights, config = source["path"] / file, source["config_file"]
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ValueError(f"{weights}: its tensors do not match the model {config} describes (missing: "

@@ -3,7 +3,8 @@
 Owns: the model a config describes (`model_args`, `build_model`, initialised from the run's `init`
 random stream), the device choice, the autocast policy of `train.dtype`, and `load_run`, which reads a
 run directory, a checkpoint or a model folder (config, vocab, weights, and the tokenizers the run
-carries) for sampling and evaluation. Does not own training (trainer.py) or the formats it reads
+carries) for sampling and evaluation; the weights are the EMA of the run's weights where it kept one
+(`train.ema`), as is usual for sampling from diffusion models. Does not own training (trainer.py) or the formats it reads
 (checkpoint.py, model_folder.py).
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from trimdm.streams import stream_seed
 from trimdm.tokenizers.media import load_media_tokenizer
 from trimdm.tokenizers.text import TextTokenizer
 from trimdm.tokenizers.vocab import JointVocab
-from trimdm.train.model_folder import MEDIA_TOKENIZERS, TEXT_TOKENIZER, check_weights, load_model_source
+from trimdm.train.checkpoint import EMA_FILE
+from trimdm.train.model_folder import MEDIA_TOKENIZERS, TEXT_TOKENIZER, WEIGHTS, check_weights, load_model_source
 
 
 def model_args(cfg: Config, vocab: JointVocab) -> TransformerArgs:
@@ -71,6 +73,7 @@ class LoadedRun:
     media_tokenizers: dict  # "image" / "audio" -> tokenizer, where the run has them
     home: Path
     model_folder: bool = False
+    weights: str = "model"  # "ema": the run's EMA of its weights (train.ema); "model": the weights themselves
 
     def output_dir(self, flag: str = "--out") -> Path:
         """The folder a command writes into when not told where: the run directory. A model folder is
@@ -87,17 +90,22 @@ class LoadedRun:
 
 def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
     """The run at `path` in eval mode: a run directory (its latest checkpoint), a checkpoint directory,
-    or a model folder written by `trimdm export` (verified: model_folder.py)."""
+    or a model folder written by `trimdm export` (verified: model_folder.py). A checkpoint with an EMA of
+    the weights (`train.ema`) loads the EMA."""
     src = load_model_source(path)
     cfg = Config.from_dict(src["config"]).derive()
     vocab = JointVocab.from_dict(src["vocab"])
     dev = pick_device(device)
     model = Transformer(model_args(cfg, vocab))
-    check_weights(model.state_dict(), src["model"], src)
-    model.load_state_dict(src["model"])
+    if src["ema"] is not None:  # a checkpoint that holds an EMA of its weights
+        weights, tensors, file = "ema", src["ema"], EMA_FILE
+    else:  # a checkpoint without one, or a model folder (its weights say what they are)
+        weights, tensors, file = src["weights"], src["model"], WEIGHTS
+    check_weights(model.state_dict(), tensors, src, file)
+    model.load_state_dict(tensors)
     model.to(dev).eval()
     home = src["home"]
     tokenizer = TextTokenizer.load(home / TEXT_TOKENIZER)
     # native or pretrained-adapter tokenizers alike: the run directory carries whichever it trained on
     media = {m: load_media_tokenizer(home / MEDIA_TOKENIZERS / m, m) for m in ("image", "audio") if vocab.has(m)}
-    return LoadedRun(cfg, vocab, model, tokenizer, src["path"], dev, media, home, src["model_folder"])
+    return LoadedRun(cfg, vocab, model, tokenizer, src["path"], dev, media, home, src["model_folder"], weights)

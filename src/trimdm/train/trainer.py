@@ -1,8 +1,10 @@
 """The training loop: the one place where data, masking, model, loss and optimizer meet (method §7).
 
 Owns: building a run from a config, the step (micro-batches, bf16 autocast with fp32 master weights,
-gradient clipping, lr schedule in tokens), the gradient noise scale measurement, logging, checkpoint
-and resume, SIGTERM handling, and running under torchrun (DDP or FSDP2 applied from outside).
+gradient clipping, lr schedule in tokens, the EMA of the weights), the gradient noise scale measurement,
+logging, checkpoint and resume, SIGTERM handling, and running under torchrun (DDP or FSDP2, activation
+checkpointing and compile applied from outside). A run whose estimated memory exceeds the device's is
+refused before its model is built (train/memory.py).
 Does not own any formula: those live in diffusion/, optim/ and model/.
 
 Determinism: three independent random streams, each seeded from (train.seed, stream name): `init`
@@ -33,8 +35,9 @@ from trimdm.diffusion.masking import (clean_rows_per_batch, compact, conditional
                                       tau_bounds, text_shares)
 from trimdm.diffusion.schedules import Schedule, parse_schedule
 from trimdm.distributed.env import DistEnv, all_reduce_sum, init_distributed, rank_device
-from trimdm.distributed.parallelize import compile_blocks, full_state, load_full_state, parallelize
+from trimdm.distributed.parallelize import checkpoint_blocks, compile_blocks, full_state, load_full_state, parallelize
 from trimdm.model.flops import param_counts, train_flops_per_token
+from trimdm.model.memory import GiB, describe as describe_memory
 from trimdm.model.transformer import Transformer
 from trimdm.optim.lr import lr_factor
 from trimdm.optim.noise_scale import NoiseScaleTracker, sq_norm
@@ -45,6 +48,8 @@ from trimdm.streams import stream_seed
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 from trimdm.train.checkpoint import (CheckpointWriteError, latest_checkpoint, load_newest_intact, point_latest,
                                     save_checkpoint)
+from trimdm.train.ema import WeightEMA
+from trimdm.train.memory import check_memory
 from trimdm.train.metrics import MetricsLog, Progress, matmul_peak_flops
 from trimdm.train.model_folder import load_model_source
 from trimdm.train.run import autocast, build_model, pick_device
@@ -65,6 +70,28 @@ def optimizer_settings(cfg: Config) -> OptimizerSettings:
 
 def _grad_sq_norm(params) -> float:
     return sq_norm(p.grad for p in params if p.grad is not None)
+
+
+def _sq_norms(tensors: list[torch.Tensor]) -> float:
+    """Σ‖t‖² from fp32 per-tensor norms (no float64 copy of a large table)."""
+    return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum())
+
+
+def _micro_grad_sq(params, prev: list[torch.Tensor] | None) -> tuple[float, list[torch.Tensor]]:
+    """‖g − prev‖² for the accumulated gradients g of `params` (‖g‖² when prev is None: the first
+    micro-batch), and prev holding a copy of g for the next one: the squared norm of the last
+    micro-batch's own gradient. The difference is formed in place in the one fp32 copy kept, so the
+    measurement costs 4 bytes per parameter (a flat float64 copy of the gradient and its temporaries
+    took 32, the most memory of a one-process step with micro-batches)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if prev is None:
+        prev = [g.clone() for g in grads]
+        return _sq_norms(prev), prev
+    torch._foreach_sub_(prev, grads)
+    sq = _sq_norms(prev)
+    for q, g in zip(prev, grads):
+        q.copy_(g)
+    return sq, prev
 
 
 class Trainer:
@@ -97,15 +124,8 @@ class Trainer:
         self.vocab = self.data.vocab()
         self.tables = RowTables.from_vocab(self.vocab)
         self.schedules = training_schedules(cfg)
-        self.model = build_model(cfg, self.vocab)
-        # train.init only starts a new run: a checkpoint of the run's own is resumed in fit() instead
-        resuming = latest_checkpoint(self.out) is not None
-        self.initial = init_weights_from(self.model, self.vocab, t.init) if t.init and not resuming else None
-        self.model = self.model.to(self.device)
-        if t.compile:
-            compile_blocks(self.model)
-        self.net = parallelize(self.model, t.parallel, self.env, self.device)
-        self.optimizer = build_optimizer(self.net, optimizer_settings(cfg))
+        self.memory = check_memory(self.cfg, self.vocab, self.env.world, self.device, self.log)  # before building
+        self.build_network()
         mix = {"text": cfg.data.mix.text, "image_text": cfg.data.mix.image_text, "audio_text": cfg.data.mix.audio_text}
         used = [task for task, share in mix.items() if share > 0]
         self.train_sources = self.data.sources("train", self.vocab, cfg.data.seq_len, used)
@@ -126,9 +146,28 @@ class Trainer:
         self.params = param_counts(self.model.args)
         self.peak = t.peak_tflops * 1e12 if t.peak_tflops else None
 
+    def build_network(self) -> None:
+        """The model, its wrappers (activation checkpointing, compile, DDP or FSDP2: all from outside, in
+        torchtitan's order), the optimizer and the EMA of the weights."""
+        cfg, t = self.cfg, self.cfg.train
+        self.model = build_model(cfg, self.vocab)
+        # train.init only starts a new run: a checkpoint of the run's own is resumed in fit() instead
+        resuming = latest_checkpoint(self.out) is not None
+        self.initial = init_weights_from(self.model, self.vocab, t.init) if t.init and not resuming else None
+        self.model = self.model.to(self.device)
+        if t.activation_checkpointing:
+            checkpoint_blocks(self.model)
+        if t.compile:
+            compile_blocks(self.model)
+        self.net = parallelize(self.model, t.parallel, self.env, self.device)
+        self.optimizer = build_optimizer(self.net, optimizer_settings(cfg))
+        # the plain model's parameters (FSDP2 shards them in place; DDP wraps the model)
+        self.ema = WeightEMA(self.model, t.ema) if t.ema else None
+
     # -- checkpoints -------------------------------------------------------------------------------
     def save(self) -> Path | None:
         model_state, optim_state = full_state(self.net, self.optimizer, self.cfg.train.parallel, self.env)
+        ema = self.ema.state_dict() if self.ema is not None else None  # every rank: FSDP2 gathers it
         if not self.env.is_main:
             return None
         return save_checkpoint(
@@ -137,7 +176,7 @@ class Trainer:
             trainer_state={"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
                            "noise_scale": self.noise_scale.state_dict(), "world": self.env.world,
                            "skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row},
-            config=self.cfg.to_dict(), vocab=self.vocab.to_dict(), keep=self.cfg.train.keep_checkpoints)
+            config=self.cfg.to_dict(), vocab=self.vocab.to_dict(), keep=self.cfg.train.keep_checkpoints, ema=ema)
 
     def resume(self) -> bool:
         """Continue from the run's latest checkpoint or, when that one is corrupt, from its newest intact
@@ -152,7 +191,7 @@ class Trainer:
         if passed_over and self.env.is_main:
             point_latest(path)
         saved = Config.from_dict(ckpt["config"]).derive().to_dict()
-        diff = _diff(saved, self.cfg.to_dict())
+        diff = [d for d in _diff(saved, self.cfg.to_dict()) if d.split(":")[0] not in RESUME_FREE]
         if diff:
             raise ValueError(f"{self.out} holds a run with a different config ({'; '.join(diff[:6])}); "
                              "resume with the same settings or choose another --out")
@@ -162,6 +201,10 @@ class Trainer:
                              f"(now {self.env.world}); any world size can load it for sampling and evaluation")
         load_full_state(self.net, self.optimizer, ckpt["model"], ckpt["optimizer"], self.cfg.train.parallel,
                         self.env)
+        if self.ema is not None:
+            if ckpt["ema"] is None:
+                raise ValueError(f"{path} holds no EMA of the weights, which train.ema={self.cfg.train.ema} keeps")
+            self.ema.load_state_dict(ckpt["ema"])
         self.mask_gen.set_state(ckpt["rng"]["mask"])
         self.loader.load_state_dict(ckpt["trainer"]["loader"])
         self.noise_scale.load_state_dict(ckpt["trainer"]["noise_scale"])
@@ -222,10 +265,8 @@ class Trainer:
                     loss.backward()
                 stats = s if stats is None else stats + s
             if measure_micro:  # gradient of this micro-batch alone, rescaled to its own mean
-                flat = torch.cat([p.grad.detach().flatten() for p in params if p.grad is not None]).double()
-                g = flat if prev is None else flat - prev
-                micro_sq.append(float(g.square().sum()) * (denominator / float(counts[k])) ** 2)
-                prev = flat
+                sq, prev = _micro_grad_sq(params, prev)
+                micro_sq.append(sq * (denominator / float(counts[k])) ** 2)
         measured = None  # the noise-scale tracker's arguments; it takes them only from a step that is applied
         if measure_ranks:  # per-rank gradient (no_sync above) versus the all-reduced one
             local_sq = _grad_sq_norm(params) * (denominator / (env.world * float(counts.sum()))) ** 2
@@ -236,7 +277,7 @@ class Trainer:
             small = float(all_reduce_sum(torch.tensor(local_sq, dtype=torch.float64), env)) / env.world
             measured = (small, self.rank_rows, _grad_sq_norm(params), d.batch)
         elif measure_micro:
-            measured = (sum(micro_sq) / len(micro_sq), self.micro, float(prev.square().sum()), self.rank_rows)
+            measured = (sum(micro_sq) / len(micro_sq), self.micro, _sq_norms(prev), self.rank_rows)
         clip = d.grad_clip if d.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -245,6 +286,8 @@ class Trainer:
             positions = int(all_reduce_sum(torch.tensor(float(positions), dtype=torch.float64), env))
         self.drop_unused_outputs(stats)
         skipped = self.apply_or_skip(stats, grad_norm)
+        if self.ema is not None and not skipped:
+            self.ema.update()
         noise = self.noise_scale.update(*measured) if measured and not skipped else None
         self.step += 1
         self.tokens += d.tokens_per_step
@@ -310,6 +353,8 @@ class Trainer:
                  f"embedding parameters; {d.steps} steps of {d.batch}×{cfg.data.seq_len} tokens "
                  f"({self.env.world} process(es) × {self.accum} micro-batch(es) of {self.micro}); "
                  f"dtype {t.dtype}; device {self.device}")
+        self.log(f"memory: about {self.memory['peak'] / GiB:.1f} GiB per process estimated "
+                 f"({describe_memory(self.memory)} GiB; train/memory.py)")
         self.log(describe(hp))
         self.log(group_table(self.optimizer))
         if self.peak is None:
@@ -396,6 +441,11 @@ class Trainer:
                                  dtype=self.cfg.train.dtype)
         finally:
             self.model.train()
+
+
+# keys a resumed run may change: they change how much memory a step takes, not what it computes
+# (activation checkpointing gives the same gradients bit for bit: tests/unit/test_memory.py)
+RESUME_FREE = ("train.memory_check", "train.activation_checkpointing")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
