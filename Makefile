@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/trimdm demo --out runs/demo
 
+# Tests are single-threaded (tests/conftest.py), so one worker per core, up to four, runs them side by side.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n auto --maxprocesses=4
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
