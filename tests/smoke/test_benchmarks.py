@@ -33,6 +33,18 @@ def test_train_throughput(data_root):
     assert_finite(row, "tokens_per_s", "seconds_per_step", "achieved_gflops", "fraction_of_bf16_peak")
 
 
+def test_train_throughput_against_the_peer(data_root):
+    # the Hugging Face peer at the tiny recipe's shapes: one round of one step each, a small peak
+    out = run_benchmark("train_throughput", "--peer", "--configs", "tiny", "--rounds", "1", "--steps", "1",
+                        "--warmup", "1", "--peak-n", "128", "--peak-seconds", "0.02", f"data.root={data_root}",
+                        "train.threads=1")
+    assert set(out["systems"]) == {"trimdm", "peer_dense", "peer_sparse"}
+    assert out["shape"]["vocab_size"] == 530 and out["shape"]["mlp_hidden"] == 192  # tiny's, from its config
+    assert_finite(out, "bf16_matmul_peak_gflops", "peer_ratio_dense", "peer_ratio_sparse")
+    for row in out["systems"].values():
+        assert_finite(row, "tokens_per_s", "seconds_per_step", "achieved_gflops", "mfu")
+
+
 def test_data_throughput(data_root):
     out = run_benchmark("data_throughput", "--recipe", "tiny", "--steps", "2", "--train-steps", "1",
                         f"data.root={data_root}", "train.threads=1")

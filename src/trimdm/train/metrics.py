@@ -20,22 +20,28 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 2048, s
     """Measured dense matmul FLOP/s of this device and dtype (the denominator of MFU), once per process."""
     key = (str(device), dtype)
     if key not in _PEAKS:
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        b = torch.randn(n, n, dtype=dtype, device=device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        for _ in range(3):
-            a @ b
-        sync()
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            reps += 1
-            if device.type == "cuda" and reps % 50:
-                continue
-            sync()
-        sync()
-        _PEAKS[key] = 2 * n**3 * reps / (time.perf_counter() - t0)
+        _PEAKS[key] = matmul_flops(device, dtype, n, seconds)
     return _PEAKS[key]
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """One fresh measurement of n×n matmul FLOP/s over about `seconds` (not cached: a benchmark on a
+    shared machine takes the median of several, interleaved with what it times)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if device.type == "cuda" and reps % 50:
+            continue
+        sync()
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 class MetricsLog:
