@@ -11,7 +11,10 @@ dense logits and its sparse prediction), interleaved: each round measures the bf
 `--steps` steps of trimdm, of the dense peer and of the sparse peer. Medians over rounds; on a shared
 machine the ratios trimdm/peer (`peer_ratio_dense`, `peer_ratio_sparse`) are the figures to read, not the
 absolute rates. MFU of each system is its median FLOP/s over the median peak (the peer's FLOPs count its
-own head and decoder at every position it predicts: peer_hf_mdm.peer_flops_per_step).
+own head and decoder at every position it predicts: peer_hf_mdm.peer_flops_per_step). Each figure also
+comes per second of this process's CPU time (`tokens_per_cpu_s`, `mfu_cpu`, `peer_ratio_*_cpu`, the
+peak measured the same way): with one thread on a loaded machine, where the wall clock mostly measures
+the other jobs, those are the steadier estimates of a quiet machine's one-thread figures.
 
 Configs: demo, demo_text, tinyworld, d512, and tiny (the `tiny` recipe: seconds, for the smoke test).
 
@@ -100,47 +103,60 @@ def peer_systems(tr: Trainer) -> tuple[dict, dict]:
     return systems, {"shape": dataclasses.asdict(shape), "params": params}
 
 
+def time_rounds(systems: dict, args, device) -> tuple[dict, dict, dict, dict]:
+    """Per round: the bf16 matmul peak (by the wall clock and by this process's CPU time), then
+    `args.steps` steps of each system. Returns per system its wall and CPU seconds per step and FLOPs
+    per step, one entry per round, and the peaks."""
+    wall = {k: [] for k in systems}
+    cpu = {k: [] for k in systems}
+    flops = {k: [] for k in systems}
+    peaks = {"wall": [], "cpu": []}
+    for _ in range(args.rounds):
+        peaks["wall"].append(matmul_flops(device, torch.bfloat16, args.peak_n, args.peak_seconds))
+        peaks["cpu"].append(matmul_flops(device, torch.bfloat16, args.peak_n, args.peak_seconds, time.process_time))
+        for k, step in systems.items():
+            f, t0, c0 = 0.0, time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                f += step()
+            wall[k].append((time.perf_counter() - t0) / args.steps)
+            cpu[k].append((time.process_time() - c0) / args.steps)
+            flops[k].append(f / args.steps)
+    return wall, cpu, flops, peaks
+
+
 def measure_peer(name: str, extra: list[str], args) -> dict:
     """trimdm against the Hugging Face peer, interleaved in rounds (see the module docstring)."""
     recipe, overrides = CONFIGS[name]
     cfg = get_recipe(recipe).override(overrides + extra)
-    device = torch.device("cpu")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, log=lambda *a: None)
-        device = tr.device
         systems, about = peer_systems(tr)
         for step in systems.values():
             for _ in range(args.warmup):
                 step()
-        seconds = {k: [] for k in systems}
-        flops = {k: [] for k in systems}
-        peaks = []
-        for _ in range(args.rounds):
-            peaks.append(matmul_flops(device, torch.bfloat16, args.peak_n, args.peak_seconds))
-            for k, step in systems.items():
-                f, t0 = 0.0, time.perf_counter()
-                for _ in range(args.steps):
-                    f += step()
-                seconds[k].append((time.perf_counter() - t0) / args.steps)
-                flops[k].append(f / args.steps)
+        wall, cpu, flops, peaks = time_rounds(systems, args, tr.device)
     tokens = cfg.derived.tokens_per_step
-    peak = median(peaks)
+    peak, peak_cpu = median(peaks["wall"]), median(peaks["cpu"])
     rows = {}
     for k in systems:
-        dt = median(seconds[k])
+        dt, ct, f = median(wall[k]), median(cpu[k]), median(flops[k])
         rows[k] = {"params": about["params"][k], "seconds_per_step": dt, "tokens_per_s": tokens / dt,
-                   "tokens_per_s_rounds": [tokens / s for s in seconds[k]],
-                   "achieved_gflops": median(flops[k]) / dt / 1e9, "mfu": median(flops[k]) / dt / peak}
-    ratio = {v: rows["trimdm"]["tokens_per_s"] / rows[f"peer_{v}"]["tokens_per_s"] for v in ("dense", "sparse")}
-    per_round = {v: [p / t for t, p in zip(seconds["trimdm"], seconds[f"peer_{v}"])] for v in ("dense", "sparse")}
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "device": str(device),
-            "threads": torch.get_num_threads(), "load_average_before": load_before,
-            "load_average_after": os.getloadavg(), "config": name, "recipe": recipe, "overrides": overrides + extra,
-            **about, "tokens_per_step": tokens, "rounds": args.rounds, "steps_per_round": args.steps,
-            "bf16_matmul_peak_gflops": peak / 1e9, "peak_gflops_rounds": [p / 1e9 for p in peaks],
-            "systems": rows, "peer_ratio_dense": ratio["dense"], "peer_ratio_sparse": ratio["sparse"],
-            "peer_ratio_dense_rounds": per_round["dense"], "peer_ratio_sparse_rounds": per_round["sparse"]}
+                   "tokens_per_s_rounds": [tokens / s for s in wall[k]], "achieved_gflops": f / dt / 1e9,
+                   "mfu": f / dt / peak, "cpu_seconds_per_step": ct, "tokens_per_cpu_s": tokens / ct,
+                   "mfu_cpu": f / ct / peak_cpu}
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "device": str(tr.device),
+           "threads": torch.get_num_threads(), "load_average_before": load_before,
+           "load_average_after": os.getloadavg(), "config": name, "recipe": recipe, "overrides": overrides + extra,
+           **about, "tokens_per_step": tokens, "rounds": args.rounds, "steps_per_round": args.steps,
+           "bf16_matmul_peak_gflops": peak / 1e9, "peak_gflops_rounds": [p / 1e9 for p in peaks["wall"]],
+           "bf16_matmul_peak_gflops_per_cpu_s": peak_cpu / 1e9, "systems": rows}
+    for v in ("dense", "sparse"):
+        peer = f"peer_{v}"
+        out[f"peer_ratio_{v}"] = rows["trimdm"]["tokens_per_s"] / rows[peer]["tokens_per_s"]
+        out[f"peer_ratio_{v}_rounds"] = [p / t for t, p in zip(wall["trimdm"], wall[peer])]
+        out[f"peer_ratio_{v}_cpu"] = rows["trimdm"]["tokens_per_cpu_s"] / rows[peer]["tokens_per_cpu_s"]
+    return out
 
 
 def main() -> None:

@@ -40,9 +40,10 @@ def test_train_throughput_against_the_peer(data_root):
                         "train.threads=1")
     assert set(out["systems"]) == {"trimdm", "peer_dense", "peer_sparse"}
     assert out["shape"]["vocab_size"] == 530 and out["shape"]["mlp_hidden"] == 192  # tiny's, from its config
-    assert_finite(out, "bf16_matmul_peak_gflops", "peer_ratio_dense", "peer_ratio_sparse")
+    assert_finite(out, "bf16_matmul_peak_gflops", "peer_ratio_dense", "peer_ratio_sparse", "peer_ratio_dense_cpu",
+                  "peer_ratio_sparse_cpu")
     for row in out["systems"].values():
-        assert_finite(row, "tokens_per_s", "seconds_per_step", "achieved_gflops", "mfu")
+        assert_finite(row, "tokens_per_s", "seconds_per_step", "achieved_gflops", "mfu", "tokens_per_cpu_s", "mfu_cpu")
 
 
 def test_data_throughput(data_root):
