@@ -110,10 +110,10 @@ class RMSNormFunction(torch.autograd.Function):
     """RMSNorm with a hand-written backward. Forward: the operations of `F.rms_norm` in their order
     (x in fp32, rstd = rsqrt(mean(x²) + eps), x·rstd·w, cast back to x's dtype), so outputs are
     bit-identical to it. On a CPU `F.rms_norm` has no fused kernel under autograd: it decomposes into
-    six elementwise ops whose backward makes a dozen passes; this backward makes seven (training step
-    norms 32% faster in fp32, 16% in bf16, `docs/LOG.md` 2026-12-06), with gradients equal to it within
-    fp32 rounding. The weight's gradient is formed in fp32 (F.rms_norm's passes through the weight cast
-    to x's dtype: bf16 for the QK-norms)."""
+    six elementwise ops whose backward makes a dozen passes; this backward makes seven (forward +
+    backward of d512's norms 32% faster in fp32, 16% for the bf16 QK-norms, docs/LOG.md 2026-12-06),
+    with input gradients equal to its within fp32 rounding. The weight's gradient is formed in fp32
+    (F.rms_norm's passes through the weight cast to x's dtype: bf16 for the QK-norms)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps: float):
