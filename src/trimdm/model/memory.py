@@ -21,13 +21,21 @@ is allocated. Bytes per process; the trainer compares them with the device's fre
 
 Bytes kept per position by one block (d = d_model, h = SwiGLU width, H heads, L row length), counted from
 the tensors autograd saves (`torch.autograd.graph.saved_tensors_hooks`, tests/unit/test_memory.py):
-    fp32:                           56·d + 16·h + 12·H + 8
-    bf16 autocast, SDPA:            48·d +  8·h + 12·H + 8
-    bf16 autocast, explicit scores: 44·d +  8·h +  8·H + 8 + 6·H·L   (CPU rows ≤ 256: transformer.attend)
-The residual stream, the norms' inputs and outputs and the QK-norms run in fp32 under autocast (torch
-keeps RMSNorm in fp32), matmul inputs and outputs in bf16. Not counted: the allocator's fragmentation,
-transient buffers inside a kernel, the data loader, and the process itself (`runtime`, which the caller
-measures: Python, torch and its libraries on a CPU; the CUDA context is outside free GPU memory).
+    fp32:                           40·d + 16·h + 12·H + 8
+    bf16 autocast, SDPA:            24·d +  8·h + 12·H + 8
+    bf16 autocast, explicit scores: 26·d +  8·h +  8·H + 8 + 6·H·L   (CPU rows ≤ 256: transformer.attend)
+Every RMSNorm (transformer.RMSNormFunction) keeps its input and one fp32 rstd per row, not its output.
+In bf16 with SDPA: the two block norms' inputs (the fp32 residual stream, 2 × 4d) and rstd (2 × 4); the
+bf16 casts of their outputs that qkv and w_in read (2 × 2d); the qkv product (6d: the QK-norms' input,
+and SDPA's v) and the QK-norms' rstd (2 × 4H); SDPA's rotated q and k (2 × 2d), its output (2d, the out
+projection's input) and log-sum-exp (4H); the SwiGLU product (4h), silu(gate) (2h) and w_out's input
+(2h). In fp32 every bf16 tensor doubles and the casts are the norms' outputs themselves. With explicit
+scores q, k and v are kept as contiguous copies (3 × 2d) with the fp32 softmax (4HL) and its bf16 cast
+(2HL), and no log-sum-exp. Fixed per block, outside the per-position figure: the `weights` and the RoPE
+tables' bf16 copies, and the QK-norms' gains in fp32 under autocast (8 bytes per head dimension).
+Not counted: the key-padding mask (1-4 bytes per position), the allocator's fragmentation, transient
+buffers inside a kernel, the data loader, and the process itself (`runtime`, which the caller measures:
+Python, torch and its libraries on a CPU; the CUDA context is outside free GPU memory).
 """
 from __future__ import annotations
 
@@ -60,10 +68,10 @@ def block_bytes_per_token(a: TransformerArgs, p: MemoryPlan) -> float:
     """Bytes one block keeps for its backward pass per position (module docstring)."""
     d, h, heads = a.d_model, a.hidden, a.n_heads
     if not p.bf16:
-        return 56 * d + 16 * h + 12 * heads + 8
+        return 40 * d + 16 * h + 12 * heads + 8
     if p.explicit_attention:
-        return 44 * d + 8 * h + 8 * heads + 8 + 6 * heads * p.seq_len
-    return 48 * d + 8 * h + 12 * heads + 8
+        return 26 * d + 8 * h + 8 * heads + 8 + 6 * heads * p.seq_len
+    return 24 * d + 8 * h + 12 * heads + 8
 
 
 def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
