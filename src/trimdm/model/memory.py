@@ -16,8 +16,9 @@ is allocated. Bytes per process; the trainer compares them with the device's fre
     head         logits of the masked positions over their output slice (fp32 log-softmax kept, its
                  gradient, the bf16 product: ~14 bytes per logit in bf16, 12 in fp32) and the copies of the
                  unembedding slices the heads read (6 bytes per output parameter in bf16, 4 in fp32)
-    optimizer    AdamW's foreach step holds one more fp32 tensor per parameter (its √v), after the
-                 backward pass has freed the activations: the peak is the larger of the two phases
+    optimizer    nothing beyond the states: the fused AdamW step (optim/param_groups.py) updates each
+                 tensor in place (foreach held one more fp32 tensor per parameter, its √v; docs/LOG.md
+                 2026-12-06), so the forward/backward pass is the peak
 
 Bytes kept per position by one block (d = d_model, h = SwiGLU width, H heads, L row length), counted from
 the tensors autograd saves (`torch.autograd.graph.saved_tensors_hooks`, tests/unit/test_memory.py):
@@ -75,8 +76,8 @@ def block_bytes_per_token(a: TransformerArgs, p: MemoryPlan) -> float:
 
 
 def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
-    """Bytes per process by component, and `peak`: the larger of the forward/backward phase and the
-    optimizer step."""
+    """Bytes per process by component, and `peak`: the states with everything the forward/backward pass
+    adds (the fused optimizer step adds nothing)."""
     counts = param_counts(a)
     n, d = counts["total"], a.d_model
     block = counts["non_embedding"] / a.n_layers  # one block's parameters (the final norm is noise)
@@ -98,10 +99,8 @@ def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
                    + (6.0 if p.bf16 else 4.0) * counts["embedding"] / 2)
     out["runtime"] = p.runtime
     states = sum(out[k] for k in ("params", "grads", "adamw", "ema", "runtime"))
-    pass_peak = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies", "backward",
-                                              "head"))
-    step_peak = states + 4.0 * n / p.shards  # AdamW's foreach √v
-    out["peak"] = max(pass_peak, step_peak)
+    out["peak"] = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies",
+                                                "backward", "head"))
     return out
 
 
