@@ -475,6 +475,11 @@ class ModalitySampling:
     # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
     # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
     order: str = "joint"
+    # text only: semi-autoregressive blocks (LLaDA, Nie et al. 2025): free text (task text, text infill) is
+    # decoded in blocks of `block` tokens left to right, by confidence inside each block, with the `steps`
+    # split over the blocks (sampler.block_stages); 0: the whole span at once. Captions and transcripts
+    # (i2t, s2t) are always decoded whole (docs/sampling.md, "Semi-autoregressive blocks")
+    block: int = 0
 
 
 # The per-modality sampling defaults (method §8) in one table. Image row chosen by `trimdm study sampling`
@@ -543,6 +548,15 @@ class SampleConfig:
             parse_schedule(self[m].schedule)
             for key in ("remasking", "order"):
                 _check_choice(f"sample.{m}.{key}", getattr(self[m], key), sampling_choices(m, key))
+            if self[m].block < 0 or (m != "text" and self[m].block):
+                raise ValueError(f"sample.{m}.block={self[m].block}: " + (
+                    "must be >= 0 (tokens per block; 0: the whole span at once)" if m == "text" else
+                    "semi-autoregressive blocks are a text setting; keep 0 here"))
+        blocks = -(-self.gen_len // self.text.block) if self.text.block else 1
+        if self.text.steps < blocks:
+            raise ValueError(f"sample.text.steps={self.text.steps} is fewer than the {blocks} blocks of "
+                             f"sample.text.block={self.text.block} tokens in sample.gen_len={self.gen_len}: "
+                             "each block needs a step; raise the steps or the block (0: the whole span at once)")
         if self.refine < 0 or self.refine_top < 1:
             raise ValueError(f"sample.refine={self.refine} must be >= 0 and sample.refine_top={self.refine_top} >= 1")
         if not set(self.refine_tasks) <= {"i2t", "s2t"}:
@@ -713,7 +727,8 @@ def upgrade_sample(sample: dict[str, Any], version: int) -> dict[str, Any]:
     setting for every modality) became the text row of the per-modality table, `sample.remasking` a
     per-modality setting, an inference schedule `X` counted backwards, which is `reverse-X` now (linear
     is its own reverse), and guidance 0 skipped the unconditional pass, the conditional model that w = 1
-    is now. A modality row it lacks gets today's defaults."""
+    is now. A modality row it lacks gets today's defaults, except `block` (semi-autoregressive text
+    blocks): a row written before it existed decoded the whole span at once, so it reads as 0."""
     sample = dict(sample)
     legacy = {k: sample.pop(k) for k in ("steps", "schedule", "temperature") if k in sample}
     remasking = sample.pop("remasking", None)
@@ -723,6 +738,7 @@ def upgrade_sample(sample: dict[str, Any], version: int) -> dict[str, Any]:
             stored.update(legacy)
         if remasking is not None:
             stored["remasking"] = remasking
+        stored.setdefault("block", 0)  # written before blocks existed: the whole span at once
         if version < 1:
             if isinstance(stored.get("schedule"), str) and stored["schedule"] != "linear":
                 stored["schedule"] = REVERSE + stored["schedule"]
