@@ -576,6 +576,9 @@ class EvalConfig:
     periodic_tau_points: int = 4
     gen_prompts: int = 96  # held-out captions / images for T2I and I2T (0: no generation metrics)
     gen_utterances: int = 32  # held-out transcripts / utterances for T2S and S2T
+    # free-text samples (task text, no prompt) scored by the text judge of a KJV data set (kjv, tinyworld;
+    # eval/generation.py:text_metrics); 0: none
+    gen_texts: int = 32
     mc_samples: int = 64  # Monte-Carlo samples per option of a multiple-choice question
     # tinyworld: encode and decode held-out media through the data set's tokenizers (a property of the
     # data, not of the run: the sweeps' likelihood-only evals leave it out)
@@ -583,6 +586,8 @@ class EvalConfig:
 
     def validate(self) -> None:
         _check_positive("eval.", self, "tau_points", "batch_size")
+        if self.gen_texts < 0:
+            raise ValueError(f"eval.gen_texts={self.gen_texts} must be >= 0 (0: no text samples judged)")
 
 
 @dataclass

@@ -116,9 +116,15 @@ def test_eval_writes_generation_metrics_and_the_report(tiny_tri_run):
 
     _, run = tiny_tri_run
     result = evaluate_run(run, ["eval.max_rows=8", "eval.tau_points=2", "eval.gen_prompts=6",
-                                "eval.gen_utterances=3", "sample.audio.steps=5"], log=lambda *a: None)
+                                "eval.gen_utterances=3", "sample.audio.steps=5", "eval.gen_texts=3",
+                                "sample.text.block=12"], log=lambda *a: None)
     gen = result["generation"]
     assert gen["settings"]["audio"]["steps"] == 5  # sample.* overrides decode, and are recorded
+    text = gen["text"]  # tinyworld's text is the KJV: free text by the text judge, beside held-out KJV
+    assert text["settings"]["block"] == 12 and text["samples"]["n"] == len(text["items"]) == 3
+    assert text["reference"]["n"] == 30 and text["reference"]["perplexity"] < text["samples"]["perplexity"]
+    for r in (text["samples"], text["reference"]):
+        assert np.isfinite(r["perplexity_se"]) and 0 < r["unigram_entropy"] and 0 <= r["unseen_word_rate"] <= 1
     for r in (gen["t2s"], gen["s2t"]):
         assert np.isfinite(r["cer_se"]) and np.isfinite(r["chance_se"])
     with pytest.raises(ValueError, match="only eval.\\* and sample.\\* overrides"):

@@ -49,6 +49,7 @@ def test_unknown_key_lists_close_matches():
     ("sample.text.block=-1", "sample.text.block=-1: must be >= 0"),
     ("sample.image.block=8", "sample.image.block=8: semi-autoregressive blocks are a text setting"),
     ("sample.audio.block=4", "sample.audio.block=4: semi-autoregressive blocks are a text setting"),
+    ("eval.gen_texts=-1", "eval.gen_texts=-1 must be >= 0"),
 ])
 def test_bad_values_are_clear_errors(override, msg):
     with pytest.raises(ValueError, match=msg):
