@@ -488,11 +488,13 @@ class ModalitySampling:
 # 59.3%). Re-swept on the demo run after the schedules were named as in the literature (2026-12-05, both
 # directions): the text row's schedule became `polynomial:2` (MaskGIT's square: few tokens first; I2T
 # attribute match 0.582/0.446 -> 0.609/0.538 on two seeds), while the sweep's image and audio picks lost or
-# tied when scored together and the rows kept `reverse-cosine` (many first). Grid, numbers and reasons:
+# tied when scored together and the rows kept `reverse-cosine` (many first). The text row's blocks of 8
+# and temperature 0.5 from the text judge on the demo run (2026-12-06; free text: judge perplexity 321.5 ->
+# 287.2 over three seeds, unigram entropy kept, I2T and S2T unchanged). Grid, numbers and reasons:
 # docs/sampling.md.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.7, "guidance": 1.0,
-             "remasking": "confidence"},
+    "text": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.5, "guidance": 1.0,
+             "remasking": "confidence", "block": 8},
     "image": {"steps": 16, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
     "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
               "remasking": "confidence", "order": "levels"},
