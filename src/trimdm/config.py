@@ -475,6 +475,12 @@ class ModalitySampling:
     # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
     # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
     order: str = "joint"
+    # confidence-threshold decoding (Fast-dLLM): also reveal every position whose sampled token has
+    # probability > threshold, so a span can finish in fewer than `steps` passes; 0: off
+    threshold: float = 0.0
+    # the condition cache: a full pass every `cache_refresh` passes, the clean condition's keys and
+    # values reused in between (an approximation, docs/sampling.md); 0: off
+    cache_refresh: int = 0
 
 
 # The per-modality sampling defaults (method §8) in one table. Image row chosen by `trimdm study sampling`
@@ -543,6 +549,10 @@ class SampleConfig:
             parse_schedule(self[m].schedule)
             for key in ("remasking", "order"):
                 _check_choice(f"sample.{m}.{key}", getattr(self[m], key), sampling_choices(m, key))
+            if not 0 <= self[m].threshold < 1:
+                raise ValueError(f"sample.{m}.threshold={self[m].threshold} must lie in [0, 1) (0: off)")
+            if self[m].cache_refresh < 0:
+                raise ValueError(f"sample.{m}.cache_refresh={self[m].cache_refresh} must be >= 0 (0: off)")
         if self.refine < 0 or self.refine_top < 1:
             raise ValueError(f"sample.refine={self.refine} must be >= 0 and sample.refine_top={self.refine_top} >= 1")
         if not set(self.refine_tasks) <= {"i2t", "s2t"}:
