@@ -402,3 +402,40 @@ def test_a_model_folder_serves_as_its_run_does(tiny_tri_run, tmp_path):
             answers.append((card["config"], card["eval"], card["sampling"],
                             [o["base64"] for o in resp.json()["outputs"]]))
     assert answers[0] == answers[1]
+
+
+def test_the_card_shows_only_an_eval_of_the_checkpoint_served(tiny_tri_run, tmp_path):
+    """RUN/eval.json's figures are on the card when it evaluates the checkpoint served, and on a model
+    folder's card when it evaluates the run's checkpoint the folder was exported from; an eval.json of
+    another step is left off, by name."""
+    import shutil
+
+    from trimdm.serve.card import run_card
+    from trimdm.train.checkpoint import latest_checkpoint
+    from trimdm.train.export import export_run
+
+    run = tmp_path / "run"  # a copy: the shared run keeps no eval.json of this test's
+    run.mkdir()
+    for name in ("checkpoints", "tokenizer", "tokenizers"):
+        shutil.copytree(tiny_tri_run[1] / name, run / name)
+    for name in ("config.json", "vocab.json"):
+        shutil.copyfile(tiny_tri_run[1] / name, run / name)
+    latest = latest_checkpoint(run)
+    earlier = latest.with_name("step_00000010")
+    ev = {"nelbo": {"text": {"bits_per_token": 3.25, "tokens": 1000}}, "tau_points": 2, "checkpoint": str(latest)}
+
+    def card_eval(source):
+        return run_card(load_run(source), LIMITS)["eval"]
+
+    (run / "eval.json").write_text(json.dumps({**ev, "items": [1, 2]}))
+    assert card_eval(run) == ev  # the figures, without the per-item lists
+    folder = export_run(run, tmp_path / "model", log=lambda *a: None)
+    assert card_eval(folder) == ev  # the folder's copy names the run's checkpoint, which it holds
+    (run / "eval.json").write_text(json.dumps({**ev, "checkpoint": str(earlier)}))
+    assert card_eval(run) == {"other_checkpoint": earlier.name}
+    meta = json.loads((folder / "config.json").read_text())  # (config.json is outside the manifest)
+    meta["trained"]["checkpoint"] = earlier.name  # as if exported from the earlier step
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert card_eval(folder) == {"other_checkpoint": latest.name}
+    (run / "eval.json").unlink()
+    assert card_eval(run) is None

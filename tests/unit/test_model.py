@@ -138,3 +138,32 @@ def test_trunk_at_over_unchanged_rows_equals_the_full_pass():
     ids2 = ids.clone()
     ids2[0, 4] = (ids[0, 4] + 1) % 50
     assert not torch.allclose(m.trunk_at(ids2.gather(1, positions), positions, pad, cache)[0], part[0])
+
+
+def test_rmsnorm_equals_torch_rms_norm_in_value_and_gradient():
+    """The hand-written RMSNorm: outputs bit-identical to F.rms_norm (fp32 and, under bf16 autocast, a
+    bf16 input such as the QK-norms get), input gradients equal to F.rms_norm's within fp32 rounding, and
+    both gradients exact in float64 (gradcheck)."""
+    from trimdm.model.transformer import RMSNorm, RMSNormFunction
+    g = torch.Generator().manual_seed(3)
+    weight = 1 + 0.1 * torch.randn(16, generator=g)
+    for dtype in (torch.float32, torch.bfloat16):
+        x0 = torch.randn(4, 5, 16, generator=g).to(dtype)
+        grad_y = torch.randn(4, 5, 16, generator=g).to(dtype)
+        outs = []
+        for fn in (lambda x, w: torch.nn.functional.rms_norm(x, w.shape, w.to(x.dtype), 1e-6),
+                   lambda x, w: RMSNormFunction.apply(x, w, 1e-6)):
+            x, w = x0.clone().requires_grad_(), weight.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = fn(x, w)
+            y.backward(grad_y)
+            outs.append((y.detach(), x.grad))
+        assert outs[1][0].dtype == dtype and torch.equal(outs[0][0], outs[1][0])
+        ref, got = outs[0][1].float(), outs[1][1].float()
+        roundoff = 2.0 ** -23 if dtype == torch.float32 else 2.0 ** -8  # of the gradient's own dtype
+        assert float((got - ref).abs().max()) <= 8 * roundoff * float(ref.abs().max())
+    x = torch.randn(3, 2, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-6), (x, w))
+    norm = RMSNorm(8, 1e-6).double()
+    assert torch.equal(norm(x), torch.nn.functional.rms_norm(x, (8,), norm.weight, 1e-6))

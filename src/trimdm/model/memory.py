@@ -16,18 +16,27 @@ is allocated. Bytes per process; the trainer compares them with the device's fre
     head         logits of the masked positions over their output slice (fp32 log-softmax kept, its
                  gradient, the bf16 product: ~14 bytes per logit in bf16, 12 in fp32) and the copies of the
                  unembedding slices the heads read (6 bytes per output parameter in bf16, 4 in fp32)
-    optimizer    AdamW's foreach step holds one more fp32 tensor per parameter (its √v), after the
-                 backward pass has freed the activations: the peak is the larger of the two phases
+    optimizer    nothing beyond the states: the fused AdamW step (optim/param_groups.py) updates each
+                 tensor in place (foreach held one more fp32 tensor per parameter, its √v; docs/LOG.md
+                 2026-12-06), so the forward/backward pass is the peak
 
 Bytes kept per position by one block (d = d_model, h = SwiGLU width, H heads, L row length), counted from
 the tensors autograd saves (`torch.autograd.graph.saved_tensors_hooks`, tests/unit/test_memory.py):
-    fp32:                           56·d + 16·h + 12·H + 8
-    bf16 autocast, SDPA:            48·d +  8·h + 12·H + 8
-    bf16 autocast, explicit scores: 44·d +  8·h +  8·H + 8 + 6·H·L   (CPU rows ≤ 256: transformer.attend)
-The residual stream, the norms' inputs and outputs and the QK-norms run in fp32 under autocast (torch
-keeps RMSNorm in fp32), matmul inputs and outputs in bf16. Not counted: the allocator's fragmentation,
-transient buffers inside a kernel, the data loader, and the process itself (`runtime`, which the caller
-measures: Python, torch and its libraries on a CPU; the CUDA context is outside free GPU memory).
+    fp32:                           40·d + 16·h + 12·H + 8
+    bf16 autocast, SDPA:            24·d +  8·h + 12·H + 8
+    bf16 autocast, explicit scores: 26·d +  8·h +  8·H + 8 + 6·H·L   (CPU rows ≤ 256: transformer.attend)
+Every RMSNorm (transformer.RMSNormFunction) keeps its input and one fp32 rstd per row, not its output.
+In bf16 with SDPA: the two block norms' inputs (the fp32 residual stream, 2 × 4d) and rstd (2 × 4); the
+bf16 casts of their outputs that qkv and w_in read (2 × 2d); the qkv product (6d: the QK-norms' input,
+and SDPA's v) and the QK-norms' rstd (2 × 4H); SDPA's rotated q and k (2 × 2d), its output (2d, the out
+projection's input) and log-sum-exp (4H); the SwiGLU product (4h), silu(gate) (2h) and w_out's input
+(2h). In fp32 every bf16 tensor doubles and the casts are the norms' outputs themselves. With explicit
+scores q, k and v are kept as contiguous copies (3 × 2d) with the fp32 softmax (4HL) and its bf16 cast
+(2HL), and no log-sum-exp. Fixed per block, outside the per-position figure: the `weights` and the RoPE
+tables' bf16 copies, and the QK-norms' gains in fp32 under autocast (8 bytes per head dimension).
+Not counted: the key-padding mask (1-4 bytes per position), the allocator's fragmentation, transient
+buffers inside a kernel, the data loader, and the process itself (`runtime`, which the caller measures:
+Python, torch and its libraries on a CPU; the CUDA context is outside free GPU memory).
 """
 from __future__ import annotations
 
@@ -60,15 +69,15 @@ def block_bytes_per_token(a: TransformerArgs, p: MemoryPlan) -> float:
     """Bytes one block keeps for its backward pass per position (module docstring)."""
     d, h, heads = a.d_model, a.hidden, a.n_heads
     if not p.bf16:
-        return 56 * d + 16 * h + 12 * heads + 8
+        return 40 * d + 16 * h + 12 * heads + 8
     if p.explicit_attention:
-        return 44 * d + 8 * h + 8 * heads + 8 + 6 * heads * p.seq_len
-    return 48 * d + 8 * h + 12 * heads + 8
+        return 26 * d + 8 * h + 8 * heads + 8 + 6 * heads * p.seq_len
+    return 24 * d + 8 * h + 12 * heads + 8
 
 
 def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
-    """Bytes per process by component, and `peak`: the larger of the forward/backward phase and the
-    optimizer step."""
+    """Bytes per process by component, and `peak`: the states with everything the forward/backward pass
+    adds (the fused optimizer step adds nothing)."""
     counts = param_counts(a)
     n, d = counts["total"], a.d_model
     block = counts["non_embedding"] / a.n_layers  # one block's parameters (the final norm is noise)
@@ -90,10 +99,8 @@ def training_memory(a: TransformerArgs, p: MemoryPlan) -> dict[str, float]:
                    + (6.0 if p.bf16 else 4.0) * counts["embedding"] / 2)
     out["runtime"] = p.runtime
     states = sum(out[k] for k in ("params", "grads", "adamw", "ema", "runtime"))
-    pass_peak = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies", "backward",
-                                              "head"))
-    step_peak = states + 4.0 * n / p.shards  # AdamW's foreach √v
-    out["peak"] = max(pass_peak, step_peak)
+    out["peak"] = states + sum(out[k] for k in ("grad_copy", "fsdp_gathered", "activations", "weight_copies",
+                                                "backward", "head"))
     return out
 
 

@@ -1,8 +1,9 @@
 """What the server tells about its run: the card (`GET /api/run`) and example inputs (`GET /api/examples`).
 
 Owns: the card (a config summary, the vocabulary, the media sizes, the sampling table that the page's
-forms start from, the tasks the run can do, and RUN/eval.json's figures without their per-item lists),
-and the example inputs: the validation images and utterances of the run's tinyworld data set when it is
+forms start from, the tasks the run can do, and RUN/eval.json's figures without their per-item lists
+when it evaluates the checkpoint served: the check is `trimdm export`'s, train/export.py), and the
+example inputs: the validation images and utterances of the run's tinyworld data set when it is
 on this machine (DATA_ROOT/tinyworld-HASH/raw/{images,speech}_val, DATA_ROOT as the run's config says,
 relative to the server's working directory). Every path here comes from the run's own config; none
 comes from a request, which only picks an example by its index. Does not own HTTP (app.py).
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from trimdm.data.tinyworld.dataset import tinyworld_root
 from trimdm.model.flops import param_counts
+from trimdm.train.export import EVAL, matching_eval
+from trimdm.train.model_folder import read_folder_config
 
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".flac": "audio/flac"}
 EXAMPLE_FOLDERS = {"image": ("images_val", "captions.jsonl", "caption"),
@@ -38,12 +41,28 @@ def _figures(value):
     return value
 
 
-def eval_figures(run_dir: Path) -> dict | None:
-    path = run_dir / "eval.json"
-    try:
-        return _figures(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError):
+def served_checkpoint(loaded) -> Path:
+    """The checkpoint whose evaluation describes the model served: the one loaded, or for a model folder
+    the run's checkpoint it was exported from (its config.json's `trained.checkpoint`; the folder's
+    eval.json is the run's, copied, and names that checkpoint)."""
+    if loaded.model_folder:
+        return Path(str(read_folder_config(Path(loaded.home))["trained"].get("checkpoint", "")))
+    return Path(loaded.checkpoint)
+
+
+def eval_figures(loaded) -> dict | None:
+    """The figures of HOME/eval.json when it evaluates the checkpoint served; {"other_checkpoint": NAME}
+    when it evaluates another (its figures would misdescribe this model: a run evaluated at an earlier
+    step, or served from another checkpoint than its latest); None when there is none or it is
+    unreadable."""
+    checkpoint = served_checkpoint(loaded)
+    if not checkpoint.name:  # a folder that does not say what it was exported from: nothing to match
         return None
+    try:
+        ev = matching_eval(Path(loaded.home) / EVAL, checkpoint, log=lambda *a: None)
+    except ValueError:
+        return None
+    return None if ev is None else _figures(ev)
 
 
 def run_card(loaded, limits) -> dict:
@@ -61,7 +80,7 @@ def run_card(loaded, limits) -> dict:
         "tasks": run_tasks(vocab),
         "sampling": dataclasses.asdict(cfg.sample),
         "limits": dataclasses.asdict(limits),
-        "eval": eval_figures(run_dir),
+        "eval": eval_figures(loaded),
     }
     media = loaded.media_tokenizers
     if "image" in media:
