@@ -86,8 +86,22 @@ def test_t2s_levels(tiny_tri_run):
     assert_finite(out["cer"], *out["cer"])
 
 
+def test_text_blocks(tiny_tri_run):
+    _, run = tiny_tri_run
+    out = run_benchmark("text_blocks", "--run", run, "--n", "4", "--setting", "run", "--setting", "block8",
+                        "sample.text.block=8")
+    assert [(s["name"], s["row"]["block"]) for s in out["settings"]] == [("run", 0), ("block8", 8)]
+    from trimdm.config import SAMPLING_DEFAULTS
+
+    block8 = out["settings"][1]["row"]  # today's default text row, then the setting's overrides
+    assert {k: block8[k] for k in SAMPLING_DEFAULTS["text"]} == {**SAMPLING_DEFAULTS["text"], "block": 8}
+    assert out["reference"]["n"] == 30 and out["judge"]["vocabulary"] > 10_000
+    for row in (out["reference"], *out["settings"]):
+        assert_finite(row, "perplexity", "bits_per_word_se", "unigram_entropy")
+
+
 def test_benchmarks_that_need_a_run_say_how_to_make_one(tmp_path):
-    for name in ("generation_curve", "t2s_levels"):
+    for name in ("generation_curve", "t2s_levels", "text_blocks"):
         done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py")], capture_output=True, text=True,
                               cwd=tmp_path)
         assert done.returncode == 1 and "runs/demo" in done.stderr and "make demo" in done.stderr

@@ -46,6 +46,10 @@ def test_unknown_key_lists_close_matches():
     ("sample.refine=-1", "sample.refine=-1 must be >= 0"),
     ("diffusion.text_given_media.audio=1.5", "diffusion.text_given_media.audio=1.5 must lie in"),
     ("sample.refine_tasks=i2t,t2i", "choose among i2t, s2t"),
+    ("sample.text.block=-1", "sample.text.block=-1: must be >= 0"),
+    ("sample.image.block=8", "sample.image.block=8: semi-autoregressive blocks are a text setting"),
+    ("sample.audio.block=4", "sample.audio.block=4: semi-autoregressive blocks are a text setting"),
+    ("eval.gen_texts=-1", "eval.gen_texts=-1 must be >= 0"),
 ])
 def test_bad_values_are_clear_errors(override, msg):
     with pytest.raises(ValueError, match=msg):
@@ -192,3 +196,24 @@ def test_sidecar_settings_without_a_version_are_read_in_their_terms():
         old[m]["schedule"] = "cosine"  # what a sidecar of an earlier version holds for the same decoding
     assert section_from_dict(SampleConfig, upgrade_sample(old, 0), "sample.") == tiny().sample
     assert upgrade_sample(new, 1) == new
+
+
+def test_text_blocks_need_a_step_each_and_old_rows_decode_the_whole_span(monkeypatch):
+    """sample.text.block splits sample.gen_len into blocks that each need a step; a sample row written
+    before blocks existed reads as block 0 (the whole span), whatever today's default."""
+    import dataclasses
+
+    from trimdm.config import SAMPLING_DEFAULTS, SampleConfig, section_from_dict, upgrade_sample
+
+    cfg = tiny().override(["sample.gen_len=64", "sample.text.steps=16", "sample.text.block=4"]).derive()
+    assert cfg.sample.text.block == 4  # 16 blocks, 16 steps: one each
+    with pytest.raises(ValueError, match="sample.text.steps=8 is fewer than the 16 blocks of sample.text.block=4"):
+        tiny().override(["sample.gen_len=64", "sample.text.steps=8", "sample.text.block=4"]).derive()
+    monkeypatch.setitem(SAMPLING_DEFAULTS, "text", {**SAMPLING_DEFAULTS["text"], "block": 16})
+    legacy = {"steps": 12, "schedule": "cosine", "temperature": 0.9}  # version 0: no rows, no blocks
+    assert section_from_dict(SampleConfig, upgrade_sample(legacy, 0), "sample.").text.block == 0
+    row = dataclasses.asdict(tiny().sample)
+    del row["text"]["block"]
+    assert section_from_dict(SampleConfig, upgrade_sample(row, 1), "sample.").text.block == 0
+    row["text"]["block"] = 8
+    assert upgrade_sample(row, 1)["text"]["block"] == 8

@@ -42,6 +42,21 @@ def metrics(n=40, eval_every=10):
     return out
 
 
+# the text judge's section (eval/generation.py:text_metrics), numbers chosen to be findable
+TEXT_JUDGED = {
+    "judge": {"model": "interpolated Kneser-Ney word 3-gram", "corpus": "KJV training split", "train_words": 887474,
+              "vocabulary": 13602, "discounts": [0.566, 0.6932, 0.7527]},
+    "settings": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.7, "block": 16, "gen_len": 64},
+    "samples": {"n": 32, "perplexity": 187.5, "perplexity_se": 12.25, "bits_per_word": 7.551,
+                "bits_per_word_se": 0.0938, "unigram_entropy": 3.125, "unigram_entropy_se": 0.1406,
+                "words_per_text": 55.5, "unseen_word_rate": 0.03125},
+    "reference": {"n": 30, "perplexity": 55.91, "perplexity_se": 9.105, "bits_per_word": 5.805,
+                  "bits_per_word_se": 0.235, "unigram_entropy": 4.888, "unigram_entropy_se": 0.0503,
+                  "words_per_text": 50.47, "unseen_word_rate": 0.0092},
+    "items": [{"text": "And the LORD said unto Moses", "words": 6, "perplexity": 21.75, "unigram_entropy": 2.585}],
+}
+
+
 def full_eval(run):
     """eval.json with every section, media files written where it says they are."""
     rec = run / "samples" / "reconstructions"
@@ -94,6 +109,7 @@ def full_eval(run):
             "t2s": {"cer": 0.45, "n": 12, "chance": 0.9, "samples": t2s, "shuffled": 0.8125, "shuffled_p": 0.001},
             "s2t": {"cer": 0.95, "n": 12, "chance": 0.9, "samples": s2t},
             "fid_image": 41.25, "fad_audio": 3.875,
+            "text": TEXT_JUDGED,
             "settings": {"t2i": {"steps": 48, "cfg": 2.5}, "s2t": {"steps": 32, "temperature": 0.7}}},
         "multiple_choice": [{"file": "mc/colors.jsonl", "questions": 100, "accuracy": 0.6, "chance": 0.25},
                             {"file": "mc/shapes.jsonl", "questions": 10, "accuracy": 0.3, "chance": 0.25}],
@@ -171,6 +187,8 @@ def test_every_number_appears(full):
     expected += [fmt(gen["fid_image"]), fmt(gen["fad_audio"]), "steps=48", "cfg=2.5", "temperature=0.7"]
     for r in ev["multiple_choice"]:
         expected += [fmt(r["accuracy"]), fmt(r["questions"]), fmt(r["chance"])]
+    expected += ["187.5 ± 12.25", "55.91 ± 9.105", "7.551 ± 0.0938", "3.125 ± 0.1406", "4.888 ± 0.0503", "0.03125",
+                 "887,474", "13,602", "block 16", "And the LORD said unto Moses", "21.75", "Free text"]
     texts = ["caption 2", "reference 1", "heard 0", "say 2", "transcript 1", "spoken 2", "utterance number 1",
              "a red ball 3", "colors.jsonl", "seen_single", "two_object"]
     expected += ["What the wrong ones got wrong", "T2I seen_single"]
@@ -228,6 +246,22 @@ def test_missing_sections_are_skipped(tmp_path):
         assert heading not in md and heading not in page
     (tmp_path / "eval.json").write_text("{}")
     write_report(tmp_path)  # nothing to show but the summary
+
+
+def test_a_text_only_run_shows_the_text_judge_in_the_report_and_the_summary(tmp_path):
+    """A run on the KJV alone: generation holds only the text judge's section."""
+    from trimdm.eval.summary import print_summary
+
+    ev = {"nelbo": {"text": {"bits_per_token": 7.5, "perplexity_bound": 181.0, "tokens": 100}},
+          "baselines": {"text_unigram_bits": 9.25}, "generation": {"text": TEXT_JUDGED}}
+    (tmp_path / "eval.json").write_text(json.dumps(ev))
+    md = write_report(tmp_path)["md"].read_text()
+    assert "Free text" in md and "| held-out KJV, same length | 30 | 50.47 | 55.91 ± 9.105 |" in md
+    lines = []
+    print_summary(ev, out=lines.append)
+    (gen,) = [ln for ln in lines if ln.startswith("generated (no prompt)")]
+    (ref,) = [ln for ln in lines if ln.startswith("held-out KJV, same length")]
+    assert "187.5 ± 12.2" in gen and "3.12 ± 0.14" in gen and "55.9 ± 9.1" in ref and "4.89 ± 0.05" in ref
 
 
 def test_missing_media_are_named_not_fatal(tmp_path):

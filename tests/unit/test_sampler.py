@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trimdm.diffusion.schedules import make_schedule, parse_schedule
-from trimdm.sample.sampler import Decoding, decode, level_stages, masked_counts, truncate_after_eos
+from trimdm.sample.sampler import Decoding, block_stages, decode, level_stages, masked_counts, truncate_after_eos
 from trimdm.sequence.layout import RowTables, paired_row
 from trimdm.tokenizers.vocab import JointVocab
 
@@ -406,3 +406,58 @@ def test_a_batch_of_prompts_of_different_lengths_decodes_as_each_alone():
         n = int((~tables.pad(canvas[i:i + 1])).sum())
         alone = decode(tiny_transformer(), V, canvas[i:i + 1, :n], how)
         assert torch.equal(batch[i, :n], alone[0])
+
+
+def text_canvas(span=20, prompts=(0, 1, 3)):
+    """Rows `TASK_text BOS_text prompt MASK_text × span`, prompts of different lengths, right-padded."""
+    rows = [[V.TASK_text, V.BOS_text] + list(range(1, 1 + p)) + [V.MASK_text] * span for p in prompts]
+    width = max(map(len, rows))
+    return torch.tensor([r + [V.PAD_text] * (width - len(r)) for r in rows])
+
+
+def test_block_stages_count_blocks_from_the_left_of_each_rows_span_and_split_the_steps():
+    canvas = text_canvas()
+    stage, steps = block_stages(canvas, V, block=6, steps=10)
+    assert stage.shape == canvas.shape and steps == [3, 3, 2, 2]  # 4 blocks (6, 6, 6, 2 tokens), 10 steps in all
+    masked = canvas == V.MASK_text
+    for row, p in zip(range(3), (0, 1, 3)):
+        assert stage[row][masked[row]].tolist() == [j // 6 for j in range(20)]
+        assert (stage[row][~masked[row]] == 0).all()
+        assert masked[row][2 + p:22 + p].all()
+    assert block_stages(canvas, V, block=20, steps=10)[1] == [10]  # one block: the whole span
+    zero, whole = block_stages(canvas, V, block=0, steps=7)
+    assert whole == [7] and (zero == 0).all()
+    with pytest.raises(ValueError, match="steps=3 is fewer than the 4 blocks"):
+        block_stages(canvas, V, block=6, steps=3)
+    with pytest.raises(ValueError, match="block=-1 must be >= 0"):
+        block_stages(canvas, V, block=-1, steps=3)
+
+
+def test_blocks_are_decoded_left_to_right_on_a_tiny_random_model():
+    """With block stages no position of block j + 1 is revealed before block j is complete, every block
+    is decoded in its own steps, and the steps add up to `steps` (on_step sees every one)."""
+    from trimdm.model.transformer import Transformer, TransformerArgs
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerArgs(vocab_size=V.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=32,
+                                        vocab_segments=V.segments()))
+    model.init_weights()
+    model.eval()
+    canvas = text_canvas()
+    stage, stage_steps = block_stages(canvas, V, block=6, steps=10)
+    masked0 = canvas == V.MASK_text
+    seen = []
+    out = decode(model, V, canvas, Decoding(10, make_schedule("linear")), stages=(stage, stage_steps),
+                 generator=torch.Generator().manual_seed(0), on_step=seen.append)
+    assert [(s.stage, s.step) for s in seen] == [(j, k) for j, n in enumerate(stage_steps) for k in range(1, n + 1)]
+    for s in seen:
+        still = s.canvas_BL == V.MASK_text
+        assert not (still & masked0 & (stage < s.stage)).any(), "an earlier block is incomplete"
+        assert torch.equal(still & (stage > s.stage), masked0 & (stage > s.stage)), "a later block was touched"
+        if s.step == s.steps:
+            assert not (still & (stage == s.stage)).any(), "a block ends complete"
+    assert not (out == V.MASK_text).any() and torch.equal(out[~masked0], canvas[~masked0])
+    # one block as long as the span is plain decoding, bit for bit
+    how, gen = Decoding(10, make_schedule("linear")), (lambda: torch.Generator().manual_seed(1))
+    whole = decode(model, V, canvas, how, stages=block_stages(canvas, V, block=20, steps=10), generator=gen())
+    assert torch.equal(whole, decode(model, V, canvas, how, generator=gen()))

@@ -19,6 +19,7 @@ import numpy as np
 from trimdm.config import DataConfig
 from trimdm.data import kjv
 from trimdm.data.corpus import load_corpus
+from trimdm.data.kjv_judge import TextJudge, kjv_judge
 from trimdm.data.shards import Shard, finish_stage, new_stage_dir, verify_stage, write_shard
 from trimdm.data.tinyworld.dataset import prepare_tinyworld
 from trimdm.sequence.layout import PackedText
@@ -63,6 +64,12 @@ def prepare(cfg: DataConfig, log=print, evaluation: bool = True):
     if cfg.dataset == "corpus":  # the user's own data, prepared by `trimdm prepare --text/...` (ingest.py)
         return load_corpus(cfg.corpus, log=log)
     return prepare_text(cfg, log=log)
+
+
+def text_judge(cfg: DataConfig) -> TextJudge | None:
+    """The judge of generated text (kjv_judge.py) for a data set whose text is the KJV (kjv, tinyworld),
+    fitted now; None for a corpus of the user's own, whose text no judge knows. Needs no prepared data."""
+    return kjv_judge() if cfg.dataset in ("kjv", "tinyworld") else None
 
 
 def text_stage_dir(cfg: DataConfig) -> Path:

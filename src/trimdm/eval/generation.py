@@ -13,6 +13,13 @@
 - Fréchet distances of generated against held-out real images and speech in the judges' feature
   spaces (torchmetrics' FID with the judge as feature network; the same class on precomputed speech
   features for the audio distance).
+- Text (every data set whose text corpus is the KJV: kjv, tinyworld; `text_metrics`): free text drawn
+  without a prompt (task text: a document's start, `sample.gen_len` tokens), scored by the KJV's text
+  judge (data/kjv_judge.py, an interpolated Kneser–Ney word trigram fitted on the training split): the
+  generative perplexity 2^(Σ −log2 p / Σ words) over all samples' words, and each sample's unigram
+  entropy (bits; low: repetition), beside the same two figures for held-out KJV text of the same
+  length (the first `gen_len` tokens of each held-out chapter: a document's start too). SEs treat the
+  texts as the sample: the ratio estimator's for bits per word, the mean's for the entropy.
 
 Chance levels come from the same judges and data, with the pairing broken: a held-out real image
 scored against a caption of another scene of the same group (T2I), a real caption of another scene
@@ -37,6 +44,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from trimdm.data.kjv_judge import TextJudge, TextScores, score_texts
 from trimdm.data.tinyworld.judges.image import judge_caption
 from trimdm.data.tinyworld.judges.speech import cer, edits, pairwise_edits
 from trimdm.data.tinyworld.scenes import (ERROR_KINDS, HELDOUT_PAIRS, error_kind, is_caption, parse_caption,
@@ -199,6 +207,40 @@ def generation_metrics(loaded, data_dir: Path, judges: dict, run_dir: Path, prom
     log(f"eval: S2T CER {result['s2t']['cer']:.1%} (chance {result['s2t']['chance']:.1%}) "
         f"({time.time() - t0:.0f}s)")
     result["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def text_figures(scores: TextScores) -> dict:
+    """The text judge's figures of a set of texts: perplexity (2^bits per word), bits per word with its
+    SE (a ratio of sums over texts), mean unigram entropy with its SE, words per text, unseen-word rate."""
+    n_words = float(scores.words.sum())
+    nan = float("nan")  # every text empty (a model that ends at once): nothing to judge
+    bits, bits_se = (float(scores.bits.sum() / n_words), ratio_se(scores.bits, scores.words)) if n_words else (nan, nan)
+    return {"n": len(scores.words), "perplexity": 2.0 ** bits, "perplexity_se": 2.0 ** bits * np.log(2) * bits_se,
+            "bits_per_word": bits, "bits_per_word_se": bits_se,
+            "unigram_entropy": float(scores.entropy.mean()), "unigram_entropy_se": mean_se(scores.entropy),
+            "words_per_text": float(scores.words.mean()),
+            "unseen_word_rate": float(scores.unseen.sum() / n_words) if n_words else nan}
+
+
+def text_metrics(loaded, judge: TextJudge, n: int, seed: int = 0, sample=None, log=print) -> dict:
+    """Free text without a prompt, `n` samples, against held-out text of the same length, both by the
+    text judge (module docstring). `sample`: the sampling settings (default: the run's)."""
+    t0 = time.time()
+    tasks = Tasks(loaded, sample)
+    made = tasks.text("", n, seed)
+    gen_len = tasks.cfg.gen_len
+    reference = [tasks.text_tok.decode(tasks.text_tok.encode(doc).tolist()[:gen_len]) for doc in judge.heldout]
+    scores = score_texts(judge.lm, made)
+    result = {"judge": judge.describe(), "settings": {**vars(tasks.cfg.text), "gen_len": gen_len},
+              "samples": text_figures(scores), "reference": text_figures(score_texts(judge.lm, reference)),
+              "items": [{"text": t, "words": int(w), "perplexity": float(2.0 ** (b / w)) if w else None,
+                         "unigram_entropy": float(h)}
+                        for t, w, b, h in zip(made, scores.words, scores.bits, scores.entropy)]}
+    result["seconds"] = round(time.time() - t0, 1)
+    s, r = result["samples"], result["reference"]
+    log(f"eval: text judge perplexity {s['perplexity']:.1f} (held-out KJV {r['perplexity']:.1f}), unigram "
+        f"entropy {s['unigram_entropy']:.2f} bits (held-out {r['unigram_entropy']:.2f}) ({result['seconds']:.0f}s)")
     return result
 
 

@@ -454,6 +454,8 @@ def _generation(run: Path, gen: dict) -> list:
                      "one-sided permutation p-value of the true pairing against 999 random ones."),
                 Table(SCORE_HEADER, rows)]
     out += _error_kinds(gen)
+    if isinstance(gen.get("text"), dict):
+        out += _text_judge(gen["text"])
     settings = gen.get("settings")
     if isinstance(settings, dict) and settings:
         srows = [[k, ", ".join(f"{a}={fmt(b)}" for a, b in _flatten(v))] if isinstance(v, dict) else [k, fmt(v)]
@@ -470,6 +472,42 @@ def _generation(run: Path, gen: dict) -> list:
         if samples:
             out += [Heading(title, 3)] + _sample_table(run, samples, cols)
     return out if len(out) > 1 else []
+
+
+def _pm(r: dict, key: str) -> str:
+    """A figure with its standard error, as `value ± se`."""
+    se = r.get(f"{key}_se")
+    return fmt(r.get(key)) + (f" ± {fmt(se)}" if isinstance(se, (int, float)) and math.isfinite(se) else "")
+
+
+def _text_judge(text: dict) -> list:
+    """Free text against held-out text of the same length, by the text judge (eval/generation.py)."""
+    judge = text.get("judge") or {}
+    rows = [[label, fmt(r.get("n")), fmt(r.get("words_per_text")), _pm(r, "perplexity"), _pm(r, "bits_per_word"),
+             _pm(r, "unigram_entropy"), fmt(r.get("unseen_word_rate"))]
+            for label, r in (("generated, no prompt", text.get("samples")), ("held-out KJV, same length",
+                                                                              text.get("reference")))
+            if isinstance(r, dict)]
+    if not rows:
+        return []
+    settings = text.get("settings") or {}
+    out = [Heading("Free text", 3),
+           Para(f"Does the text read as text? Judged by a {judge.get('model', 'word n-gram')} fitted on the "
+                f"{judge.get('corpus', 'training text')} ({fmt(judge.get('train_words'))} words, vocabulary "
+                f"{fmt(judge.get('vocabulary'))}): the perplexity of all texts' words (lower reads more like the "
+                "corpus; held-out text of the corpus is the mark to reach) and each text's unigram entropy "
+                "(bits; far below the held-out text's: repetition). Generated texts have no prompt and "
+                f"{fmt(settings.get('gen_len'))} tokens; the held-out ones are the first as many tokens of each "
+                "held-out chapter. ± one standard error over texts. Unseen words are words the judge never saw "
+                "in training (mostly non-words), each costing 21 to 25 bits. Sampled with "
+                + ", ".join(f"{k} {fmt(v)}" for k, v in settings.items() if k != "gen_len") + "."),
+           Table(["text", "n", "words/text", "perplexity", "bits/word", "unigram entropy (bits)", "unseen words"],
+                 rows)]
+    items = [i for i in text.get("items") or [] if isinstance(i, dict)][:MAX_IMAGES // 2]
+    if items:
+        out += [Table(["generated text", "perplexity", "unigram entropy (bits)"],
+                      [[fmt(i.get("text")), fmt(i.get("perplexity")), fmt(i.get("unigram_entropy"))] for i in items])]
+    return out
 
 
 def _error_kinds(gen: dict) -> list:

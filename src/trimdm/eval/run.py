@@ -1,13 +1,15 @@
 """`trimdm eval`: evaluate a run into RUN/eval.json, RUN/report.md and a self-contained RUN/report.html.
 
 Held-out NELBO per modality and the conditional NELBOs (diffusion/likelihood.py) next to the text's unigram
-baseline (every data set, a corpus of the user's own data included); on tinyworld also tokenizer reconstructions (reconstruct.py), the judges' own accuracy and
-their ceiling on reconstructions (from the prepared data set), generation metrics (generation.py) and,
-with `--mc FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json,
-metrics.jsonl and the samples (report.py). eval.json is replaced whole, except that an eval without
-generation keeps the generation metrics an earlier eval of the same checkpoint wrote. With `out` (`--out
-DIR`) these files and the samples go to DIR instead of the run directory; a model folder written by
-`trimdm export` is never written into, so evaluating one needs `--out`.
+baseline (every data set, a corpus of the user's own data included); on tinyworld also tokenizer
+reconstructions (reconstruct.py), the judges' own accuracy and their ceiling on reconstructions (from the
+prepared data set), generation metrics (generation.py); on a data set whose text is the KJV (kjv, tinyworld)
+free text judged by its text judge (generation.py: `text_metrics`, under generation.text) and, with `--mc
+FILE.jsonl`, multiple choice (multiple_choice.py). The report is rendered from eval.json, metrics.jsonl and
+the samples (report.py). eval.json is replaced whole, except that an eval without generation keeps the
+generation metrics an earlier eval of the same checkpoint wrote. With `out` (`--out DIR`) these files and
+the samples go to DIR instead of the run directory; a model folder written by `trimdm export` is never
+written into, so evaluating one needs `--out`.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from trimdm.data.prepare import prepare
+from trimdm.data.prepare import prepare, text_judge
 from trimdm.diffusion.likelihood import heldout_nelbo
-from trimdm.eval.generation import generation_metrics
+from trimdm.eval.generation import generation_metrics, text_metrics
 from trimdm.eval.multiple_choice import run_multiple_choice
 from trimdm.eval.reconstruct import write_reconstructions
 from trimdm.eval.report import write_report
@@ -56,6 +58,10 @@ def evaluate_run(run: str | Path, overrides: list[str] = (), mc: list[str] = (),
             result["generation"] = generation_metrics(loaded, data.directory, judges, run_dir, cfg.eval.gen_prompts,
                                                       cfg.eval.gen_utterances, seed=cfg.sample.seed, log=log,
                                                       sample=cfg.sample)
+    judge = text_judge(cfg.data) if generation and e.gen_texts > 0 else None
+    if judge is not None:  # a data set whose text is the KJV
+        result.setdefault("generation", {})["text"] = text_metrics(loaded, judge, e.gen_texts, seed=cfg.sample.seed,
+                                                                   sample=cfg.sample, log=log)
     if mc:
         result["multiple_choice"] = [run_multiple_choice(loaded, path, n_samples=cfg.eval.mc_samples) for path in mc]
     result["checkpoint"] = str(loaded.checkpoint)

@@ -5,6 +5,16 @@ from trimdm.eval.report import SUBSETS, pairing
 from trimdm.eval.stats import difference_se, vs_chance
 
 
+def text_judge_lines(text: dict) -> list[str]:
+    """The text judge's two figures for the samples and for held-out text, with their SEs."""
+    lines = [f"{'free text (judge: KJV word n-gram)':<44}{'perplexity':>16}{'unigram entropy':>20}{'n':>6}"]
+    for label, key in (("generated (no prompt)", "samples"), ("held-out KJV, same length", "reference")):
+        r = text[key]
+        lines.append(f"{label:<44}{r['perplexity']:>9.1f} ± {r['perplexity_se']:<4.1f}"
+                     f"{r['unigram_entropy']:>12.2f} ± {r['unigram_entropy_se']:<5.2f}{r['n']:>6}")
+    return lines
+
+
 def print_summary(result: dict, out=print) -> None:
     out(f"{'held-out NELBO':<22}{'bits/token':>12}{'perplexity bound':>18}")
     for m, v in result["nelbo"].items():
@@ -15,8 +25,8 @@ def print_summary(result: dict, out=print) -> None:
     if "text" in result["nelbo"]:
         text = result["nelbo"]["text"]["bits_per_token"]
         out(f"text unigram entropy: {unigram:.3f} bits/token; the model is {unigram - text:.3f} bits/token below it")
-    gen = result.get("generation")
-    if gen:
+    gen = result.get("generation") or {}
+    if "t2i" in gen:  # tinyworld's judges
         out(f"{'generation (held-out)':<44}{'result':>10}{'chance':>10}{'n':>6}  beats chance (one-sided p < 0.05)"
             "  | outputs shuffled, pairing p")
         rows = [(f"T2I all attributes right, {g}", v) for g, v in gen["t2i"]["groups"].items()]
@@ -44,6 +54,9 @@ def print_summary(result: dict, out=print) -> None:
                 f"{vs_chance(v['cer'], v['chance'], higher_is_better=False, se=difference_se(v, 'cer'))}"
                 f"  | {pairing(v, 'cer', percent=True)}")
         out(f"Fréchet distance in judge features: images {gen['fid_image']:.2f}, speech {gen['fad_audio']:.2f}")
+    if "text" in gen:  # the KJV's text judge
+        for line in text_judge_lines(gen["text"]):
+            out(line)
     for mc in result.get("multiple_choice", []):
         out(f"multiple choice {mc['file']}: accuracy {mc['accuracy']:.1%} on {mc['questions']} questions "
             f"(chance {mc['chance']:.1%})")

@@ -188,6 +188,28 @@ def level_stages(canvas_BL: torch.Tensor, vocab: JointVocab, steps: int) -> tupl
     return stage, [steps] + [max(1, steps // 8)] * (vocab.audio_levels - 1)
 
 
+def block_stages(canvas_BL: torch.Tensor, vocab: JointVocab, block: int, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Stages for semi-autoregressive decoding (LLaDA, Nie et al. 2025, semi-autoregressive remasking):
+    the masked positions of each row, counted from the left, form blocks of `block` positions (the last
+    one may be shorter), and block j is stage j, so the blocks are decoded left to right and the
+    positions inside a block in parallel by confidence. The `steps` are split over the blocks as evenly
+    as whole steps allow (the first `steps % blocks` blocks get one more), so the whole span still takes
+    at most `steps` passes; `block` = 0 is one stage, the whole span. Other positions: stage 0 (they are
+    not masked, so no stage decodes them). docs/sampling.md has the measurement behind text's default."""
+    if block < 0:
+        raise ValueError(f"block={block} must be >= 0 (tokens per block; 0: the whole span at once)")
+    if block == 0:
+        return torch.zeros_like(canvas_BL), [steps]
+    masked = _masked(canvas_BL, row_tables(vocab, canvas_BL.device).mask_id_M.to(canvas_BL.device))
+    stage = torch.where(masked, (masked.long().cumsum(1) - 1) // block, 0)
+    blocks = max(1, -(-int(masked.sum(1).max()) // block))
+    if steps < blocks:
+        raise ValueError(f"steps={steps} is fewer than the {blocks} blocks of {block} tokens in a span of "
+                         f"{int(masked.sum(1).max())}: each block needs at least one step")
+    per, extra = divmod(steps, blocks)
+    return stage, [per + (j < extra) for j in range(blocks)]
+
+
 def _masked(x_BL: torch.Tensor, mask_ids: torch.Tensor) -> torch.Tensor:
     return (x_BL[..., None] == mask_ids).any(-1)
 

@@ -21,6 +21,13 @@ which the model finds the medium most probable is kept (`_describe`): a short ca
 scene is confident word by word but explains half the image, and a canvas one token longer than the
 caption the model would write gets a filler word ("an image image of ...").
 
+Blocks. Free text (task text, and a text span of infill) is decoded semi-autoregressively when
+`sample.text.block` > 0: in blocks of that many tokens, left to right, each by confidence
+(sampler.block_stages; LLaDA). Captions and transcripts (i2t, s2t) are decoded whole: they are short (one
+to three blocks of 8 on the demo), their length is already chosen by the candidate search, the words
+their medium settles (a colour, a shape, a place) often come last, and whole-span confidence decoding
+lets the model fix those first; the text row's other settings were tuned on I2T (docs/sampling.md).
+
 Guidance. The unconditional canvas of a task is its canvas with the condition span (the prompt's
 tokens and its EOS, or the medium's tokens and its EOS) replaced by its modality's MASK.
 
@@ -47,7 +54,7 @@ import torch
 
 from trimdm.diffusion.likelihood import draw_uniforms, masked_logits, mc_answer_loglik
 from trimdm.diffusion.schedules import parse_schedule
-from trimdm.sample.sampler import Decoding, decode, level_stages
+from trimdm.sample.sampler import Decoding, block_stages, decode, level_stages
 from trimdm.sequence.layout import PAIRED_TEXT_START, paired_row, row_tables
 from trimdm.tokenizers.vocab import MODALITIES
 
@@ -60,6 +67,9 @@ class Canvas:
     ids_BL: torch.Tensor  # conditional canvas
     uncond_BL: torch.Tensor | None  # condition span masked (None: nothing to guide on)
     target: str  # the modality whose span is generated (picks the sampling settings)
+    # free text (task text, text infill): decoded in `sample.text.block`-token blocks left to right
+    # (sampler.block_stages); captions and transcripts (i2t, s2t) are decoded whole
+    blocks: bool = False
 
 
 def _pad_rows(rows: list[list[int]], pad: int, seq_len: int, what: str) -> torch.Tensor:
@@ -170,7 +180,11 @@ class Tasks:
         for a in range(0, len(canvas.ids_BL), self.batch_size):
             ids = canvas.ids_BL[a:a + self.batch_size].to(device)
             unc = canvas.uncond_BL[a:a + self.batch_size].to(device) if canvas.uncond_BL is not None else None
-            stages = level_stages(ids, self.vocab, s.steps) if s.order == "levels" else None
+            stages = None
+            if s.order == "levels":
+                stages = level_stages(ids, self.vocab, s.steps)
+            elif canvas.blocks and s.block:
+                stages = block_stages(ids, self.vocab, s.block, s.steps)
             x = decode(self.loaded.model, self.vocab, ids, how, uncond_BL=unc, generator=gen, eos_truncate=True,
                        autocast_dtype=self.loaded.autocast_dtype, stages=stages,
                        on_step=self._batch_steps(a, len(canvas.ids_BL), canvas.target))
@@ -222,7 +236,8 @@ class Tasks:
         v = self.vocab
         ids = self.text_tok.encode(prompt).tolist() if prompt else []
         row = [v.TASK_text, v.BOS_text, *ids] + [v.MASK_text] * self.cfg.gen_len
-        out = self.run(self._canvas([(row, None)] * n, "text", "prompt + sample.gen_len"), seed)
+        canvas = self._canvas([(row, None)] * n, "text", "prompt + sample.gen_len")
+        out = self.run(dataclasses.replace(canvas, blocks=True), seed)
         texts = []
         for r in out[:, 2 + len(ids):].tolist():
             r = r[:r.index(v.EOS_text)] if v.EOS_text in r else r
@@ -420,4 +435,4 @@ class Tasks:
         for p in positions:
             masked[p] = mask
         return self.run(Canvas(_pad_rows([masked] * n, self.vocab.PAD_text, self.seq_len, "infill row"), None,
-                               modality), seed)
+                               modality, blocks=modality == "text"), seed)

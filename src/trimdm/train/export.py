@@ -286,12 +286,12 @@ def _evaluation(ev: dict | None) -> list[str]:
 
 def _sampling(cfg: Config, media: list[str]) -> list[str]:
     s = cfg.sample
-    rows = [[m, r.steps, r.schedule, r.temperature, r.guidance, r.remasking, r.order]
+    rows = [[m, r.steps, r.schedule, r.temperature, r.guidance, r.remasking, r.order, r.block]
             for m, r in ((m, s[m]) for m in ["text", *media])]
     return ["## Sampling defaults", "",
             f"Held in `{SAMPLING}` and used by every command that loads this folder; `sample.*` overrides "
             "change them per call.", "",
-            *_table(["modality", "steps", "schedule", "temperature", "guidance", "remasking", "order"], rows,
+            *_table(["modality", "steps", "schedule", "temperature", "guidance", "remasking", "order", "block"], rows,
                     numbers=False),
             f"Also: top_k {s.top_k}, top_p {s.top_p}, rerank {s.rerank}, refine {s.refine}, text length "
             f"{s.gen_len}, seed {s.seed}.", ""]
