@@ -501,7 +501,7 @@ class ModalitySampling:
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.5, "guidance": 1.0,
              "remasking": "confidence", "block": 8},
-    "image": {"steps": 16, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
+    "image": {"steps": 4, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
     "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
               "remasking": "confidence", "order": "levels"},
 }
