@@ -15,7 +15,11 @@ spans). Decoding can run in stages (audio: residual level by level, `level_stage
 schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (method §8,
 EOS-truncation). An optional `on_step` callback sees the canvas after every step (a live view, e.g. the
 web page's; it draws no random numbers, so outputs are the same with or without it, and it stops the
-decoding by raising). Does not own prompts or canvases (tasks.py) or the network.
+decoding by raising). Fewer passes: a confidence threshold reveals every position the model is sure of
+beyond the schedule's count (Fast-dLLM, Wu et al. 2025), and the condition cache recomputes only the
+positions masked at the start between full passes (model.KVCache; an approximation). Draws are Gumbel-max
+in float64 (32-bit noise lowers the effective temperature; Zheng et al. 2024). Does not own prompts or
+canvases (tasks.py) or the network.
 """
 from __future__ import annotations
 
