@@ -496,13 +496,17 @@ class ModalitySampling:
 # attribute match 0.582/0.446 -> 0.609/0.538 on two seeds), while the sweep's image and audio picks lost or
 # tied when scored together and the rows kept `reverse-cosine` (many first). The text row's blocks of 8
 # and temperature 0.5 from the text judge on the demo run (2026-12-06; free text: judge perplexity 321.5 ->
-# 287.2 over three seeds, unigram entropy kept, I2T and S2T unchanged). Grid, numbers and reasons:
-# docs/sampling.md.
+# 287.2 over three seeds, unigram entropy kept, I2T and S2T unchanged). Image 16 -> 4 steps with the
+# condition cache refreshed every 2 passes, audio 32 -> 5 steps, from the speed-quality table on the demo
+# run (2026-12-06, benchmarks/sampling.py --run: 3.71x images/s and 3.13x audio seconds/s at the judges'
+# scores of the 16- and 32-step rows within one standard error over three seeds). Grid, numbers and
+# reasons: docs/sampling.md.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.5, "guidance": 1.0,
              "remasking": "confidence", "block": 8},
-    "image": {"steps": 4, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
-    "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
+    "image": {"steps": 4, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random",
+              "cache_refresh": 2},
+    "audio": {"steps": 5, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
               "remasking": "confidence", "order": "levels"},
 }
 
