@@ -1,6 +1,18 @@
-"""Sampling throughput: T2I images/s and T2S seconds of audio per second at the default steps.
+"""Sampling throughput: T2I images/s and T2S seconds of audio per second at the default steps, and the
+speed–quality table of the decoding methods on a trained run.
 
     python benchmarks/sampling.py [--recipe demo] [--batch 32] [--repeats 2] [--steps N] [key=value ...]
+    python benchmarks/sampling.py --run runs/demo [--prompts 64] [--utterances 32] [--rounds 3] [--seeds 0,1,2]
+
+With `--run` (a tinyworld run: its judges score the samples), every method of METHODS — the run's own
+sampling row ("default") and rows that change steps, the confidence threshold and the condition cache —
+generates T2I images for held-out single-object captions and T2S speech for held-out sentences, on the
+same prompts and seed. Speed: images/s and seconds of audio per second of the whole task (canvas,
+decoding, the codec's decoder), the fastest of `--rounds` interleaved rounds (other work on the machine
+only ever slows a round down, so the minimum is the steadiest estimate of the method's own cost).
+Quality: the judges' T2I attribute match (higher is better) and T2S character error rate (lower), each with
+its standard error over prompts, averaged over the decoding seeds of `--seeds`. `speedup_t2i` / `speedup_t2s`: the fastest method whose score is at
+least the default's less one standard error of the default's score, over the default's speed.
 
 Each task is timed twice in the same process with the same canvases and seeds: with trimdm's decoder
 (logits only at masked positions, over the target's output slice: 875 image codes + EOS, or one audio
@@ -26,6 +38,11 @@ import platform
 import time
 
 import torch
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 
 from trimdm.config import SAMPLING_DEFAULTS
 from trimdm.diffusion.schedules import parse_schedule
@@ -109,14 +126,152 @@ def time_task(decoder, model, canvas, uncond, s: dict, repeats: int, dtype) -> f
     return best
 
 
+# name -> changes to the run's own sampling row, per generated modality; "default" is the row itself
+METHODS = {
+    "image": {
+        "default": {},
+        "steps 8": {"steps": 8},
+        "steps 4": {"steps": 4},
+        "steps 4 + cache 2": {"steps": 4, "cache_refresh": 2},
+        "threshold 0.3": {"threshold": 0.3},
+        "steps 8 + threshold 0.3": {"steps": 8, "threshold": 0.3},
+        "steps 4 + guidance 1": {"steps": 4, "guidance": 1.0},
+    },
+    "audio": {
+        "default": {},
+        "steps 8": {"steps": 8},
+        "steps 6": {"steps": 6},
+        "steps 5": {"steps": 5},
+        "steps 4": {"steps": 4},
+        "steps 4 + cache 2": {"steps": 4, "cache_refresh": 2},
+        "steps 8 + threshold 0.5": {"steps": 8, "threshold": 0.5},
+    },
+}
+
+
+def mean_se(x) -> tuple[float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def ratio_se(e, c) -> tuple[float, float]:
+    """Σe/Σc and its standard error over items (the delta method for a ratio of sums)."""
+    e, c = np.asarray(e, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    r = e.sum() / c.sum()
+    return float(r), float(np.sqrt(((e - r * c) ** 2).sum() / (len(e) * (len(e) - 1))) / c.mean())
+
+
+def speed_quality(run: str, prompts: int, utterances: int, rounds: int, seeds: tuple[int, ...]) -> dict:
+    """The table of the module docstring: {"t2i": [...], "t2s": [...], "speedup_t2i", "speedup_t2s"}.
+    Timing uses the first seed; each score is the mean over `seeds` of the per-seed scores (the prompts
+    are the same for every seed, so its standard error is the mean of the per-seed ones, not smaller)."""
+    seed = seeds[0]
+    from trimdm.data.prepare import prepare
+    from trimdm.data.tinyworld.judges.speech import edits
+    from trimdm.eval.generation import attribute_match
+    from trimdm.sample.tasks import Tasks
+    from trimdm.study.sampling import heldout_prompts
+    from trimdm.train.run import load_run
+
+    loaded = load_run(run)
+    data = prepare(loaded.cfg.data)
+    if not hasattr(data, "judges"):
+        raise ValueError(f"run {run}: the speed-quality table needs a tinyworld run (its judges score samples)")
+    judges = data.judges()
+    held = heldout_prompts(data.directory, max(prompts, utterances))
+    captions = [c for _, c, _ in held["image"][:prompts]]
+    texts = held["audio"][:utterances]
+
+    def tasks(modality: str, change: dict) -> Tasks:
+        row = dataclasses.replace(loaded.cfg.sample[modality], **change)
+        return Tasks(loaded, dataclasses.replace(loaded.cfg.sample, **{modality: row}))
+
+    def t2i_seed(change, s):
+        images, _ = tasks("image", change).t2i(captions, s)
+        return images
+
+    def t2s_seed(change, s):
+        waves, _ = tasks("audio", change).t2s(texts, s)
+        return waves
+
+    def t2i(change):
+        return t2i_seed(change, seed)
+
+    def t2s(change):
+        return t2s_seed(change, seed)
+
+    runs = {"t2i": ("image", t2i), "t2s": ("audio", t2s)}
+    seconds = {(task, name): [] for task, (m, _) in runs.items() for name in METHODS[m]}
+    outputs = {}
+    for r in range(rounds):  # interleaved: every method once per round
+        for task, (m, fn) in runs.items():
+            for name, change in METHODS[m].items():
+                t0 = time.perf_counter()
+                out = fn(change)
+                seconds[task, name].append(time.perf_counter() - t0)
+                outputs.setdefault((task, name), out)
+    rate = loaded.media_tokenizers["audio"].sample_rate if "audio" in loaded.media_tokenizers else None
+
+    def score(task: str, out) -> tuple[float, float]:
+        if task == "t2i":
+            return mean_se([attribute_match(c, read) for c, read in
+                            zip(captions, judges["image"].predict(np.stack(out)))])
+        return ratio_se(*edits(judges["speech"].transcribe(out), texts))
+
+    table = {"t2i": [], "t2s": []}
+    for (task, name), out in outputs.items():
+        m = runs[task][0]
+        change = METHODS[m][name]
+        secs = min(seconds[task, name])
+        per_seed = [score(task, out)]
+        for s in seeds[1:]:
+            per_seed.append(score(task, (t2i_seed if task == "t2i" else t2s_seed)(change, s)))
+        metric = "attribute_match" if task == "t2i" else "cer"
+        row = {"method": name, "settings": dataclasses.asdict(dataclasses.replace(loaded.cfg.sample[m], **change)),
+               "seconds": secs, "seconds_rounds": seconds[task, name],
+               metric: float(np.mean([v for v, _ in per_seed])), f"{metric}_se": float(np.mean([e for _, e in per_seed])),
+               f"{metric}_per_seed": [v for v, _ in per_seed], f"{metric}_se_per_seed": [e for _, e in per_seed]}
+        if task == "t2i":
+            row.update(images_per_s=len(out) / secs)
+        else:
+            audio_s = sum(len(w) for w in out) / rate
+            row.update(audio_seconds_per_s=audio_s / secs, audio_seconds=audio_s)
+        table[task].append(row)
+    result = {"run": str(run), "checkpoint": str(loaded.checkpoint), "prompts": prompts,
+              "utterances": utterances, "rounds": rounds, "seeds": list(seeds), **table}
+    for task, speed, score, higher in (("t2i", "images_per_s", "attribute_match", True),
+                                       ("t2s", "audio_seconds_per_s", "cer", False)):
+        base = next(r for r in table[task] if r["method"] == "default")
+        sign = 1 if higher else -1
+        equal = [r for r in table[task] if sign * (r[score] - base[score]) >= -base[f"{score}_se"]]
+        best = max(equal, key=lambda r: r[speed])
+        result[f"speedup_{task}"] = best[speed] / base[speed]
+        result[f"best_{task}"] = best["method"]
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="", help="a trained tinyworld run: print the speed-quality table")
+    ap.add_argument("--prompts", type=int, default=64, help="--run: T2I captions")
+    ap.add_argument("--utterances", type=int, default=32, help="--run: T2S sentences")
+    ap.add_argument("--rounds", type=int, default=3, help="--run: interleaved timing rounds (the fastest)")
+    ap.add_argument("--seeds", default="0", help="--run: decoding seeds scored, comma-separated (the first timed)")
+    ap.add_argument("--threads", type=int, default=0, help="--run: torch threads (0: torch's default)")
     ap.add_argument("--recipe", default="demo")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="decoding steps of every task (0: the default settings')")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.run:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = speed_quality(args.run, args.prompts, args.utterances, args.rounds,
+                               tuple(int(x) for x in args.seeds.split(",")))
+        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+                          "threads": torch.get_num_threads(), **result}, indent=2))
+        return
     cfg = get_recipe(args.recipe).override(args.overrides).derive()
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     c = canvases(args.batch, torch.Generator().manual_seed(0))

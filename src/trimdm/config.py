@@ -475,6 +475,12 @@ class ModalitySampling:
     # joint: every masked position competes at every step | levels (audio): residual level 0 in `steps`
     # steps, then each finer level in steps // 8, given the coarser ones (sampler.level_stages)
     order: str = "joint"
+    # confidence-threshold decoding (Fast-dLLM): also reveal every position whose sampled token has
+    # probability > threshold, so a span can finish in fewer than `steps` passes; 0: off
+    threshold: float = 0.0
+    # the condition cache: a full pass every `cache_refresh` passes, the clean condition's keys and
+    # values reused in between (an approximation, docs/sampling.md); 0: off
+    cache_refresh: int = 0
     # text only: semi-autoregressive blocks (LLaDA, Nie et al. 2025): free text (task text, text infill) is
     # decoded in blocks of `block` tokens left to right, by confidence inside each block, with the `steps`
     # split over the blocks (sampler.block_stages); 0: the whole span at once. Captions and transcripts
@@ -490,13 +496,17 @@ class ModalitySampling:
 # attribute match 0.582/0.446 -> 0.609/0.538 on two seeds), while the sweep's image and audio picks lost or
 # tied when scored together and the rows kept `reverse-cosine` (many first). The text row's blocks of 8
 # and temperature 0.5 from the text judge on the demo run (2026-12-06; free text: judge perplexity 321.5 ->
-# 287.2 over three seeds, unigram entropy kept, I2T and S2T unchanged). Grid, numbers and reasons:
-# docs/sampling.md.
+# 287.2 over three seeds, unigram entropy kept, I2T and S2T unchanged). Image 16 -> 4 steps with the
+# condition cache refreshed every 2 passes, audio 32 -> 5 steps, from the speed-quality table on the demo
+# run (2026-12-06, benchmarks/sampling.py --run: 3.71x images/s and 3.13x audio seconds/s at the judges'
+# scores of the 16- and 32-step rows within one standard error over three seeds). Grid, numbers and
+# reasons: docs/sampling.md.
 SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": {"steps": 64, "schedule": "polynomial:2", "temperature": 0.5, "guidance": 1.0,
              "remasking": "confidence", "block": 8},
-    "image": {"steps": 16, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random"},
-    "audio": {"steps": 32, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
+    "image": {"steps": 4, "schedule": "reverse-cosine", "temperature": 0.7, "guidance": 2.0, "remasking": "random",
+              "cache_refresh": 2},
+    "audio": {"steps": 5, "schedule": "reverse-cosine", "temperature": 1.0, "guidance": 1.0,
               "remasking": "confidence", "order": "levels"},
 }
 
@@ -550,6 +560,10 @@ class SampleConfig:
             parse_schedule(self[m].schedule)
             for key in ("remasking", "order"):
                 _check_choice(f"sample.{m}.{key}", getattr(self[m], key), sampling_choices(m, key))
+            if not 0 <= self[m].threshold < 1:
+                raise ValueError(f"sample.{m}.threshold={self[m].threshold} must lie in [0, 1) (0: off)")
+            if self[m].cache_refresh < 0:
+                raise ValueError(f"sample.{m}.cache_refresh={self[m].cache_refresh} must be >= 0 (0: off)")
             if self[m].block < 0 or (m != "text" and self[m].block):
                 raise ValueError(f"sample.{m}.block={self[m].block}: " + (
                     "must be >= 0 (tokens per block; 0: the whole span at once)" if m == "text" else

@@ -100,6 +100,19 @@ def test_text_blocks(tiny_tri_run):
         assert_finite(row, "perplexity", "bits_per_word_se", "unigram_entropy")
 
 
+def test_sampling_speed_quality_table(tiny_tri_run):
+    _, run = tiny_tri_run
+    out = run_benchmark("sampling", "--run", run, "--prompts", "2", "--utterances", "2", "--rounds", "1",
+                        "--seeds", "0,1")
+    for task, speed, metric in (("t2i", "images_per_s", "attribute_match"), ("t2s", "audio_seconds_per_s", "cer")):
+        assert out[task][0]["method"] == "default" and len(out[task]) > 3
+        for row in out[task]:
+            assert_finite(row, speed, metric)
+            assert len(row[f"{metric}_per_seed"]) == 2
+        best = next(r for r in out[task] if r["method"] == out[f"best_{task}"])
+        assert math.isclose(out[f"speedup_{task}"], best[speed] / out[task][0][speed])
+
+
 def test_benchmarks_that_need_a_run_say_how_to_make_one(tmp_path):
     for name in ("generation_curve", "t2s_levels", "text_blocks"):
         done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py")], capture_output=True, text=True,

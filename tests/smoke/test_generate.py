@@ -367,6 +367,22 @@ def test_eval_without_generation_keeps_the_generation_metrics_of_the_same_checkp
             path.write_bytes(saved)
 
 
+@pytest.mark.parametrize("task,prompt,changes", [
+    ("t2i", "a red circle in the centre", ["sample.image.threshold=0.2", "sample.image.cache_refresh=3"]),
+    ("t2s", "a blue square", ["sample.audio.threshold=0.2", "sample.audio.cache_refresh=2"]),
+])
+def test_threshold_and_cached_decoding_reproduce_from_their_sidecars(tiny_tri_run, tmp_path, task, prompt, changes):
+    _, run = tiny_tri_run
+    out = generate(str(run), task, prompt, n=2, seed=3, overrides=changes, out=str(tmp_path / "a"), **QUIET)
+    m = "image" if task == "t2i" else "audio"
+    assert out[1]["settings"][m]["threshold"] == 0.2 and out[1]["settings"][m]["cache_refresh"] > 1
+    again = generate_from_sidecar(tmp_path / "a" / "001.json", out=str(tmp_path / "b"), **QUIET)
+    name = again[1]["output"]
+    assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    plain = generate(str(run), task, prompt, n=2, seed=3, out=str(tmp_path / "c"), **QUIET)
+    assert plain[1]["settings"][m]["threshold"] == 0.0  # the methods are off unless asked for
+
+
 def test_free_text_decodes_in_blocks_and_captions_whole(tiny_tri_run, tmp_path):
     """sample.text.block: task text decodes block by block, each block in its share of the steps; an i2t
     caption is decoded whole; a sidecar records the block and regenerates the same text."""

@@ -118,6 +118,28 @@ def test_cpu_bf16_attention_is_as_exact_as_sdpa_on_kept_positions():
             assert float((got - ref).abs().max()) <= bound, name
 
 
+def test_trunk_at_over_unchanged_rows_equals_the_full_pass():
+    """With the rows as the cache's pass saw them, recomputing a set of positions per row (padded rows,
+    a repeated position) gives the full pass's hidden states there: the cache is exact before the rows
+    change."""
+    from trimdm.model.transformer import KVCache
+
+    m = model()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(4))
+    pad = torch.zeros(2, 12, dtype=torch.bool)
+    pad[1, 9:] = True
+    cache = KVCache()
+    full = m.trunk(ids, pad, cache=cache)
+    assert len(cache.k) == ARGS.n_layers and cache.k[0].shape == (2, ARGS.n_heads, 12, ARGS.head_dim)
+    positions = torch.tensor([[3, 4, 5, 11], [0, 2, 8, 8]])
+    part = m.trunk_at(ids.gather(1, positions), positions, pad, cache)
+    torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, ARGS.d_model)))
+    # a changed token at a recomputed position changes the outputs (the new keys replace the cached ones)
+    ids2 = ids.clone()
+    ids2[0, 4] = (ids[0, 4] + 1) % 50
+    assert not torch.allclose(m.trunk_at(ids2.gather(1, positions), positions, pad, cache)[0], part[0])
+
+
 def test_rmsnorm_equals_torch_rms_norm_in_value_and_gradient():
     """The hand-written RMSNorm: outputs bit-identical to F.rms_norm (fp32 and, under bf16 autocast, a
     bf16 input such as the QK-norms get), input gradients equal to F.rms_norm's within fp32 rounding, and

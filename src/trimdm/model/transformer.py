@@ -72,9 +72,11 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor
 def apply_rope(x_BLHD: torch.Tensor, cos_LD: torch.Tensor, sin_LD: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[2i], x[2i+1]) by position-dependent angles (RoFormer, Su et al. 2021):
     x·cos + swap(x)·sin with swap exchanging each pair's members, in whole-tensor products (strided
-    half-width products were the slowest elementwise work of a CPU training step)."""
+    half-width products were the slowest elementwise work of a CPU training step).
+    The tables are (L, head_dim) for rows of consecutive positions, or (B, L, head_dim) for a set of
+    positions per row (`Transformer.trunk_at`)."""
     swapped = x_BLHD.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    cos, sin = cos_LD[:, None].to(x_BLHD.dtype), sin_LD[:, None].to(x_BLHD.dtype)
+    cos, sin = cos_LD[..., None, :].to(x_BLHD.dtype), sin_LD[..., None, :].to(x_BLHD.dtype)
     return x_BLHD * cos + swapped * sin
 
 
@@ -160,12 +162,17 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
         self.k_norm = RMSNorm(a.head_dim, eps=a.norm_eps)
 
-    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L):
+    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L, kv=None):
+        """`kv(k_BHLD, v_BHLD) -> (k, v)`, when given, sees this layer's keys and values and returns
+        those the queries attend to (KVCache: store them, or merge them into the cached ones)."""
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)
         q = apply_rope(self.q_norm(q), cos_LD, sin_LD).transpose(1, 2)
         k = apply_rope(self.k_norm(k), cos_LD, sin_LD).transpose(1, 2)
-        y = attend(q, k, v.transpose(1, 2), attn_mask_B11L)
+        v = v.transpose(1, 2)
+        if kv is not None:
+            k, v = kv(k, v)
+        y = attend(q, k, v, attn_mask_B11L)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -190,12 +197,44 @@ class Block(nn.Module):
         self.mlp = SwiGLU(a)
         self.residual_scale = a.residual_scale
 
-    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L):
-        x_BLD = x_BLD + self._scaled(self.attn(self.attn_norm(x_BLD), cos_LD, sin_LD, attn_mask_B11L))
+    def forward(self, x_BLD, cos_LD, sin_LD, attn_mask_B11L, kv=None):
+        x_BLD = x_BLD + self._scaled(self.attn(self.attn_norm(x_BLD), cos_LD, sin_LD, attn_mask_B11L, kv))
         return x_BLD + self._scaled(self.mlp(self.mlp_norm(x_BLD)))
 
     def _scaled(self, branch_BLD: torch.Tensor) -> torch.Tensor:
         return branch_BLD if self.residual_scale == 1.0 else self.residual_scale * branch_BLD
+
+
+def _keep(pad_BL: torch.Tensor | None) -> torch.Tensor | None:
+    """SDPA's boolean key mask, True where a key takes part; None (the fast path) when nothing is padded."""
+    return None if pad_BL is None or not bool(pad_BL.any()) else ~pad_BL[:, None, None, :]
+
+
+class KVCache:
+    """Every layer's keys and values, (B, H, L, head_dim) after QK-norm and RoPE, as the last
+    `Transformer.trunk(..., cache=)` pass over a batch of rows left them; `trunk_at` attends to them
+    with the positions it recomputes put in their place (the sampler's condition cache)."""
+
+    def __init__(self):
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def clear(self) -> None:
+        self.k.clear()
+        self.v.clear()
+
+    def store(self, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.append(k_BHLD)
+        self.v.append(v_BHLD)
+        return k_BHLD, v_BHLD
+
+    def merge(self, layer: int, positions_BA: torch.Tensor, k_BHAD: torch.Tensor,
+              v_BHAD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's cached keys and values with those of `positions_BA` replaced by the new ones."""
+        B, H, A, D = k_BHAD.shape
+        index = positions_BA[:, None, :, None].expand(B, H, A, D)
+        return (self.k[layer].scatter(2, index, k_BHAD.to(self.k[layer].dtype)),
+                self.v[layer].scatter(2, index, v_BHAD.to(self.v[layer].dtype)))
 
 
 class Transformer(nn.Module):
@@ -253,19 +292,41 @@ class Transformer(nn.Module):
                 return tables[name][lo - start:hi - start]
         raise ValueError(f"id range [{lo}, {hi}) crosses a vocabulary segment boundary {self.segments}")
 
-    def trunk(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
+    def trunk(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None,
+              cache: "KVCache | None" = None) -> torch.Tensor:
+        """Hidden states before the final norm, (B, L, D). With `cache`, every layer's keys and values
+        are stored in it (for `trunk_at`)."""
         L = ids_BL.shape[1]
         if L > self.args.max_seq_len:
             raise ValueError(f"sequence of length {L} exceeds max_seq_len={self.args.max_seq_len}")
-        # SDPA's boolean mask: True where a key takes part. None (fast path) when nothing is padded.
-        attn_mask = None if pad_BL is None or not bool(pad_BL.any()) else ~pad_BL[:, None, None, :]
+        x = self._embed(ids_BL)
         cos, sin = self.rope_cos[:L], self.rope_sin[:L]
-        tables = [self.embed[name] for name, _, _ in self.segments]
-        table = tables[0] if len(tables) == 1 else torch.cat(tables)
-        x = F.embedding(ids_BL, table)
+        if cache is not None:
+            cache.clear()
         for block in self.blocks:
-            x = block(x, cos, sin, attn_mask)
+            x = block(x, cos, sin, _keep(pad_BL), cache.store if cache is not None else None)
         return x
+
+    def trunk_at(self, ids_BA: torch.Tensor, positions_BA: torch.Tensor, pad_BL: torch.Tensor | None,
+                 cache: "KVCache") -> torch.Tensor:
+        """Hidden states (B, A, D) of the tokens `ids_BA` at `positions_BA` of rows of length L, every
+        other position represented by the keys and values `cache` holds from an earlier `trunk` pass
+        over those rows (a position may repeat within a row: give it the same token). Exact when the
+        rows have not changed since that pass; otherwise an approximation: the cached positions are not
+        recomputed although what they attended to has changed (Fast-dLLM's prefix cache, Wu et al. 2025).
+        `pad_BL` is the rows' padding now. Costs A/L of a full pass in the projections and MLPs."""
+        if len(cache.k) != len(self.blocks):
+            raise ValueError("trunk_at needs a cache filled by a trunk(..., cache=) pass")
+        x = self._embed(ids_BA)
+        cos, sin = self.rope_cos[positions_BA], self.rope_sin[positions_BA]
+        keep = _keep(pad_BL)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, keep, lambda k, v, layer=layer: cache.merge(layer, positions_BA, k, v))
+        return x
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        tables = [self.embed[name] for name, _, _ in self.segments]
+        return F.embedding(ids, tables[0] if len(tables) == 1 else torch.cat(tables))
 
     def head(self, h_ND: torch.Tensor, lo: int, hi: int, extra_id: int | None = None) -> torch.Tensor:
         """Logits of the final norm of h over ids [lo, hi) (then `extra_id`, e.g. the modality's EOS),

@@ -15,7 +15,11 @@ spans). Decoding can run in stages (audio: residual level by level, `level_stage
 schedule. With `eos_truncate`, positions of a span after a revealed EOS become padding (method §8,
 EOS-truncation). An optional `on_step` callback sees the canvas after every step (a live view, e.g. the
 web page's; it draws no random numbers, so outputs are the same with or without it, and it stops the
-decoding by raising). Does not own prompts or canvases (tasks.py) or the network.
+decoding by raising). Fewer passes: a confidence threshold reveals every position the model is sure of
+beyond the schedule's count (Fast-dLLM, Wu et al. 2025), and the condition cache recomputes only the
+positions masked at the start between full passes (model.KVCache; an approximation). Draws are Gumbel-max
+in float64 (32-bit noise lowers the effective temperature; Zheng et al. 2024). Does not own prompts or
+canvases (tasks.py) or the network.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Callable
 import torch
 
 from trimdm.diffusion.schedules import Schedule
+from trimdm.model.transformer import KVCache
 from trimdm.sequence.layout import RowTables, row_tables
 from trimdm.tokenizers.vocab import MODALITIES, JointVocab
 
@@ -84,10 +89,22 @@ class Decoding:
     confidence_noise: float = 1.0  # scale of the Gumbel noise added to confidences, annealed to 0
     remasking: str = "confidence"  # confidence | random
     guidance: float = 1.0  # classifier-free guidance weight w, logits = u + w·(c − u) (see `decode`)
+    # confidence-threshold parallel decoding (Fast-dLLM, Wu et al. 2025): besides the schedule's count,
+    # every masked position whose sampled token has probability > threshold is revealed, at least one per
+    # row and step, so a span may finish in fewer than `steps` passes; 0: the schedule alone
+    threshold: float = 0.0
+    # the condition cache: a full pass every `cache_refresh` passes stores every layer's keys and values;
+    # the passes between recompute only the positions that were masked when decoding began (the clean
+    # condition's keys and values are reused: an approximation, measured in docs/sampling.md); 0 or 1: off
+    cache_refresh: int = 0
 
     def __post_init__(self):
         if self.remasking not in ("confidence", "random"):
             raise ValueError(f"remasking={self.remasking!r}: expected confidence | random")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold={self.threshold} must lie in [0, 1) (0: off)")
+        if self.cache_refresh < 0:
+            raise ValueError(f"cache_refresh={self.cache_refresh} must be >= 0 (0: no cache)")
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,7 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
     mask_ids = tables.mask_id_M.to(device)
     state = _State(canvas_BL.clone(), uncond_BL.clone() if uncond_BL is not None and how.guidance != 1
                    else None)  # w = 1 is the conditional pass: no unconditional canvas needed
+    passes = _Passes(model, tables, _masked(canvas_BL, mask_ids), how.cache_refresh)
     # a modality whose EOS is already in the canvas (clean) has a fixed-length span: no second EOS
     has_eos = {m: (canvas_BL == vocab.eos(m)).any(1) for m in MODALITIES if vocab.has(m)}
     for stage, n_steps in enumerate(stage_steps):
@@ -142,13 +160,23 @@ def decode(model, vocab: JointVocab, canvas_BL: torch.Tensor, how: Decoding, *,
             is_mask = _masked(state.x, mask_ids) & in_stage
             if not bool(is_mask.any()):
                 break
-            n_reveal = counts[k - 1] - counts[k]  # (B,)
+            if how.threshold > 0:
+                # at most counts[k] left masked after step k (the span still ends within `steps`), and
+                # at least one revealed per row; the threshold may reveal more
+                left = is_mask.sum(1)
+                n_reveal = torch.where(left > 0, (left - counts[k]).clamp_min(1), 0)
+            else:
+                n_reveal = counts[k - 1] - counts[k]  # (B,)
             if not bool((n_reveal > 0).any()):
                 continue  # a step that reveals nothing in any row: no pass (short spans, many steps)
-            proposal, confidence = _propose(model, state, is_mask, tables, has_eos, how,
-                                            how.confidence_noise * (1 - k / n_steps), generator, autocast_dtype)
+            proposal, confidence, prob = _propose(passes, state, is_mask, tables, has_eos, how,
+                                                  how.confidence_noise * (1 - k / n_steps), generator,
+                                                  autocast_dtype)
             rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)
-            state.reveal(is_mask & (rank < n_reveal[:, None]), proposal, tables, vocab, eos_truncate)
+            reveal = is_mask & (rank < n_reveal[:, None])
+            if how.threshold > 0:
+                reveal |= is_mask & (prob > how.threshold)
+            state.reveal(reveal, proposal, tables, vocab, eos_truncate)
             if on_step is not None:
                 on_step(Step(state.x, k, n_steps, stage, len(stage_steps)))
     return state.x
@@ -205,17 +233,67 @@ class _State:
             self.u = torch.where(self.x == tables.pad_id, tables.pad_id, self.u)
 
 
-def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, how: Decoding, anneal: float,
-             generator, autocast_dtype):
-    """One step's forward passes: a sampled token and its confidence at every masked position (-inf
-    elsewhere). Logits u + w·(c − u); at w = 0 that is u, so the conditional pass is not run."""
+def sample_categorical(logits_NV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from softmax(logits) by the Gumbel-max trick in float64: float32 Gumbel noise
+    is bounded (u ≤ 1 − 2⁻²⁴ caps it near 16.6) and coarse in its tail, which under-samples unlikely
+    tokens and so lowers the effective temperature (Zheng et al. 2024)."""
+    u = torch.rand(logits_NV.shape, generator=generator, device=logits_NV.device, dtype=torch.float64)
+    return (logits_NV.double() + gumbel(u)).argmax(-1)
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniforms u in [0, 1)."""
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+
+
+class _Passes:
+    """The network passes of one decoding: full passes, or with the condition cache (`cache_refresh`
+    = r > 1) one full pass that stores keys and values, then r − 1 passes over the positions that were
+    masked when decoding began (`positions_BA`, per row; rows with fewer repeat their first), and so
+    on. One cache per canvas (conditional, unconditional)."""
+
+    def __init__(self, model, tables: RowTables, masked_BL: torch.Tensor, refresh: int):
+        self.model, self.tables, self.refresh = model, tables, refresh
+        self.count: dict[str, int] = {}
+        self.caches: dict = {}
+        if refresh > 1:
+            self.caches = {"c": KVCache(), "u": KVCache()}
+            n = masked_BL.sum(1)
+            A = int(n.max())
+            order = masked_BL.long().argsort(dim=1, descending=True, stable=True)[:, :A]  # masked first
+            first = order[:, :1].expand(-1, A)
+            self.positions_BA = torch.where(torch.arange(A, device=n.device)[None] < n[:, None], order, first)
+
+    def hidden(self, x_BL: torch.Tensor, which: str) -> torch.Tensor:
+        """Hidden states (B, L, D) of canvas `which` (c | u); with the cache, valid at the positions
+        masked when decoding began (the only ones the sampler reads)."""
+        pad = self.tables.pad(x_BL)
+        if not self.caches:
+            return self.model(x_BL, pad)
+        k = self.count.get(which, 0)
+        self.count[which] = k + 1
+        cache = self.caches[which]
+        if k % self.refresh == 0:
+            return self.model.trunk(x_BL, pad, cache=cache)
+        h_BAD = self.model.trunk_at(x_BL.gather(1, self.positions_BA), self.positions_BA, pad, cache)
+        h = h_BAD.new_zeros(*x_BL.shape, h_BAD.shape[-1])
+        return h.scatter(1, self.positions_BA[..., None].expand_as(h_BAD), h_BAD)
+
+
+def _propose(passes: _Passes, state: _State, is_mask, tables: RowTables, has_eos: dict, how: Decoding,
+             anneal: float, generator, autocast_dtype):
+    """One step's forward passes: a sampled token, its confidence (-inf where not masked) and its
+    probability under the (guided) model at every masked position. Logits u + w·(c − u); at w = 0 that
+    is u, so the conditional pass is not run."""
     x, u, w = state.x, state.u, how.guidance
     device = x.device
+    model = passes.model
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        h = model(x, tables.pad(x)) if u is None or w != 0 else None
-        hu = model(u, tables.pad(u)) if u is not None else None
+        h = passes.hidden(x, "c") if u is None or w != 0 else None
+        hu = passes.hidden(u, "u") if u is not None else None
     proposal = x.clone()
-    confidence = torch.full(x.shape, float("-inf"), device=device)
+    confidence = torch.full(x.shape, float("-inf"), device=device, dtype=torch.float64)
+    prob = torch.zeros(x.shape, device=device)
     for sel, lo, hi, eos, m in tables.output_heads(x, is_mask):
         logits = model.head(h[sel], lo, hi, eos).float() if h is not None else None
         if hu is not None:
@@ -225,15 +303,15 @@ def _propose(model, state: _State, is_mask, tables: RowTables, has_eos: dict, ho
         logits[:, -1] = logits[:, -1].masked_fill(has_eos[m][rows], float("-inf"))
         scaled = filter_logits(logits / max(how.temperature, 1e-6), how.top_k, how.top_p)
         if how.temperature > 0:
-            choice = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
+            choice = sample_categorical(scaled, generator)
         else:
             choice = scaled.argmax(-1)
         proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
+        logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)
+        prob[sel] = logp.exp()
         if how.remasking == "confidence":
-            gumbel = -torch.log(-torch.log(torch.rand(choice.shape, generator=generator, device=device)
-                                           .clamp_min(1e-20)))
-            logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)
-            confidence[sel] = logp + anneal * gumbel
+            u01 = torch.rand(choice.shape, generator=generator, device=device, dtype=torch.float64)
+            confidence[sel] = logp.double() + anneal * gumbel(u01)
         else:
-            confidence[sel] = torch.rand(choice.shape, generator=generator, device=device)
-    return proposal, confidence
+            confidence[sel] = torch.rand(choice.shape, generator=generator, device=device, dtype=torch.float64)
+    return proposal, confidence, prob

@@ -172,7 +172,8 @@ class Tasks:
         s = self.cfg[canvas.target]
         how = Decoding(steps=s.steps, schedule=parse_schedule(s.schedule), temperature=s.temperature,
                        top_k=self.cfg.top_k, top_p=self.cfg.top_p, confidence_noise=self.cfg.confidence_noise,
-                       remasking=s.remasking, guidance=s.guidance)
+                       remasking=s.remasking, guidance=s.guidance, threshold=s.threshold,
+                       cache_refresh=s.cache_refresh)
         device = self.loaded.device
         gen = torch.Generator(device=device).manual_seed(seed)
         out = []
