@@ -23,3 +23,5 @@ def test_study_at_smoke_scale(name, tmp_path, data_root, monkeypatch):
     # likelihood only: the data set's tokenizer reconstructions are left out of a study's evals
     assert all("reconstructions" not in json.loads((tmp_path / name / r["name"] / "eval.json").read_text())
                for r in runs)
+    if name == "critical-batch":  # every run measures the online gradient noise scale (two micro-batches)
+        assert all(row["noise_scale"] is not None for row in saved["runs"])
