@@ -28,21 +28,19 @@ from trimdm.data.prepare import prepare
 from trimdm.data.tinyworld.judges.speech import cer
 from trimdm.data.tinyworld.speech import read_speech_folder
 from trimdm.sample.tasks import Tasks
-from trimdm.train.run import load_run
+
+from trained_run import add_run_flag, load_trained_run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/demo", help="a trained run directory (`make demo` trains runs/demo)")
+    add_run_flag(ap)
     ap.add_argument("--utterances", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="sample.* overrides")
     args = ap.parse_args()
     t0 = time.time()
-    try:
-        loaded = load_run(args.run)
-    except ValueError as e:
-        raise SystemExit(f"{e}; `make demo` trains runs/demo, or pass --run DIR") from None
+    loaded = load_trained_run(args.run)
     data = prepare(loaded.cfg.data)
     if not hasattr(data, "judges"):
         raise SystemExit(f"{args.run}: a tinyworld run is needed (its speech judge scores the samples)")

@@ -24,7 +24,8 @@ from trimdm.data.kjv_judge import score_texts
 from trimdm.data.prepare import text_judge
 from trimdm.eval.generation import text_figures
 from trimdm.sample.tasks import Tasks
-from trimdm.train.run import load_run
+
+from trained_run import add_run_flag, load_trained_run
 
 DEFAULT_ROW = [f"sample.text.{k}={v}" for k, v in SAMPLING_DEFAULTS["text"].items()]
 DEFAULT_SETTINGS = [["run"], ["defaults"]] + [[f"block{b}", f"sample.text.block={b}"] for b in (4, 8, 16, 32)]
@@ -32,17 +33,14 @@ DEFAULT_SETTINGS = [["run"], ["defaults"]] + [[f"block{b}", f"sample.text.block=
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/demo", help="a trained run directory (`make demo` trains runs/demo)")
+    add_run_flag(ap)
     ap.add_argument("--n", type=int, default=64, help="texts per setting and seed")
     ap.add_argument("--seeds", default="0", help="decoding seeds, comma-separated")
     ap.add_argument("--setting", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                     help="a named setting: sample.* overrides on today's default text row (repeatable)")
     args = ap.parse_args()
     t0 = time.time()
-    try:
-        loaded = load_run(args.run)
-    except ValueError as e:
-        raise SystemExit(f"{e}; `make demo` trains runs/demo, or pass --run DIR") from None
+    loaded = load_trained_run(args.run)
     judge = text_judge(loaded.cfg.data)
     if judge is None:
         raise SystemExit(f"{args.run}: its text is not the KJV, so there is no text judge for it")
