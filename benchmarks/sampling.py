@@ -149,26 +149,14 @@ METHODS = {
 }
 
 
-def mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, dtype=np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
-
-
-def ratio_se(e, c) -> tuple[float, float]:
-    """Σe/Σc and its standard error over items (the delta method for a ratio of sums)."""
-    e, c = np.asarray(e, dtype=np.float64), np.asarray(c, dtype=np.float64)
-    r = e.sum() / c.sum()
-    return float(r), float(np.sqrt(((e - r * c) ** 2).sum() / (len(e) * (len(e) - 1))) / c.mean())
-
-
 def speed_quality(run: str, prompts: int, utterances: int, rounds: int, seeds: tuple[int, ...]) -> dict:
     """The table of the module docstring: {"t2i": [...], "t2s": [...], "speedup_t2i", "speedup_t2s"}.
     Timing uses the first seed; each score is the mean over `seeds` of the per-seed scores (the prompts
     are the same for every seed, so its standard error is the mean of the per-seed ones, not smaller)."""
-    seed = seeds[0]
     from trimdm.data.prepare import prepare
     from trimdm.data.tinyworld.judges.speech import edits
     from trimdm.eval.generation import attribute_match
+    from trimdm.eval.stats import mean_se, ratio_se
     from trimdm.sample.tasks import Tasks
     from trimdm.study.sampling import heldout_prompts
     from trimdm.train.run import load_run
@@ -186,46 +174,40 @@ def speed_quality(run: str, prompts: int, utterances: int, rounds: int, seeds: t
         row = dataclasses.replace(loaded.cfg.sample[modality], **change)
         return Tasks(loaded, dataclasses.replace(loaded.cfg.sample, **{modality: row}))
 
-    def t2i_seed(change, s):
-        images, _ = tasks("image", change).t2i(captions, s)
+    def t2i(change, seed):
+        images, _ = tasks("image", change).t2i(captions, seed)
         return images
 
-    def t2s_seed(change, s):
-        waves, _ = tasks("audio", change).t2s(texts, s)
+    def t2s(change, seed):
+        waves, _ = tasks("audio", change).t2s(texts, seed)
         return waves
-
-    def t2i(change):
-        return t2i_seed(change, seed)
-
-    def t2s(change):
-        return t2s_seed(change, seed)
 
     runs = {"t2i": ("image", t2i), "t2s": ("audio", t2s)}
     seconds = {(task, name): [] for task, (m, _) in runs.items() for name in METHODS[m]}
     outputs = {}
-    for r in range(rounds):  # interleaved: every method once per round
+    for r in range(rounds):  # interleaved: every method once per round, at the first seed
         for task, (m, fn) in runs.items():
             for name, change in METHODS[m].items():
                 t0 = time.perf_counter()
-                out = fn(change)
+                out = fn(change, seeds[0])
                 seconds[task, name].append(time.perf_counter() - t0)
                 outputs.setdefault((task, name), out)
     rate = loaded.media_tokenizers["audio"].sample_rate if "audio" in loaded.media_tokenizers else None
 
     def score(task: str, out) -> tuple[float, float]:
+        """(the judge's score, its standard error over prompts)."""
         if task == "t2i":
-            return mean_se([attribute_match(c, read) for c, read in
-                            zip(captions, judges["image"].predict(np.stack(out)))])
-        return ratio_se(*edits(judges["speech"].transcribe(out), texts))
+            match = [attribute_match(c, read) for c, read in zip(captions, judges["image"].predict(np.stack(out)))]
+            return float(np.mean(match)), mean_se(match)
+        e, c = edits(judges["speech"].transcribe(out), texts)
+        return float(e.sum() / c.sum()), ratio_se(e, c)
 
     table = {"t2i": [], "t2s": []}
     for (task, name), out in outputs.items():
-        m = runs[task][0]
+        m, fn = runs[task]
         change = METHODS[m][name]
         secs = min(seconds[task, name])
-        per_seed = [score(task, out)]
-        for s in seeds[1:]:
-            per_seed.append(score(task, (t2i_seed if task == "t2i" else t2s_seed)(change, s)))
+        per_seed = [score(task, out)] + [score(task, fn(change, s)) for s in seeds[1:]]
         metric = "attribute_match" if task == "t2i" else "cer"
         row = {"method": name, "settings": dataclasses.asdict(dataclasses.replace(loaded.cfg.sample[m], **change)),
                "seconds": secs, "seconds_rounds": seconds[task, name],

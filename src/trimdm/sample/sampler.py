@@ -282,8 +282,9 @@ class _Passes:
 
 def _propose(passes: _Passes, state: _State, is_mask, tables: RowTables, has_eos: dict, how: Decoding,
              anneal: float, generator, autocast_dtype):
-    """One step's forward passes: a sampled token, its confidence (-inf where not masked) and its
-    probability under the (guided) model at every masked position. Logits u + w·(c − u); at w = 0 that
+    """One step's forward passes: a sampled token, its confidence (-inf where not masked) and, when the
+    threshold or confidence remasking needs it, its probability under the (guided) model at every masked
+    position (0 otherwise). Logits u + w·(c − u); at w = 0 that
     is u, so the conditional pass is not run."""
     x, u, w = state.x, state.u, how.guidance
     device = x.device
@@ -307,8 +308,11 @@ def _propose(passes: _Passes, state: _State, is_mask, tables: RowTables, has_eos
         else:
             choice = scaled.argmax(-1)
         proposal[sel] = torch.where(choice == hi - lo, eos, choice + lo)
-        logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)
-        prob[sel] = logp.exp()
+        # the sampled token's log-probability: the confidence, and what the threshold compares (a
+        # softmax over the slice, skipped when neither needs it: random remasking without a threshold)
+        if how.remasking == "confidence" or how.threshold > 0:
+            logp = logits.log_softmax(-1).gather(-1, choice[:, None]).squeeze(-1)
+            prob[sel] = logp.exp()
         if how.remasking == "confidence":
             u01 = torch.rand(choice.shape, generator=generator, device=device, dtype=torch.float64)
             confidence[sel] = logp.double() + anneal * gumbel(u01)
