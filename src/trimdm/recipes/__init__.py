@@ -49,7 +49,7 @@ def tiny_tri() -> Config:
 
 def demo() -> Config:
     """The main job: one model on KJV text, tinyworld image-text and audio-text, on a 2-core CPU in about
-    12 minutes, prepare and evaluation included.
+    25 minutes, prepare and evaluation included (docs/LOG.md: shorter horizons lose T2I and I2T).
 
     Its world is smaller than tinyworld's (docs/generation.md, "The demo's world"): one large object on
     white in four colours (each keeps a held-out pair), one voice as it is, the coarsest codec level;
