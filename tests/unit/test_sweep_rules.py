@@ -1,6 +1,6 @@
 """The sweep runner's rules without running anything: run names and commands, the done rule read from a
 run directory's JSON, the thread count a started run keeps, `--seeds` and `--slurm` parsing, and the
-study batch grid at each scale."""
+study batch grid at each scale, and which groups the critical-batch study fits its slopes on."""
 import json
 import sys
 
@@ -77,3 +77,22 @@ def test_study_batch_grid_at_each_scale():
     cpu = batch.grid("cpu", [0, 1, 2], [], batches=[16])
     assert {r.recipe for r in cpu} == {"study_batch"} and len(cpu) == 2 * 3
     assert len(batch.grid("gpu", None, [])) == 2 * 5 * 3
+
+
+def test_critical_batch_slopes_use_only_identified_steps_tokens_fits():
+    """A group's steps–tokens B_crit enters the slope only when its interval spans at most a factor 10;
+    the noise-scale slope keeps every group that measured one."""
+    from trimdm.study.critical_batch import _trend, identified
+
+    assert identified({"b_crit": 50.0, "b_crit_interval": [20.0, 200.0]})
+    assert not identified({"b_crit": 50.0, "b_crit_interval": [20.0, 201.0]})
+    assert not identified({"b_crit": 50.0, "b_crit_interval": [0.0, 100.0]})
+    assert not identified({"b_crit": None, "b_crit_interval": None})
+    # three identified groups on B_crit = 2·width^0.5, and one flat fit far off that line
+    groups = [{"width": w, "b_crit": 2 * w ** 0.5, "b_crit_interval": [w ** 0.5, 4 * w ** 0.5], "noise_scale": w}
+              for w in (64, 128, 256)]
+    groups.append({"width": 512, "b_crit": 1e12, "b_crit_interval": [1.0, 1e13], "noise_scale": 512})
+    trend = _trend(groups, "width", bootstrap=20)
+    assert [p[0] for p in trend["b_crit"]["points"]] == [64, 128, 256]
+    assert trend["b_crit"]["slope"] == pytest.approx(0.5, abs=1e-6)
+    assert len(trend["noise_scale"]["points"]) == 4 and trend["noise_scale"]["slope"] == pytest.approx(1.0, abs=1e-6)

@@ -129,7 +129,7 @@ def _trend(groups: list[dict], key: str, bootstrap: int) -> dict:
     only from groups where it is identified."""
     out = {}
     for measure in ("b_crit", "noise_scale"):
-        pts = [(g[key], g[measure]) for g in groups if g.get(measure) and (measure != "b_crit" or identified(g))]
+        pts = [(g[key], g[measure]) for g in groups if (identified(g) if measure == "b_crit" else g.get(measure))]
         if len(pts) >= 3:
             fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts], bootstrap=bootstrap, seed=0)
             out[measure] = {"slope": fit.k, "interval": list(fit.intervals["k"]), "points": pts}
